@@ -1,0 +1,92 @@
+"""Engine configuration: a small dataclass that validates itself on construction."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+__all__ = ["EngineConfig", "SCHEDULING_POLICIES", "DTYPES", "QUANTIZATIONS"]
+
+SCHEDULING_POLICIES = ("continuous", "static", "request")
+DTYPES = ("float32", "bfloat16", "float16")
+QUANTIZATIONS = (None, "int8", "nf4")
+
+Scheduling = Literal["continuous", "static", "request"]
+
+
+@dataclass
+class EngineConfig:
+    """Everything an engine needs to load a model and schedule requests.
+
+    Invalid values raise `ValueError` naming the field and the value.
+    """
+
+    # Hugging Face model directory or hub id, loaded with `from_pretrained`.
+    model: str
+    # Tokenizer directory or hub id; None means the model's own.
+    tokenizer: str | None = None
+    # Weights and KV cache dtype.
+    dtype: str = "float32"
+    # "cpu", "cuda" or "cuda:N".
+    device: str = "cpu"
+    # Tokens per KV block. Smaller blocks waste less memory per sequence, larger ones mean
+    # fewer block-table entries to gather.
+    block_size: int = 16
+    # KV pool size in blocks. None sizes it from `kv_cache_memory_fraction`.
+    num_kv_blocks: int | None = None
+    # Fraction of the device's free memory (after weights) given to the KV cache when
+    # `num_kv_blocks` is None; on CPU, a fraction of available system memory. The pool is capped
+    # at what `max_num_seqs` sequences of `max_model_len` tokens can use.
+    kv_cache_memory_fraction: float = 0.9
+    # Most sequences in one step's batch.
+    max_num_seqs: int = 64
+    # Token budget per step: decode tokens plus prefill chunk tokens.
+    max_num_batched_tokens: int = 2048
+    # Longest prompt + output, in tokens. None takes the model's `max_position_embeddings`.
+    max_model_len: int | None = None
+    # "continuous" (iteration-level), "static" (a batch runs until its longest member ends) or
+    # "request" (one request at a time).
+    scheduling: Scheduling = "continuous"
+    # Reuse KV blocks of identical prompt prefixes across requests.
+    enable_prefix_caching: bool = True
+    # bitsandbytes weight quantization.
+    quantization: str | None = None
+    # Shards of the model; 1 runs in process.
+    tensor_parallel_size: int = 1
+    # Seed for requests that carry none of their own.
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.model, str) or not self.model:
+            raise ValueError(f"model must be a non-empty model directory or hub id, got {self.model!r}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
+        if not (self.device == "cpu" or self.device == "cuda" or self.device.startswith("cuda:")):
+            raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
+        if self.block_size < 1 or self.block_size & (self.block_size - 1):
+            raise ValueError(f"block_size must be a power of two, got {self.block_size}")
+        if self.num_kv_blocks is not None and self.num_kv_blocks < 1:
+            raise ValueError(f"num_kv_blocks must be >= 1, got {self.num_kv_blocks}")
+        if not 0.0 < self.kv_cache_memory_fraction <= 1.0:
+            raise ValueError(
+                f"kv_cache_memory_fraction must be in (0, 1], got {self.kv_cache_memory_fraction}"
+            )
+        if self.max_num_seqs < 1:
+            raise ValueError(f"max_num_seqs must be >= 1, got {self.max_num_seqs}")
+        if self.max_num_batched_tokens < 1:
+            raise ValueError(f"max_num_batched_tokens must be >= 1, got {self.max_num_batched_tokens}")
+        if self.max_model_len is not None and self.max_model_len < 2:
+            raise ValueError(f"max_model_len must be >= 2, got {self.max_model_len}")
+        if self.scheduling not in SCHEDULING_POLICIES:
+            raise ValueError(f"scheduling must be one of {SCHEDULING_POLICIES}, got {self.scheduling!r}")
+        if self.quantization not in QUANTIZATIONS:
+            raise ValueError(f"quantization must be one of {QUANTIZATIONS}, got {self.quantization!r}")
+        if self.quantization is not None:
+            raise ValueError(
+                f"quantization must be None (quantized loading is not available), got {self.quantization!r}"
+            )
+        if self.tensor_parallel_size != 1:
+            raise ValueError(
+                f"tensor_parallel_size must be 1 (sharded execution is not available), "
+                f"got {self.tensor_parallel_size}"
+            )

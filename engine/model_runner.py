@@ -1,0 +1,148 @@
+"""Loads a Hugging Face causal LM, owns its paged KV cache and runs one packed forward per step."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import torch
+from transformers import AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
+
+from engine.config import EngineConfig
+from engine.memory import available_memory_bytes
+from engine.paged_attention import PAGED_ATTENTION, build_metadata, register_paged_attention
+from engine.scheduler import SchedulerOutput
+
+__all__ = ["KVCacheShape", "ModelRunner", "TORCH_DTYPES", "kv_cache_shape"]
+
+logger = logging.getLogger(__name__)
+
+TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class KVCacheShape:
+    """What one token's keys and values take in the cache of a model."""
+
+    num_layers: int
+    num_kv_heads: int
+    head_dim: int
+    dtype_bytes: int
+
+    def bytes_per_block(self, block_size: int) -> int:
+        # keys and values, every layer
+        return 2 * self.num_layers * block_size * self.num_kv_heads * self.head_dim * self.dtype_bytes
+
+
+def kv_cache_shape(model_config: PretrainedConfig, dtype: torch.dtype) -> KVCacheShape:
+    text_config = model_config.get_text_config()
+    num_heads = text_config.num_attention_heads
+    head_dim = getattr(text_config, "head_dim", None) or text_config.hidden_size // num_heads
+    return KVCacheShape(
+        num_layers=text_config.num_hidden_layers,
+        num_kv_heads=getattr(text_config, "num_key_value_heads", None) or num_heads,
+        head_dim=head_dim,
+        dtype_bytes=torch.empty((), dtype=dtype).element_size(),
+    )
+
+
+class ModelRunner:
+    def __init__(self, config: EngineConfig) -> None:
+        self.config = config
+        self.device = torch.device(config.device)
+        self.dtype = TORCH_DTYPES[config.dtype]
+        self.block_size = config.block_size
+        start = time.perf_counter()
+        self.model = self._load_model()
+        self.weight_bytes = sum(p.numel() * p.element_size() for p in self.model.parameters())
+        self.kv_shape = kv_cache_shape(self.model.config, self.dtype)
+        self.max_model_len = self._resolve_max_model_len()
+        self.num_kv_blocks = self._plan_num_kv_blocks(self.max_model_len)
+        self.kv_caches = self._allocate_kv_caches()
+        logger.info(
+            "loaded %s in %.1fs: weights %.1f MiB, KV cache %d blocks x %d tokens (%.1f MiB) on %s",
+            config.model,
+            time.perf_counter() - start,
+            self.weight_bytes / 2**20,
+            self.num_kv_blocks,
+            self.block_size,
+            self.num_kv_blocks * self.kv_shape.bytes_per_block(self.block_size) / 2**20,
+            self.device,
+        )
+
+    def _load_model(self) -> PreTrainedModel:
+        register_paged_attention()
+        model = AutoModelForCausalLM.from_pretrained(
+            self.config.model,
+            dtype=self.dtype,
+            attn_implementation=PAGED_ATTENTION,
+            device_map={"": self.device},
+        )
+        return model.eval()
+
+    def _resolve_max_model_len(self) -> int:
+        model_limit = int(self.model.config.get_text_config().max_position_embeddings)
+        if self.config.max_model_len is None:
+            return model_limit
+        if self.config.max_model_len > model_limit:
+            raise ValueError(
+                f"max_model_len must be <= the model's max_position_embeddings ({model_limit}), "
+                f"got {self.config.max_model_len}"
+            )
+        return self.config.max_model_len
+
+    def _plan_num_kv_blocks(self, max_model_len: int) -> int:
+        if self.config.num_kv_blocks is not None:
+            return self.config.num_kv_blocks
+        bytes_per_block = self.kv_shape.bytes_per_block(self.block_size)
+        budget = available_memory_bytes(self.device) * self.config.kv_cache_memory_fraction
+        fits = int(budget // bytes_per_block)
+        # More blocks than every sequence at full length can use only buys prefix-cache room.
+        useful = self.config.max_num_seqs * -(-max_model_len // self.block_size)
+        num_blocks = min(fits, useful)
+        if num_blocks < 1:
+            raise ValueError(
+                f"kv_cache_memory_fraction={self.config.kv_cache_memory_fraction} leaves no room for one "
+                f"KV block of {bytes_per_block} bytes on {self.device}"
+            )
+        return num_blocks
+
+    def _allocate_kv_caches(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        # Zeroed, not empty: padded context slots are masked, but 0 * NaN would still poison sums.
+        shape = (self.num_kv_blocks * self.block_size, self.kv_shape.num_kv_heads, self.kv_shape.head_dim)
+        return [
+            (
+                torch.zeros(shape, dtype=self.dtype, device=self.device),
+                torch.zeros(shape, dtype=self.dtype, device=self.device),
+            )
+            for _ in range(self.kv_shape.num_layers)
+        ]
+
+    @torch.inference_mode()
+    def forward(self, batch: SchedulerOutput) -> torch.Tensor:
+        """Run every scheduled chunk; return logits (N, V) for the N chunks that sample."""
+        chunks = batch.chunks
+        metadata, positions = build_metadata(
+            chunk_lengths=[len(chunk.token_ids) for chunk in chunks],
+            start_positions=[chunk.start_position for chunk in chunks],
+            block_tables=[chunk.block_ids for chunk in chunks],
+            block_size=self.block_size,
+            kv_caches=self.kv_caches,
+            device=self.device,
+        )
+        input_ids: list[int] = []
+        sample_index: list[int] = []  # packed index of the last token of each sampling chunk
+        for chunk in chunks:
+            input_ids.extend(chunk.token_ids)
+            if chunk.sampling is not None:
+                sample_index.append(len(input_ids) - 1)
+        outputs = self.model(
+            input_ids=torch.tensor([input_ids], device=self.device),  # (1, T)
+            position_ids=positions[None, :].to(self.device),  # (1, T)
+            use_cache=False,
+            logits_to_keep=torch.tensor(sample_index, device=self.device),
+            paged_metadata=metadata,
+        )
+        return outputs.logits[0]  # (N, V)
+

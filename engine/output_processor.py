@@ -1,0 +1,67 @@
+"""Turns sequences that gained tokens into `RequestOutput` deltas: text, stop strings, timing."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from engine.detokenizer import IncrementalDetokenizer
+from engine.outputs import RequestOutput, RequestTiming
+from engine.scheduler import Scheduler
+from engine.sequence import Sequence
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+__all__ = ["OutputProcessor"]
+
+
+class OutputProcessor:
+    def __init__(self, scheduler: Scheduler, tokenizer: PreTrainedTokenizerBase | None) -> None:
+        self.scheduler = scheduler
+        self.tokenizer = tokenizer
+        self._detokenizers: dict[str, IncrementalDetokenizer] = {}
+        # How many output tokens each request has already reported.
+        self._num_reported: dict[str, int] = {}
+
+    def add(self, seq: Sequence) -> None:
+        self._num_reported[seq.request_id] = 0
+        if self.tokenizer is not None:
+            self._detokenizers[seq.request_id] = IncrementalDetokenizer(
+                self.tokenizer, seq.prompt_token_ids, seq.params.stop
+            )
+
+    def discard(self, request_id: str) -> None:
+        self._num_reported.pop(request_id, None)
+        self._detokenizers.pop(request_id, None)
+
+    def process(self, sequences: list[Sequence]) -> list[RequestOutput]:
+        return [self._output(seq) for seq in sequences]
+
+    def _output(self, seq: Sequence) -> RequestOutput:
+        request_id = seq.request_id
+        num_reported = self._num_reported[request_id]
+        new_token_ids = seq.output_token_ids[num_reported:]
+        text, delta_text = "", ""
+        detokenizer = self._detokenizers.get(request_id)
+        if detokenizer is not None:
+            num_chars = len(detokenizer.text)
+            detokenizer.add_tokens(new_token_ids)
+            if not seq.is_finished and detokenizer.stop and detokenizer.find_stop(len(detokenizer.text) - num_chars):
+                self.scheduler.finish(request_id, "stop")
+            delta_text = detokenizer.release(finished=seq.is_finished)
+            text = detokenizer.released_text
+        self._num_reported[request_id] = seq.num_output_tokens
+        if seq.is_finished:
+            self.discard(request_id)
+        return RequestOutput(
+            request_id=request_id,
+            prompt_token_ids=seq.prompt_token_ids,
+            token_ids=list(seq.output_token_ids),
+            new_token_ids=new_token_ids,
+            logprobs=list(seq.output_logprobs),
+            new_logprobs=seq.output_logprobs[num_reported:],
+            text=text,
+            delta_text=delta_text,
+            finish_reason=seq.finish_reason,
+            timing=RequestTiming(seq.arrival_time, seq.first_token_time, seq.finish_time),
+        )

@@ -1,0 +1,208 @@
+"""Attention over the paged KV cache, plugged into transformers' `AttentionInterface`.
+
+The model runs on packed input: every scheduled token of every sequence in one row,
+`input_ids (1, T)` with per-token `position_ids`. Each attention layer calls
+`paged_attention_forward`, which
+
+1. writes the new tokens' keys and values into their cache slots (`slot_mapping`), then
+2. for each group of sequences (decodes, and chunks of prompt), gathers the queries into
+   `(S, Q)` and each sequence's cached keys and values into `(S, K)` through its block table,
+   and runs one masked `scaled_dot_product_attention` for the whole group.
+
+Decodes (one query each) and prompt chunks are grouped apart so that a long prompt chunk does not
+pad every decode to its length. The metadata reaches the layers through the forward's kwargs
+(`paged_metadata=`); everything index-shaped is built once per step, not once per layer.
+
+Cache layout per layer: `(num_blocks * block_size, num_kv_heads, head_dim)`; the slot of a
+sequence's token at position p is `block_ids[p // block_size] * block_size + p % block_size`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from transformers import AttentionInterface
+
+__all__ = [
+    "PAGED_ATTENTION",
+    "AttentionGroup",
+    "PagedAttentionMetadata",
+    "register_paged_attention",
+    "paged_attention_forward",
+    "build_metadata",
+]
+
+PAGED_ATTENTION = "switchyard_paged"
+
+
+@dataclass
+class AttentionGroup:
+    """Sequences whose attention runs as one padded SDPA call."""
+
+    # (S, Q) packed-token index of each query; padding repeats the sequence's last token.
+    query_index: torch.Tensor
+    # (S, K) cache slot of each context position; padding points at slot 0 (masked out).
+    kv_slots: torch.Tensor
+    # (S, Q) position of each query, and (S,) context length (cached + new tokens).
+    query_positions: torch.Tensor
+    context_lens: torch.Tensor
+    # Rows of the flattened (S * Q) output that are real queries, and where they go in (T,).
+    valid_rows: torch.Tensor
+    token_index: torch.Tensor
+    # Masks by sliding window (None = full causal), built on first use.
+    _masks: dict[int | None, torch.Tensor] = field(default_factory=dict)
+
+    def mask(self, sliding_window: int | None) -> torch.Tensor:
+        """(S, 1, Q, K) bool: True where a query may attend to a context position."""
+        cached = self._masks.get(sliding_window)
+        if cached is not None:
+            return cached
+        kv_positions = torch.arange(self.kv_slots.shape[1], device=self.kv_slots.device)  # (K,)
+        q_pos = self.query_positions[:, :, None]  # (S, Q, 1)
+        allowed = (kv_positions[None, None, :] <= q_pos) & (
+            kv_positions[None, None, :] < self.context_lens[:, None, None]
+        )
+        if sliding_window is not None:
+            allowed &= kv_positions[None, None, :] > q_pos - sliding_window
+        mask = allowed[:, None, :, :]
+        self._masks[sliding_window] = mask
+        return mask
+
+
+@dataclass
+class PagedAttentionMetadata:
+    """Everything the attention layers need for one step."""
+
+    # (T,) cache slot where each packed token's key and value are written.
+    slot_mapping: torch.Tensor
+    groups: list[AttentionGroup]
+    # Per layer: (key_cache, value_cache), each (num_slots, num_kv_heads, head_dim).
+    kv_caches: list[tuple[torch.Tensor, torch.Tensor]]
+
+
+def register_paged_attention() -> None:
+    """Make `attn_implementation=PAGED_ATTENTION` available to `from_pretrained`."""
+    AttentionInterface.register(PAGED_ATTENTION, paged_attention_forward)
+
+
+def paged_attention_forward(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    sliding_window: int | None = None,
+    softcap: float | None = None,
+    **kwargs: object,
+) -> tuple[torch.Tensor, None]:
+    """query (1, H, T, D), key/value (1, KVH, T, D) -> (1, T, H, D)."""
+    metadata = kwargs.get("paged_metadata")
+    if not isinstance(metadata, PagedAttentionMetadata):
+        raise RuntimeError(f"{PAGED_ATTENTION} attention needs paged_metadata= in the model's forward kwargs")
+    if softcap is not None:
+        raise NotImplementedError(f"{PAGED_ATTENTION} attention does not support logit softcapping")
+    key_cache, value_cache = metadata.kv_caches[module.layer_idx]
+    key_cache.index_copy_(0, metadata.slot_mapping, key[0].transpose(0, 1))  # (T, KVH, D)
+    value_cache.index_copy_(0, metadata.slot_mapping, value[0].transpose(0, 1))
+
+    queries = query[0].transpose(0, 1)  # (T, H, D)
+    num_heads, head_dim = queries.shape[1], queries.shape[2]
+    output = queries.new_empty(queries.shape)
+    for group in metadata.groups:
+        group_queries = queries[group.query_index].transpose(1, 2)  # (S, H, Q, D)
+        group_keys = key_cache[group.kv_slots].transpose(1, 2)  # (S, KVH, K, D)
+        group_values = value_cache[group.kv_slots].transpose(1, 2)
+        attended = F.scaled_dot_product_attention(
+            group_queries,
+            group_keys,
+            group_values,
+            attn_mask=group.mask(sliding_window),
+            scale=scaling,
+            enable_gqa=True,
+        )  # (S, H, Q, D)
+        flat = attended.transpose(1, 2).reshape(-1, num_heads, head_dim)  # (S * Q, H, D)
+        output[group.token_index] = flat[group.valid_rows]
+    return output.unsqueeze(0), None
+
+
+def build_metadata(
+    chunk_lengths: list[int],
+    start_positions: list[int],
+    block_tables: list[list[int]],
+    block_size: int,
+    kv_caches: list[tuple[torch.Tensor, torch.Tensor]],
+    device: torch.device,
+) -> tuple[PagedAttentionMetadata, torch.Tensor]:
+    """Metadata for a packed step, and the (T,) position of every packed token.
+
+    Chunk i holds tokens [start_positions[i], start_positions[i] + chunk_lengths[i]) of its
+    sequence, whose blocks are block_tables[i].
+    """
+    num_chunks = len(chunk_lengths)
+    lengths = torch.tensor(chunk_lengths, dtype=torch.long)  # (N,)
+    starts = torch.tensor(start_positions, dtype=torch.long)  # (N,)
+    offsets = torch.cumsum(lengths, 0) - lengths  # (N,) first packed index of each chunk
+    max_blocks = max(len(table) for table in block_tables)
+    tables = torch.zeros((num_chunks, max_blocks), dtype=torch.long)  # (N, max_blocks)
+    for i, table in enumerate(block_tables):
+        tables[i, : len(table)] = torch.tensor(table, dtype=torch.long)
+
+    chunk_of_token = torch.repeat_interleave(torch.arange(num_chunks), lengths)  # (T,)
+    positions = starts[chunk_of_token] + torch.arange(int(lengths.sum())) - offsets[chunk_of_token]
+    slot_mapping = _slots(tables[chunk_of_token], positions, block_size)
+
+    is_decode = lengths == 1
+    groups = [
+        _build_group(members, lengths, starts, offsets, tables, block_size, device)
+        for members in (torch.nonzero(is_decode).flatten(), torch.nonzero(~is_decode).flatten())
+        if members.numel() > 0
+    ]
+    metadata = PagedAttentionMetadata(slot_mapping.to(device), groups, kv_caches)
+    return metadata, positions
+
+
+def _slots(tables: torch.Tensor, positions: torch.Tensor, block_size: int) -> torch.Tensor:
+    """Cache slot of each position. tables (R, max_blocks); positions (R,) or (R, K), row r
+    read through block table r."""
+    block_index = (positions // block_size).reshape(tables.shape[0], -1)  # (R, 1) or (R, K)
+    block_ids = torch.gather(tables, 1, block_index).reshape(positions.shape)
+    return block_ids * block_size + positions % block_size
+
+
+def _build_group(
+    members: torch.Tensor,
+    lengths: torch.Tensor,
+    starts: torch.Tensor,
+    offsets: torch.Tensor,
+    tables: torch.Tensor,
+    block_size: int,
+    device: torch.device,
+) -> AttentionGroup:
+    group_lengths = lengths[members]  # (S,)
+    group_starts = starts[members]
+    context_lens = group_starts + group_lengths  # (S,)
+    max_queries = int(group_lengths.max())
+    max_context = int(context_lens.max())
+
+    query_offsets = torch.arange(max_queries)[None, :]  # (1, Q)
+    is_real_query = query_offsets < group_lengths[:, None]  # (S, Q)
+    clamped = torch.minimum(query_offsets, group_lengths[:, None] - 1)  # (S, Q)
+    query_index = offsets[members][:, None] + clamped
+    query_positions = group_starts[:, None] + clamped
+
+    kv_positions = torch.arange(max_context)[None, :].expand(len(members), -1)  # (S, K)
+    kv_slots = _slots(tables[members], kv_positions, block_size)
+    kv_slots = torch.where(kv_positions < context_lens[:, None], kv_slots, 0)
+
+    return AttentionGroup(
+        query_index=query_index.to(device),
+        kv_slots=kv_slots.to(device),
+        query_positions=query_positions.to(device),
+        context_lens=context_lens.to(device),
+        valid_rows=torch.nonzero(is_real_query.flatten()).flatten().to(device),
+        token_index=query_index[is_real_query].to(device),
+    )

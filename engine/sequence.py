@@ -1,0 +1,78 @@
+"""A request's state inside the engine: its tokens, its KV blocks and how far it has run."""
+
+from __future__ import annotations
+
+import enum
+import time
+from dataclasses import dataclass, field
+
+from engine.outputs import FinishReason
+from engine.sampling_params import SamplingParams
+
+__all__ = ["Sequence", "SequenceStatus"]
+
+
+class SequenceStatus(enum.Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    FINISHED = "finished"
+
+
+@dataclass(eq=False)
+class Sequence:
+    """One request. Its tokens are the prompt followed by what it has generated.
+
+    `num_computed_tokens` counts the tokens whose keys and values are in the KV cache. A step
+    computes the tokens after that point (a prompt chunk, a recompute after preemption, or the one
+    newest token when decoding) and, when it reaches the last token, samples the next one.
+    """
+
+    request_id: str
+    prompt_token_ids: list[int]
+    params: SamplingParams
+    # Seed of the sampling noise, fixed at arrival so recompute and batch mates cannot change it.
+    seed: int
+    arrival_time: float = field(default_factory=time.time)
+    output_token_ids: list[int] = field(default_factory=list)
+    # Logprob of each output token (filled only when params.logprobs).
+    output_logprobs: list[float] = field(default_factory=list)
+    num_computed_tokens: int = 0
+    # The sequence's block table: block i holds the KV of tokens [i * block_size, (i + 1) * block_size).
+    block_ids: list[int] = field(default_factory=list)
+    status: SequenceStatus = SequenceStatus.WAITING
+    finish_reason: FinishReason | None = None
+    first_token_time: float | None = None
+    finish_time: float | None = None
+
+    @property
+    def token_ids(self) -> list[int]:
+        return self.prompt_token_ids + self.output_token_ids
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.prompt_token_ids) + len(self.output_token_ids)
+
+    @property
+    def num_prompt_tokens(self) -> int:
+        return len(self.prompt_token_ids)
+
+    @property
+    def num_output_tokens(self) -> int:
+        return len(self.output_token_ids)
+
+    @property
+    def num_uncomputed_tokens(self) -> int:
+        return self.num_tokens - self.num_computed_tokens
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status is SequenceStatus.FINISHED
+
+    def token_slice(self, start: int, stop: int) -> list[int]:
+        """Tokens [start, stop) without building the whole prompt + output list."""
+        num_prompt = len(self.prompt_token_ids)
+        if stop <= num_prompt:
+            return self.prompt_token_ids[start:stop]
+        if start >= num_prompt:
+            return self.output_token_ids[start - num_prompt : stop - num_prompt]
+        return self.prompt_token_ids[start:] + self.output_token_ids[: stop - num_prompt]
