@@ -33,11 +33,12 @@ class IncrementalDetokenizer:
         self.text = ""
         self._released = 0
 
-    def add_tokens(self, token_ids: list[int]) -> None:
+    def add_tokens(self, token_ids: list[int], finished: bool = False) -> None:
+        """Decode newly generated tokens; `finished` flushes an incomplete UTF-8 tail as U+FFFD."""
         self._ids.extend(token_ids)
         prefix_text = self._decode(self._ids[self._prefix_offset : self._read_offset])
         full_text = self._decode(self._ids[self._prefix_offset :])
-        if full_text.endswith("\ufffd") or len(full_text) <= len(prefix_text):
+        if (full_text.endswith("\ufffd") and not finished) or len(full_text) <= len(prefix_text):
             return
         self.text += full_text[len(prefix_text) :]
         self._prefix_offset = self._read_offset

@@ -45,7 +45,7 @@ class OutputProcessor:
         detokenizer = self._detokenizers.get(request_id)
         if detokenizer is not None:
             num_chars = len(detokenizer.text)
-            detokenizer.add_tokens(new_token_ids)
+            detokenizer.add_tokens(new_token_ids, finished=seq.is_finished)
             if not seq.is_finished and detokenizer.stop and detokenizer.find_stop(len(detokenizer.text) - num_chars):
                 self.scheduler.finish(request_id, "stop")
             delta_text = detokenizer.release(finished=seq.is_finished)
