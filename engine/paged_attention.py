@@ -43,8 +43,9 @@ class AttentionGroup:
 
     # (S, Q) packed-token index of each query; padding repeats the sequence's last token.
     query_index: torch.Tensor
-    # (S, K) cache slot of each context position; padding points at slot 0 (masked out).
-    kv_slots: torch.Tensor
+    # (S, B) block table of each sequence, padded with block 0 (masked out). Context is gathered
+    # a whole block at a time: K = B * block_size positions.
+    block_tables: torch.Tensor
     # (S, Q) position of each query, and (S,) context length (cached + new tokens).
     query_positions: torch.Tensor
     context_lens: torch.Tensor
@@ -54,12 +55,13 @@ class AttentionGroup:
     # Masks by sliding window (None = full causal), built on first use.
     _masks: dict[int | None, torch.Tensor] = field(default_factory=dict)
 
-    def mask(self, sliding_window: int | None) -> torch.Tensor:
+    def mask(self, sliding_window: int | None, block_size: int) -> torch.Tensor:
         """(S, 1, Q, K) bool: True where a query may attend to a context position."""
         cached = self._masks.get(sliding_window)
         if cached is not None:
             return cached
-        kv_positions = torch.arange(self.kv_slots.shape[1], device=self.kv_slots.device)  # (K,)
+        num_context = self.block_tables.shape[1] * block_size
+        kv_positions = torch.arange(num_context, device=self.block_tables.device)  # (K,)
         q_pos = self.query_positions[:, :, None]  # (S, Q, 1)
         allowed = (kv_positions[None, None, :] <= q_pos) & (
             kv_positions[None, None, :] < self.context_lens[:, None, None]
@@ -78,8 +80,9 @@ class PagedAttentionMetadata:
     # (T,) cache slot where each packed token's key and value are written.
     slot_mapping: torch.Tensor
     groups: list[AttentionGroup]
-    # Per layer: (key_cache, value_cache), each (num_slots, num_kv_heads, head_dim).
+    # Per layer: (key_cache, value_cache), each (num_blocks * block_size, num_kv_heads, head_dim).
     kv_caches: list[tuple[torch.Tensor, torch.Tensor]]
+    block_size: int
 
 
 def register_paged_attention() -> None:
@@ -108,19 +111,25 @@ def paged_attention_forward(
     key_cache, value_cache = metadata.kv_caches[module.layer_idx]
     key_cache.index_copy_(0, metadata.slot_mapping, key[0].transpose(0, 1))  # (T, KVH, D)
     value_cache.index_copy_(0, metadata.slot_mapping, value[0].transpose(0, 1))
+    block_size = metadata.block_size
+    num_kv_heads, head_dim = key_cache.shape[1], key_cache.shape[2]
+    key_blocks = key_cache.view(-1, block_size, num_kv_heads, head_dim)  # (num_blocks, bs, KVH, D)
+    value_blocks = value_cache.view(-1, block_size, num_kv_heads, head_dim)
 
     queries = query[0].transpose(0, 1)  # (T, H, D)
-    num_heads, head_dim = queries.shape[1], queries.shape[2]
+    num_heads = queries.shape[1]
     output = queries.new_empty(queries.shape)
     for group in metadata.groups:
+        num_seqs = group.block_tables.shape[0]
         group_queries = queries[group.query_index].transpose(1, 2)  # (S, H, Q, D)
-        group_keys = key_cache[group.kv_slots].transpose(1, 2)  # (S, KVH, K, D)
-        group_values = value_cache[group.kv_slots].transpose(1, 2)
+        # (S, B, bs, KVH, D) -> (S, KVH, K, D)
+        group_keys = key_blocks[group.block_tables].view(num_seqs, -1, num_kv_heads, head_dim).transpose(1, 2)
+        group_values = value_blocks[group.block_tables].view(num_seqs, -1, num_kv_heads, head_dim).transpose(1, 2)
         attended = F.scaled_dot_product_attention(
             group_queries,
             group_keys,
             group_values,
-            attn_mask=group.mask(sliding_window),
+            attn_mask=group.mask(sliding_window, block_size),
             scale=scaling,
             enable_gqa=True,
         )  # (S, H, Q, D)
@@ -161,15 +170,13 @@ def build_metadata(
         for members in (torch.nonzero(is_decode).flatten(), torch.nonzero(~is_decode).flatten())
         if members.numel() > 0
     ]
-    metadata = PagedAttentionMetadata(slot_mapping.to(device), groups, kv_caches)
+    metadata = PagedAttentionMetadata(slot_mapping.to(device), groups, kv_caches, block_size)
     return metadata, positions
 
 
 def _slots(tables: torch.Tensor, positions: torch.Tensor, block_size: int) -> torch.Tensor:
-    """Cache slot of each position. tables (R, max_blocks); positions (R,) or (R, K), row r
-    read through block table r."""
-    block_index = (positions // block_size).reshape(tables.shape[0], -1)  # (R, 1) or (R, K)
-    block_ids = torch.gather(tables, 1, block_index).reshape(positions.shape)
+    """Cache slot of each position. tables (T, max_blocks): row t is position t's block table."""
+    block_ids = torch.gather(tables, 1, (positions // block_size)[:, None]).squeeze(1)  # (T,)
     return block_ids * block_size + positions % block_size
 
 
@@ -194,13 +201,12 @@ def _build_group(
     query_index = offsets[members][:, None] + clamped
     query_positions = group_starts[:, None] + clamped
 
-    kv_positions = torch.arange(max_context)[None, :].expand(len(members), -1)  # (S, K)
-    kv_slots = _slots(tables[members], kv_positions, block_size)
-    kv_slots = torch.where(kv_positions < context_lens[:, None], kv_slots, 0)
+    num_blocks = -(-max_context // block_size)
+    block_tables = tables[members, :num_blocks]  # (S, B); entries past a sequence's table are 0
 
     return AttentionGroup(
         query_index=query_index.to(device),
-        kv_slots=kv_slots.to(device),
+        block_tables=block_tables.to(device),
         query_positions=query_positions.to(device),
         context_lens=context_lens.to(device),
         valid_rows=torch.nonzero(is_real_query.flatten()).flatten().to(device),
