@@ -37,6 +37,13 @@ class OutputProcessor:
     def process(self, sequences: list[Sequence]) -> list[RequestOutput]:
         return [self._output(seq) for seq in sequences]
 
+    def _finish_on_stop_string(self, seq: Sequence) -> None:
+        if seq.is_finished:
+            # The same token also hit max_tokens or a stop token: the stop string names the cause.
+            seq.finish_reason = "stop"
+        else:
+            self.scheduler.finish(seq.request_id, "stop")
+
     def _output(self, seq: Sequence) -> RequestOutput:
         request_id = seq.request_id
         num_reported = self._num_reported[request_id]
@@ -46,8 +53,8 @@ class OutputProcessor:
         if detokenizer is not None:
             num_chars = len(detokenizer.text)
             detokenizer.add_tokens(new_token_ids, finished=seq.is_finished)
-            if not seq.is_finished and detokenizer.stop and detokenizer.find_stop(len(detokenizer.text) - num_chars):
-                self.scheduler.finish(request_id, "stop")
+            if detokenizer.stop and detokenizer.find_stop(len(detokenizer.text) - num_chars):
+                self._finish_on_stop_string(seq)
             delta_text = detokenizer.release(finished=seq.is_finished)
             text = detokenizer.released_text
         self._num_reported[request_id] = seq.num_output_tokens

@@ -56,7 +56,8 @@ class Sampler:
         sorted_logits = sorted_logits.masked_fill(ranks >= top_k[:, None], float("-inf"))
 
         # top-p: drop a token when the mass before it already reaches top_p (the top one stays).
-        top_p = torch.tensor([params.top_p for params, _, _ in rows], device=device)
+        # top_p = 1 keeps everything: float rounding can push the running sum past 1.
+        top_p = torch.tensor([params.top_p if params.top_p < 1.0 else float("inf") for params, _, _ in rows], device=device)
         sorted_probs = torch.softmax(sorted_logits, dim=-1)
         mass_before = torch.cumsum(sorted_probs, dim=-1) - sorted_probs
         sorted_logits = sorted_logits.masked_fill(mass_before >= top_p[:, None], float("-inf"))
