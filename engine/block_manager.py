@@ -98,17 +98,23 @@ class BlockManager:
         return needed <= self.num_free_blocks
 
     def append(self, seq: Sequence, num_new_tokens: int) -> None:
-        """Grow `seq`'s block table to hold `num_new_tokens` more tokens."""
-        needed = self.blocks_needed(seq.num_computed_tokens + num_new_tokens) - len(seq.block_ids)
+        """Grow `seq`'s block table to hold `num_new_tokens` more tokens, and key the blocks
+        those tokens fill.
+
+        Keys are published when the step is scheduled, before it runs, so a request admitted in
+        the same step can already share them: within each layer, the step writes every new
+        token's keys and values before any sequence reads its context.
+        """
+        num_tokens = seq.num_computed_tokens + num_new_tokens
+        needed = self.blocks_needed(num_tokens) - len(seq.block_ids)
         for _ in range(needed):
             seq.block_ids.append(self._take_free_block())
+        if self.enable_prefix_caching:
+            self._key_full_blocks(seq, num_tokens)
 
-    def commit_computed(self, seq: Sequence) -> None:
-        """Key the blocks that became full now that `seq.num_computed_tokens` advanced."""
-        if not self.enable_prefix_caching:
-            return
+    def _key_full_blocks(self, seq: Sequence, num_tokens: int) -> None:
         hashes = self._seq_hashes.setdefault(seq.request_id, [])
-        num_full = seq.num_computed_tokens // self.block_size
+        num_full = num_tokens // self.block_size
         while len(hashes) < num_full:
             index = len(hashes)
             start = index * self.block_size

@@ -10,7 +10,8 @@ The model runs on packed input: every scheduled token of every sequence in one r
    and runs one masked `scaled_dot_product_attention` for the whole group.
 
 Decodes (one query each) and prompt chunks are grouped apart so that a long prompt chunk does not
-pad every decode to its length. The metadata reaches the layers through the forward's kwargs
+pad every decode to its length, and decodes are further split by context length (see
+`split_by_context`) so that short contexts are not padded to the longest one. The metadata reaches the layers through the forward's kwargs
 (`paged_metadata=`); everything index-shaped is built once per step, not once per layer.
 
 Cache layout per layer: `(num_blocks * block_size, num_kv_heads, head_dim)`; the slot of a
@@ -32,6 +33,7 @@ __all__ = [
     "register_paged_attention",
     "paged_attention_forward",
     "build_metadata",
+    "split_by_context",
 ]
 
 PAGED_ATTENTION = "switchyard_paged"
@@ -156,22 +158,58 @@ def build_metadata(
     starts = torch.tensor(start_positions, dtype=torch.long)  # (N,)
     offsets = torch.cumsum(lengths, 0) - lengths  # (N,) first packed index of each chunk
     max_blocks = max(len(table) for table in block_tables)
-    tables = torch.zeros((num_chunks, max_blocks), dtype=torch.long)  # (N, max_blocks)
-    for i, table in enumerate(block_tables):
-        tables[i, : len(table)] = torch.tensor(table, dtype=torch.long)
+    padded = [table + [0] * (max_blocks - len(table)) for table in block_tables]
+    tables = torch.tensor(padded, dtype=torch.long)  # (N, max_blocks), padded with block 0
 
     chunk_of_token = torch.repeat_interleave(torch.arange(num_chunks), lengths)  # (T,)
     positions = starts[chunk_of_token] + torch.arange(int(lengths.sum())) - offsets[chunk_of_token]
     slot_mapping = _slots(tables[chunk_of_token], positions, block_size)
 
-    is_decode = lengths == 1
+    decode_ids = [i for i, n in enumerate(chunk_lengths) if n == 1]
+    prefill_ids = [i for i, n in enumerate(chunk_lengths) if n != 1]
+    context_lens = [start_positions[i] + 1 for i in decode_ids]
+    member_lists = [*split_by_context(decode_ids, context_lens), prefill_ids]
     groups = [
-        _build_group(members, lengths, starts, offsets, tables, block_size, device)
-        for members in (torch.nonzero(is_decode).flatten(), torch.nonzero(~is_decode).flatten())
-        if members.numel() > 0
+        _build_group(torch.tensor(members), lengths, starts, offsets, tables, block_size, device)
+        for members in member_lists
+        if members
     ]
     metadata = PagedAttentionMetadata(slot_mapping.to(device), groups, kv_caches, block_size)
     return metadata, positions
+
+
+# Padded context positions that cost as much as one more SDPA call (gather, mask, launch).
+_GROUP_OVERHEAD_POSITIONS = 2048
+
+
+def split_by_context(ids: list[int], context_lens: list[int]) -> list[list[int]]:
+    """Split decodes into groups of similar context length.
+
+    A group pads every member to its longest context, so one group over contexts of 16 and 600
+    tokens gathers and attends over twice the positions it needs. Sorted by length, the
+    partition into contiguous runs minimising (padded positions + an overhead per group) is a
+    small dynamic program: O(n^2) for n decodes, once per step.
+    """
+    if not ids:
+        return []
+    order = sorted(range(len(ids)), key=lambda i: context_lens[i])
+    lens = [context_lens[i] for i in order]
+    num = len(lens)
+    # best_cost[j]: cheapest split of the j shortest; cut_at[j]: where its last group starts.
+    best_cost = [0] + [0] * num
+    cut_at = [0] * (num + 1)
+    for end in range(1, num + 1):
+        best_cost[end], cut_at[end] = min(
+            (best_cost[start] + _GROUP_OVERHEAD_POSITIONS + (end - start) * lens[end - 1], start)
+            for start in range(end)
+        )
+    groups: list[list[int]] = []
+    end = num
+    while end > 0:
+        start = cut_at[end]
+        groups.append([ids[order[i]] for i in range(start, end)])
+        end = start
+    return groups[::-1]
 
 
 def _slots(tables: torch.Tensor, positions: torch.Tensor, block_size: int) -> torch.Tensor:

@@ -215,7 +215,6 @@ class Scheduler:
             if not is_decode:
                 self.num_prompt_tokens_computed += len(chunk.token_ids)
             seq.num_computed_tokens += len(chunk.token_ids)
-            self.block_manager.commit_computed(seq)
             if chunk.sampling is None:
                 continue
             token_id = sampled.token_ids[sampled_index]

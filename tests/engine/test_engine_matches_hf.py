@@ -65,6 +65,17 @@ def test_prefix_cache_hits_match_hf(tiny_model_dirs: dict[str, Path], architectu
     assert engine.stats().prefix_cache_hit_tokens - hits_before == 3 * 32
 
 
+def test_requests_admitted_together_share_a_prefix_and_match_hf(llama_dir: Path) -> None:
+    engine = LLMEngine(EngineConfig(model=str(llama_dir), block_size=8, num_kv_blocks=128))
+    rng = random.Random(7)
+    shared = [rng.randrange(10, 500) for _ in range(37)]
+    prompts = [shared + [rng.randrange(10, 500) for _ in range(n)] for n in (2, 5, 11)]
+    assert_matches_hf(llama_dir, engine, prompts, [6, 9, 4])
+    # One step admits all three; the second and third reuse the first's 4 full prefix blocks.
+    assert engine.stats().prefix_cache_hit_tokens == 2 * 32
+    assert engine.stats().num_prompt_tokens_computed == sum(len(p) for p in prompts) - 2 * 32
+
+
 @pytest.mark.parametrize("scheduling", ["continuous", "static"])
 def test_preempted_sequences_resume_with_identical_tokens(tiny_model_dirs: dict[str, Path], scheduling: str) -> None:
     model_dir = tiny_model_dirs["llama"]

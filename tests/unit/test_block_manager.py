@@ -20,10 +20,9 @@ def make_manager(num_blocks: int = 8, enable_prefix_caching: bool = True) -> Blo
 
 
 def compute(manager: BlockManager, seq: Sequence, num_tokens: int) -> None:
-    """What one step does for `seq`: grow its table, compute `num_tokens` tokens, key full blocks."""
+    """What one step does for `seq`: grow its table (keying the blocks it fills), compute the tokens."""
     manager.append(seq, num_tokens)
     seq.num_computed_tokens += num_tokens
-    manager.commit_computed(seq)
 
 
 def run_prompt(manager: BlockManager, seq: Sequence) -> list[int]:
@@ -261,3 +260,16 @@ def test_can_admit_counts_cached_blocks_taken_back_from_the_free_list(
         manager.admit(seq, cached)
         manager.append(seq, num_tokens - seq.num_computed_tokens)
         assert len(seq.block_ids) == manager.blocks_needed(num_tokens)
+
+
+def test_blocks_are_shareable_as_soon_as_they_are_scheduled() -> None:
+    """A request admitted in the same step as the one computing a prefix already shares it."""
+    manager = make_manager(num_blocks=8)
+    first = make_seq("first", list(range(10)))
+    manager.admit(first, manager.match_prefix(first))
+    manager.append(first, 10)  # scheduled, not yet computed
+    second = make_seq("second", list(range(8)) + [99, 98])
+    cached = manager.match_prefix(second)
+    assert cached == first.block_ids[:2]
+    manager.admit(second, cached)
+    assert second.num_computed_tokens == 8
