@@ -1,0 +1,101 @@
+"""Switchyard's engine under each scheduling policy, with its prefix-cache and KV-waste counters."""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+from benchmarks.settings import BenchSettings, RunResult
+from benchmarks.workloads import Request, Workload, check_lengths
+from engine import EngineConfig, EngineStats, LLMEngine, SamplingParams
+
+__all__ = [
+    "engine_config",
+    "kv_waste",
+    "drive_engine",
+    "run_engine",
+    "run_continuous",
+    "run_continuous_no_prefix_cache",
+    "run_static",
+    "run_request",
+]
+
+
+def engine_config(settings: BenchSettings, scheduling: str, prefix_caching: bool) -> EngineConfig:
+    return EngineConfig(
+        model=str(settings.model_dir),
+        dtype="float32",
+        device="cpu",
+        scheduling=scheduling,
+        max_num_seqs=settings.batch_size,
+        max_num_batched_tokens=settings.max_batched_tokens,
+        enable_prefix_caching=prefix_caching,
+        num_kv_blocks=settings.num_kv_blocks,
+        block_size=settings.block_size,
+    )
+
+
+def kv_waste(stats: EngineStats, block_size: int) -> float:
+    return 1.0 - stats.kv_tokens_stored / (stats.kv_blocks_used * block_size)
+
+
+def drive_engine(
+    engine: LLMEngine, requests: list[Request], id_prefix: str, block_size: int
+) -> tuple[list[list[int]], list[float]]:
+    """Runs the requests to completion; returns their tokens and the KV waste after each step that held KV."""
+    request_ids = [f"{id_prefix}{index}" for index in range(len(requests))]
+    for request_id, request in zip(request_ids, requests):
+        params = SamplingParams(max_tokens=request.max_tokens, temperature=0.0, ignore_eos=True)
+        engine.add_request(request_id, request.prompt, params)
+    generated: dict[str, list[int]] = {}
+    wastes: list[float] = []
+    while engine.has_unfinished_requests():
+        for output in engine.step():
+            if output.finished:
+                generated[output.request_id] = output.token_ids
+        stats = engine.stats()
+        if stats.kv_blocks_used:
+            wastes.append(kv_waste(stats, block_size))
+    return [generated[request_id] for request_id in request_ids], wastes
+
+
+def run_engine(
+    settings: BenchSettings,
+    workload: Workload,
+    warmup: list[Request],
+    scheduling: str,
+    prefix_caching: bool,
+) -> RunResult:
+    engine = LLMEngine(engine_config(settings, scheduling, prefix_caching))
+    drive_engine(engine, warmup, "warmup-", settings.block_size)
+    before = engine.stats()
+    start = time.perf_counter()
+    generated, wastes = drive_engine(engine, workload.requests, "request-", settings.block_size)
+    seconds = time.perf_counter() - start
+    after = engine.stats()
+    check_lengths(workload.requests, generated, f"engine ({scheduling})")
+    queried = after.prefix_cache_queried_tokens - before.prefix_cache_queried_tokens
+    hits = after.prefix_cache_hit_tokens - before.prefix_cache_hit_tokens
+    return RunResult(
+        seconds=seconds,
+        output_tokens=workload.output_tokens,
+        prompt_tokens_computed=after.num_prompt_tokens_computed - before.num_prompt_tokens_computed,
+        mean_kv_waste=statistics.fmean(wastes) if wastes else None,
+        prefix_hit_rate=hits / queried if queried else None,
+    )
+
+
+def run_continuous(settings: BenchSettings, workload: Workload, warmup: list[Request]) -> RunResult:
+    return run_engine(settings, workload, warmup, "continuous", prefix_caching=True)
+
+
+def run_continuous_no_prefix_cache(settings: BenchSettings, workload: Workload, warmup: list[Request]) -> RunResult:
+    return run_engine(settings, workload, warmup, "continuous", prefix_caching=False)
+
+
+def run_static(settings: BenchSettings, workload: Workload, warmup: list[Request]) -> RunResult:
+    return run_engine(settings, workload, warmup, "static", prefix_caching=True)
+
+
+def run_request(settings: BenchSettings, workload: Workload, warmup: list[Request]) -> RunResult:
+    return run_engine(settings, workload, warmup, "request", prefix_caching=True)
