@@ -6,13 +6,14 @@
 
 from engine.async_engine import AsyncLLMEngine
 from engine.config import EngineConfig
-from engine.errors import EngineDeadError, EngineError
+from engine.errors import ContextLengthError, EngineDeadError, EngineError
 from engine.llm_engine import LLMEngine
 from engine.outputs import EngineStats, RequestOutput, RequestTiming
 from engine.sampling_params import SamplingParams
 
 __all__ = [
     "AsyncLLMEngine",
+    "ContextLengthError",
     "EngineConfig",
     "EngineDeadError",
     "EngineError",

@@ -1,13 +1,22 @@
 """The engine's exceptions.
 
-    ValueError            bad input: a config field, a sampling parameter, a prompt (builtin)
-    EngineError           the engine could not serve a valid request
-    └── EngineDeadError   a step failed; the engine refuses work until it is replaced
+    ValueError              bad input: a config field, a sampling parameter, a prompt (builtin)
+    └── ContextLengthError  prompt + max_tokens exceed max_model_len, or need more than the KV pool
+    EngineError             the engine could not serve a valid request
+    └── EngineDeadError     a step failed; the engine refuses work until it is replaced
 """
 
 from __future__ import annotations
 
-__all__ = ["EngineError", "EngineDeadError"]
+__all__ = ["ContextLengthError", "EngineDeadError", "EngineError"]
+
+
+class ContextLengthError(ValueError):
+    """The request can never run: prompt + max_tokens exceed max_model_len or the whole KV pool.
+
+    A ValueError, because the input is at fault; its own type so a front end can tell a too-long
+    request (OpenAI's `context_length_exceeded`) from other bad input.
+    """
 
 
 class EngineError(RuntimeError):

@@ -27,12 +27,11 @@ class InProcessExecutor:
 
     def execute(self, batch: SchedulerOutput) -> SampledTokens:
         logits = self.runner.forward(batch)  # (N, V), one row per sampling chunk
-        rows: list[SamplingRow] = [
-            (chunk.sampling, chunk.seed, chunk.num_output_tokens)
+        rows = [
+            SamplingRow(chunk.sampling, chunk.seed, chunk.num_output_tokens, chunk.output_token_ids)
             for chunk in batch.chunks
             if chunk.sampling is not None
         ]
         if not rows:
-            return SampledTokens(token_ids=[], logprobs=[])
-        token_ids, logprobs = self.sampler.sample(logits, rows)
-        return SampledTokens(token_ids=token_ids, logprobs=logprobs)
+            return SampledTokens(token_ids=[], logprobs=[], top_logprobs=[])
+        return self.sampler.sample(logits, rows)

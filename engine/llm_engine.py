@@ -8,6 +8,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from engine.config import EngineConfig
+from engine.errors import ContextLengthError
 from engine.executor import InProcessExecutor
 from engine.output_processor import OutputProcessor
 from engine.outputs import EngineStats, RequestOutput
@@ -48,7 +49,8 @@ class LLMEngine:
     # ----- requests -----------------------------------------------------------------------
 
     def add_request(self, request_id: str, prompt: Prompt, params: SamplingParams | None = None) -> None:
-        """Queue a request. Bad input raises ValueError naming the field; nothing is queued then."""
+        """Queue a request. Bad input raises ValueError naming the field (ContextLengthError when
+        prompt + max_tokens can never fit); nothing is queued then."""
         params = params or SamplingParams()
         if request_id in self.scheduler.sequences:
             raise ValueError(f"request_id must be unique, {request_id!r} is already running")
@@ -138,9 +140,10 @@ class LLMEngine:
         return list(token_ids)
 
     def _check_fits(self, prompt_token_ids: list[int], params: SamplingParams) -> None:
+        """Raise ContextLengthError for a request that could never run, even on an idle engine."""
         num_tokens = len(prompt_token_ids) + params.max_tokens
         if num_tokens > self.max_model_len:
-            raise ValueError(
+            raise ContextLengthError(
                 f"prompt ({len(prompt_token_ids)} tokens) + max_tokens ({params.max_tokens}) must be "
                 f"<= max_model_len ({self.max_model_len})"
             )
@@ -148,7 +151,7 @@ class LLMEngine:
         block_manager = self.scheduler.block_manager
         num_blocks = block_manager.blocks_needed(num_tokens - 1)
         if num_blocks > block_manager.num_blocks:
-            raise ValueError(
+            raise ContextLengthError(
                 f"prompt ({len(prompt_token_ids)} tokens) + max_tokens ({params.max_tokens}) needs "
                 f"{num_blocks} KV blocks, more than the pool's {block_manager.num_blocks}"
             )

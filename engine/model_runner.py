@@ -14,7 +14,7 @@ from engine.memory import available_memory_bytes
 from engine.paged_attention import PAGED_ATTENTION, build_metadata, register_paged_attention
 from engine.scheduler import SchedulerOutput
 
-__all__ = ["KVCacheShape", "ModelRunner", "TORCH_DTYPES", "kv_cache_shape"]
+__all__ = ["TORCH_DTYPES", "KVCacheShape", "ModelRunner", "kv_cache_shape"]
 
 logger = logging.getLogger(__name__)
 
@@ -141,7 +141,8 @@ class ModelRunner:
             input_ids=torch.tensor([input_ids], device=self.device),  # (1, T)
             position_ids=positions[None, :].to(self.device),  # (1, T)
             use_cache=False,
-            logits_to_keep=torch.tensor(sample_index, device=self.device),
+            # long even when empty: a step of prompt chunks that do not sample keeps no logits
+            logits_to_keep=torch.tensor(sample_index, dtype=torch.long, device=self.device),
             paged_metadata=metadata,
         )
         return outputs.logits[0]  # (N, V)

@@ -67,6 +67,8 @@ class OutputProcessor:
             new_token_ids=new_token_ids,
             logprobs=list(seq.output_logprobs),
             new_logprobs=seq.output_logprobs[num_reported:],
+            top_logprobs=list(seq.output_top_logprobs),
+            new_top_logprobs=seq.output_top_logprobs[num_reported:],
             text=text,
             delta_text=delta_text,
             finish_reason=seq.finish_reason,

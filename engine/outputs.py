@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-__all__ = ["FinishReason", "RequestTiming", "RequestOutput", "EngineStats"]
+__all__ = ["EngineStats", "FinishReason", "RequestOutput", "RequestTiming"]
 
 FinishReason = Literal["stop", "length", "abort"]
 
@@ -39,6 +39,12 @@ class RequestOutput:
     timing: RequestTiming
     # Logprobs of this step's new tokens (the delta of `logprobs`).
     new_logprobs: list[float] = field(default_factory=list)
+    # Per generated token so far, the SamplingParams.top_logprobs most likely (token id, logprob)
+    # pairs at that step under the model's unmodified distribution, most likely first; empty
+    # unless SamplingParams.top_logprobs > 0.
+    top_logprobs: list[list[tuple[int, float]]] = field(default_factory=list)
+    # Top logprobs of this step's new tokens (the delta of `top_logprobs`).
+    new_top_logprobs: list[list[tuple[int, float]]] = field(default_factory=list)
 
     @property
     def finished(self) -> bool:

@@ -25,7 +25,7 @@ from engine.outputs import FinishReason
 from engine.sampling_params import SamplingParams
 from engine.sequence import Sequence, SequenceStatus
 
-__all__ = ["ScheduledChunk", "SchedulerOutput", "SampledTokens", "Scheduler"]
+__all__ = ["SampledTokens", "ScheduledChunk", "Scheduler", "SchedulerOutput"]
 
 
 @dataclass
@@ -46,6 +46,10 @@ class ScheduledChunk:
     # (so each position draws its own noise, independent of batch and preemption).
     seed: int
     num_output_tokens: int
+    # The tokens it generated before this step, counted by the presence and frequency penalties
+    # (generated tokens survive preemption, so recompute sees the same counts). Filled only for a
+    # sampling chunk of a request with a penalty; empty otherwise, to spare the copy.
+    output_token_ids: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -72,6 +76,9 @@ class SampledTokens:
     token_ids: list[int]
     # Logprob of each sampled token under the model's unmodified distribution.
     logprobs: list[float]
+    # Per sampled token, the `params.top_logprobs` most likely (token id, logprob) pairs under the
+    # same distribution, most likely first; [] where the request asked for none.
+    top_logprobs: list[list[tuple[int, float]]]
 
 
 class Scheduler:
@@ -182,6 +189,7 @@ class Scheduler:
     def _chunk(self, seq: Sequence, num_new: int) -> ScheduledChunk:
         start = seq.num_computed_tokens
         reaches_end = start + num_new == seq.num_tokens
+        needs_counts = reaches_end and seq.params.has_penalties
         return ScheduledChunk(
             request_id=seq.request_id,
             token_ids=seq.token_slice(start, start + num_new),
@@ -190,6 +198,7 @@ class Scheduler:
             sampling=seq.params if reaches_end else None,
             seed=seq.seed,
             num_output_tokens=seq.num_output_tokens,
+            output_token_ids=list(seq.output_token_ids) if needs_counts else [],
         )
 
     def _preempt(self, seq: Sequence, output: SchedulerOutput) -> None:
@@ -217,17 +226,19 @@ class Scheduler:
             seq.num_computed_tokens += len(chunk.token_ids)
             if chunk.sampling is None:
                 continue
-            token_id = sampled.token_ids[sampled_index]
-            logprob = sampled.logprobs[sampled_index]
+            self._append_token(seq, sampled, sampled_index, now)
             sampled_index += 1
-            self._append_token(seq, token_id, logprob, now)
             updated.append(seq)
         return updated
 
-    def _append_token(self, seq: Sequence, token_id: int, logprob: float, now: float) -> None:
+    def _append_token(self, seq: Sequence, sampled: SampledTokens, index: int, now: float) -> None:
+        """Append entry `index` of `sampled` to `seq`; finish it if that token ends it."""
+        token_id = sampled.token_ids[index]
         seq.output_token_ids.append(token_id)
         if seq.params.logprobs:
-            seq.output_logprobs.append(logprob)
+            seq.output_logprobs.append(sampled.logprobs[index])
+        if seq.params.top_logprobs:
+            seq.output_top_logprobs.append(sampled.top_logprobs[index])
         if seq.first_token_time is None:
             seq.first_token_time = now
         self.num_generation_tokens += 1

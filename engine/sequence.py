@@ -36,6 +36,9 @@ class Sequence:
     output_token_ids: list[int] = field(default_factory=list)
     # Logprob of each output token (filled only when params.logprobs).
     output_logprobs: list[float] = field(default_factory=list)
+    # Per output token, the params.top_logprobs most likely (token id, logprob) pairs, most likely
+    # first (filled only when params.top_logprobs > 0).
+    output_top_logprobs: list[list[tuple[int, float]]] = field(default_factory=list)
     num_computed_tokens: int = 0
     # The sequence's block table: block i holds the KV of tokens [i * block_size, (i + 1) * block_size).
     block_ids: list[int] = field(default_factory=list)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from engine import EngineConfig, LLMEngine, SamplingParams
+from engine import ContextLengthError, EngineConfig, LLMEngine, SamplingParams
 
 
 @pytest.fixture(scope="module")
@@ -135,6 +135,39 @@ def test_request_that_can_never_fit_the_pool_is_rejected_at_once(llama_dir: Path
     assert not small.has_unfinished_requests()
     # 32 tokens + 1 generated needs exactly 4 blocks (the last token is never cached): it fits.
     assert len(small.generate([[5] * 32], SamplingParams(max_tokens=1))[0].token_ids) == 1
+
+
+@pytest.mark.parametrize(
+    ("prompt_length", "max_tokens", "message"),
+    [
+        (250, 10, r"max_tokens \(10\) must be <= max_model_len \(256\)"),  # 260 > max_model_len 256
+        (30, 8, r"needs 5 KV blocks, more than the pool's 4"),  # 37 cached tokens > 4 blocks x 8
+    ],
+)
+def test_too_long_request_raises_context_length_error(
+    llama_dir: Path, prompt_length: int, max_tokens: int, message: str
+) -> None:
+    # max_model_len caps the first case; the 4-block pool (32 slots) the second.
+    engine = LLMEngine(EngineConfig(model=str(llama_dir), num_kv_blocks=4, block_size=8, max_model_len=256))
+    with pytest.raises(ContextLengthError, match=message) as error:
+        engine.add_request("long", [5] * prompt_length, SamplingParams(max_tokens=max_tokens))
+    assert isinstance(error.value, ValueError)
+    assert not engine.has_unfinished_requests()
+
+
+def test_other_bad_input_is_not_a_context_length_error(engine: LLMEngine) -> None:
+    with pytest.raises(ValueError, match="prompt") as error:
+        engine.add_request("bad", [1, 2, 10**9], SamplingParams())
+    assert not isinstance(error.value, ContextLengthError)
+
+
+def test_steps_whose_prompt_chunks_sample_nothing_run(llama_dir: Path) -> None:
+    # A 4-token budget runs the 10-token prompt as chunks of 4, 4 and 2; only the last one samples.
+    engine = LLMEngine(EngineConfig(model=str(llama_dir), num_kv_blocks=16, max_num_batched_tokens=4))
+    engine.add_request("chunked", list(range(20, 30)), SamplingParams(max_tokens=2, ignore_eos=True))
+    assert (engine.step(), engine.step()) == ([], [])
+    (output,) = engine.step()
+    assert (len(output.token_ids), output.finished) == (1, False)
 
 
 def test_duplicate_request_id_is_rejected(engine: LLMEngine) -> None:

@@ -55,6 +55,18 @@ def test_invalid_engine_config_names_the_field(field: str, value: object) -> Non
         ("stop", ""),
         ("stop_token_ids", [-1]),
         ("stop_token_ids", [True]),
+        ("presence_penalty", 2.01),
+        ("presence_penalty", -2.5),
+        ("presence_penalty", float("nan")),
+        ("presence_penalty", True),
+        ("frequency_penalty", float("inf")),
+        ("frequency_penalty", -3.0),
+        ("frequency_penalty", "1"),
+        ("top_logprobs", 21),
+        ("top_logprobs", -1),
+        ("top_logprobs", 1.5),
+        ("top_logprobs", True),
+        ("top_logprobs", 3),  # without logprobs=True
     ],
 )
 def test_invalid_sampling_params_name_the_field(field: str, value: object) -> None:
@@ -98,11 +110,20 @@ def test_boundary_engine_config_values_are_accepted(overrides: dict[str, object]
         {"top_p": 1.0},
         {"top_k": 0},
         {"stop_token_ids": [0]},
+        {"presence_penalty": -2.0, "frequency_penalty": 2.0},
+        {"presence_penalty": 2, "frequency_penalty": -2},
+        {"top_logprobs": 20, "logprobs": True},
+        {"top_logprobs": 0, "logprobs": True},
     ],
 )
 def test_boundary_sampling_params_are_accepted(overrides: dict[str, object]) -> None:
     params = SamplingParams(**overrides)
     assert all(getattr(params, field) == value for field, value in overrides.items())
+
+
+def test_top_logprobs_above_zero_names_the_missing_logprobs_flag() -> None:
+    with pytest.raises(ValueError, match=r"^top_logprobs .*logprobs=True"):
+        SamplingParams(top_logprobs=1)
 
 
 def test_a_single_stop_string_becomes_a_list() -> None:

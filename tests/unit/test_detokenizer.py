@@ -57,7 +57,7 @@ def generate_through_engine_steps(
     outputs: list[RequestOutput] = []
     for token_id in output_token_ids:
         batch = scheduler.schedule()
-        updated = scheduler.update(batch, SampledTokens(token_ids=[token_id], logprobs=[0.0]))
+        updated = scheduler.update(batch, SampledTokens(token_ids=[token_id], logprobs=[0.0], top_logprobs=[[]]))
         outputs += processor.process(updated)
         if not scheduler.has_unfinished():
             break

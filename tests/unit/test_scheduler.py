@@ -50,7 +50,8 @@ def step(scheduler: Scheduler, tokens: dict[str, int] | None = None) -> Schedule
     tokens = tokens or {}
     output = scheduler.schedule()
     sampled = [tokens.get(chunk.request_id, DEFAULT_TOKEN) for chunk in output.chunks if chunk.sampling is not None]
-    scheduler.update(output, SampledTokens(token_ids=sampled, logprobs=[0.0] * len(sampled)))
+    no_top_logprobs: list[list[tuple[int, float]]] = [[] for _ in sampled]
+    scheduler.update(output, SampledTokens(sampled, logprobs=[0.0] * len(sampled), top_logprobs=no_top_logprobs))
     return output
 
 
@@ -200,6 +201,58 @@ def test_preemption_evicts_the_newest_sequence_and_resumes_it_by_recompute() -> 
     assert c.output_token_ids == [40, 41]
     assert scheduler.num_prompt_tokens_computed == prompt_tokens_before + 3 + 2  # c's recompute + d's prompt
     assert scheduler.num_preemptions == 1
+
+
+def test_sampling_chunks_of_penalized_requests_carry_their_generated_tokens() -> None:
+    # Budget 5: `p`'s 7-token prompt runs as a 5-token chunk that does not sample, then the rest.
+    scheduler = make_scheduler(max_num_batched_tokens=5)
+    scheduler.add(make_seq("p", prompt_of(7), max_tokens=4, frequency_penalty=0.5))
+    scheduler.add(make_seq("q", [20, 21], max_tokens=4))
+    carried: list[dict[str, list[int]]] = []
+    for token in (10, 11, 11, 13):
+        output = step(scheduler, {"p": token, "q": token})
+        carried.append({chunk.request_id: chunk.output_token_ids for chunk in output.chunks})
+
+    assert carried == [
+        {"p": []},  # the first prompt chunk: nothing generated, nothing sampled
+        {"p": [], "q": []},
+        {"p": [11], "q": []},  # `q` has no penalty: its tokens are not copied
+        {"p": [11, 11], "q": []},  # repeats stay: the frequency penalty counts them
+    ]
+
+
+def test_recompute_after_preemption_carries_the_generated_tokens() -> None:
+    # As in the preemption test above, with `c` penalized: its recompute still counts token 40.
+    scheduler = make_scheduler(num_kv_blocks=4, max_num_seqs=3)
+    for seq in (
+        make_seq("a", prompt_of(8), max_tokens=3),
+        make_seq("b", [20, 21], max_tokens=3),
+        make_seq("c", [30, 31], max_tokens=3, presence_penalty=1.0),
+    ):
+        scheduler.add(seq)
+    step(scheduler, {"c": 40})
+    assert step(scheduler).preempted_ids == ["c"]
+    step(scheduler)
+
+    recompute = step(scheduler).chunks[0]
+
+    assert (recompute.request_id, recompute.start_position) == ("c", 0)
+    assert recompute.output_token_ids == [40]
+
+
+def test_top_logprobs_are_kept_only_for_requests_that_asked() -> None:
+    scheduler = make_scheduler()
+    asking = make_seq("asking", [20, 21], max_tokens=2, logprobs=True, top_logprobs=2)
+    plain = make_seq("plain", [30, 31], max_tokens=2, logprobs=True)
+    scheduler.add(asking)
+    scheduler.add(plain)
+    for step_index in range(2):
+        output = scheduler.schedule()
+        top = [[(7, -0.1 - step_index), (8, -2.5)], [(9, -0.2), (7, -1.0)]]
+        scheduler.update(output, SampledTokens(token_ids=[7, 9], logprobs=[-0.1 - step_index, -0.2], top_logprobs=top))
+
+    assert asking.output_top_logprobs == [[(7, -0.1), (8, -2.5)], [(7, -1.1), (8, -2.5)]]
+    assert (plain.output_logprobs, plain.output_top_logprobs) == ([-0.2, -0.2], [])
 
 
 def test_no_admission_in_a_step_that_preempted() -> None:
