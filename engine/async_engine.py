@@ -62,11 +62,19 @@ class AsyncLLMEngine:
         self._loop_task = asyncio.get_running_loop().create_task(self._run_loop())
 
     async def shutdown(self) -> None:
+        """Stop the step loop and wait for the engine thread to finish its current call."""
         if self._loop_task is not None:
             self._loop_task.cancel()
             await asyncio.gather(self._loop_task, return_exceptions=True)
             self._loop_task = None
         self._thread.shutdown(wait=True)
+
+    def close(self) -> None:
+        """Stop without waiting, from synchronous code (a destructor); requests in flight end."""
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            self._loop_task = None
+        self._thread.shutdown(wait=False, cancel_futures=True)
 
     async def generate(
         self, request_id: str, prompt: Prompt, params: SamplingParams | None = None

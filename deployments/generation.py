@@ -1,0 +1,68 @@
+"""The plain data that travels between the Router and a model's LLMServer replicas.
+
+The Router turns an OpenAI request into one `GenerationRequest`; the replica answers with a stream
+of `GenerationChunk`s, one or more per choice, the last of each choice carrying its finish reason.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from engine import SamplingParams
+
+__all__ = ["ChatMessage", "GenerationChunk", "GenerationRequest", "TokenLogprob"]
+
+
+@dataclass
+class ChatMessage:
+    role: str
+    content: str
+
+
+@dataclass
+class GenerationRequest:
+    # Unique per HTTP request; choice i runs in the engine as f"{request_id}-{i}".
+    request_id: str
+    # Completions: text or token ids, as given. Chat: None (see `messages`).
+    prompt: str | list[int] | None
+    # Chat: the conversation, rendered with the model's chat template. Completions: None.
+    messages: list[ChatMessage] | None
+    # Sampling for every choice. Its max_tokens is replaced by the replica (see `max_tokens`).
+    params: SamplingParams
+    # Most tokens per choice; None means whatever the model's context leaves after the prompt.
+    max_tokens: int | None
+    # Choices to generate from the one prompt (they share its KV blocks through the prefix cache).
+    n: int = 1
+    # False: the replica sends each choice once, whole, when it finishes.
+    stream: bool = True
+
+    @property
+    def prompt_param(self) -> Literal["messages", "prompt"]:
+        """The request field a prompt problem is reported against."""
+        return "messages" if self.messages is not None else "prompt"
+
+
+@dataclass
+class TokenLogprob:
+    # The token as text (a lone piece of a multi-byte character shows as U+FFFD).
+    token: str
+    logprob: float
+    # The most likely tokens at this position, most likely first: (text, logprob).
+    top: list[tuple[str, float]] = field(default_factory=list)
+
+
+@dataclass
+class GenerationChunk:
+    # Which choice this belongs to, in [0, n).
+    index: int
+    # Text and token ids new in this chunk.
+    text: str
+    token_ids: list[int]
+    # One entry per token in `token_ids` when logprobs were asked for, else None.
+    logprobs: list[TokenLogprob] | None
+    # "stop" | "length" on a choice's last chunk, else None.
+    finish_reason: str | None
+    # Tokens in the prompt, and tokens this choice has generated so far (for usage).
+    num_prompt_tokens: int
+    num_generated_tokens: int

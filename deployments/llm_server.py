@@ -1,0 +1,198 @@
+"""LLMServer: one model's Serve deployment. Each replica owns an `AsyncLLMEngine`.
+
+Router ──handle.generate(GenerationRequest)──▶ LLMServer replica
+                                                │ prompt -> token ids, max_tokens
+                                                │ n engine requests, merged into one stream
+                                                ▼
+                               async generator of GenerationChunk ──▶ Router
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+from collections.abc import AsyncIterator
+
+from deployments.config import ModelConfig
+from deployments.errors import ApiError, invalid_request
+from deployments.generation import GenerationChunk, GenerationRequest, TokenLogprob
+from deployments.model_source import resolve_model_source
+from deployments.prompts import PromptBuilder
+from engine import AsyncLLMEngine, EngineStats, RequestOutput, SamplingParams
+
+__all__ = ["LLMServer"]
+
+logger = logging.getLogger("ray.serve")
+
+
+class LLMServer:
+    """Serves one model. Construction loads the weights; Serve health-checks the engine after."""
+
+    async def __init__(self, model: ModelConfig) -> None:
+        self.model = model
+        started = time.perf_counter()
+        source = await asyncio.to_thread(resolve_model_source, model.source)
+        self.engine = AsyncLLMEngine(model.engine.to_engine_config(source))
+        await self.engine.start(timeout_s=model.engine.start_timeout_s)
+        loaded = self.engine.engine
+        assert loaded is not None  # start() loaded it
+        self.prompts = PromptBuilder(loaded.tokenizer, loaded.max_model_len, model.name)
+        stats = await self.engine.stats()
+        logger.info(
+            "%s: engine ready in %.1fs (weights loaded in %.1fs from %s; max_model_len %d; %d KV blocks of %d tokens)",
+            model.deployment_name,
+            time.perf_counter() - started,
+            self.engine.load_seconds or 0.0,
+            source,
+            loaded.max_model_len,
+            stats.kv_blocks_total,
+            stats.block_size,
+        )
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk | ApiError]:
+        """Stream the request's choices.
+
+        A request the model refuses (bad prompt, too long, bad token ids) ends its stream with an
+        ApiError as a value: it is the client's problem, not a replica failure to log and raise.
+        """
+        try:
+            prompt_token_ids = self.prompts.prompt_token_ids(request)
+            params = dataclasses.replace(
+                request.params, max_tokens=self.prompts.max_tokens(request, len(prompt_token_ids))
+            )
+        except ApiError as error:
+            yield error
+            return
+        queue: asyncio.Queue[GenerationChunk | BaseException | None] = asyncio.Queue()
+        choices = [
+            asyncio.create_task(self._run_choice(request, index, prompt_token_ids, params, queue))
+            for index in range(request.n)
+        ]
+        try:
+            async for chunk in self._drain(queue, request):
+                yield chunk
+        except ValueError as error:  # the engine refused the request
+            yield invalid_request(error, request.prompt_param)
+        finally:
+            for choice in choices:
+                choice.cancel()  # a choice still running is aborted; its KV blocks are freed
+            await asyncio.gather(*choices, return_exceptions=True)
+
+    async def stats(self) -> EngineStats:
+        """The engine's load and counters, for the router and the autoscaler."""
+        return await self.engine.stats()
+
+    def check_health(self) -> None:
+        """Serve calls this periodically; raising marks the replica unhealthy and replaces it."""
+        self.engine.check_health()
+
+    def __del__(self) -> None:
+        # Serve calls this once the replica's in-flight requests have drained (or after
+        # graceful_shutdown_timeout_s); garbage collection may call it too, even after a failed start.
+        engine: AsyncLLMEngine | None = getattr(self, "engine", None)
+        if engine is not None:
+            engine.close()
+
+    # ----- choices ------------------------------------------------------------------------
+
+    async def _run_choice(
+        self,
+        request: GenerationRequest,
+        index: int,
+        prompt_token_ids: list[int],
+        params: SamplingParams,
+        queue: asyncio.Queue[GenerationChunk | BaseException | None],
+    ) -> None:
+        # Choices of one seeded request differ from each other, and are each reproducible.
+        if request.n > 1 and params.seed is not None:
+            params = dataclasses.replace(params, seed=params.seed + index)
+        try:
+            stream = self.engine.generate(f"{request.request_id}-{index}", prompt_token_ids, params)
+            async for output in stream:
+                queue.put_nowait(self._to_chunk(index, output, params))
+        except Exception as error:  # noqa: BLE001 - handed to the consumer, which raises it
+            queue.put_nowait(error)
+        finally:
+            queue.put_nowait(None)
+
+    async def _drain(
+        self, queue: asyncio.Queue[GenerationChunk | BaseException | None], request: GenerationRequest
+    ) -> AsyncIterator[GenerationChunk]:
+        """Each choice's news merged into one chunk per `stream_interval_ms`; whole choices if not streaming.
+
+        The first chunk goes out at once. After a send, what arrives within the interval travels
+        together: one message per interval instead of one per engine step is what keeps the
+        Serve and HTTP hops cheap beside the engine.
+        """
+        loop = asyncio.get_running_loop()
+        interval_s = self.model.stream_interval_ms / 1000
+        num_running = request.n
+        pending: dict[int, GenerationChunk] = {}
+        last_sent = -interval_s
+        while num_running:
+            items = [await queue.get()]
+            if request.stream and (wait_s := last_sent + interval_s - loop.time()) > 0:
+                await asyncio.sleep(wait_s)
+            while not queue.empty():
+                items.append(queue.get_nowait())
+            for item in items:
+                if isinstance(item, BaseException):
+                    raise item
+                if item is None:
+                    num_running -= 1
+                elif item.index in pending:
+                    pending[item.index] = _merge(pending[item.index], item)
+                else:
+                    pending[item.index] = item
+            ready = [index for index, chunk in pending.items() if _is_ready(chunk, request.stream)]
+            for index in sorted(ready):
+                yield pending.pop(index)
+            if ready:
+                last_sent = loop.time()
+
+    def _to_chunk(self, index: int, output: RequestOutput, params: SamplingParams) -> GenerationChunk:
+        logprobs = None
+        if params.logprobs:
+            token_text = self.prompts.token_text
+            logprobs = [
+                TokenLogprob(
+                    token=token_text(token_id),
+                    logprob=logprob,
+                    top=[(token_text(top_id), top_logprob) for top_id, top_logprob in top],
+                )
+                for token_id, logprob, top in zip(
+                    output.new_token_ids,
+                    output.new_logprobs,
+                    output.new_top_logprobs or [[] for _ in output.new_token_ids],
+                )
+            ]
+        return GenerationChunk(
+            index=index,
+            text=output.delta_text,
+            token_ids=output.new_token_ids,
+            logprobs=logprobs,
+            finish_reason=output.finish_reason,
+            num_prompt_tokens=len(output.prompt_token_ids),
+            num_generated_tokens=len(output.token_ids),
+        )
+
+
+def _is_ready(chunk: GenerationChunk, stream: bool) -> bool:
+    """Whole choices when not streaming; otherwise any chunk with something to show."""
+    if chunk.finish_reason is not None:
+        return True
+    # A token that only starts a multi-byte character, or may start a stop string, has no text yet.
+    return stream and bool(chunk.text or chunk.logprobs)
+
+
+def _merge(earlier: GenerationChunk, later: GenerationChunk) -> GenerationChunk:
+    """One chunk saying what the two consecutive chunks of a choice say."""
+    logprobs = None if earlier.logprobs is None else earlier.logprobs + (later.logprobs or [])
+    return dataclasses.replace(
+        later,
+        text=earlier.text + later.text,
+        token_ids=earlier.token_ids + later.token_ids,
+        logprobs=logprobs,
+    )

@@ -1,0 +1,200 @@
+"""OpenAI request bodies, validated strictly: an unknown field or an out-of-range value is a 400.
+
+Parameters that would change the output and are not implemented are refused by name rather than
+ignored. Extensions beyond OpenAI (as vLLM has them): `top_k`, `ignore_eos`, `stop_token_ids`.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+
+from deployments.errors import InvalidRequestError
+
+__all__ = [
+    "UNSUPPORTED_PARAMETERS",
+    "ChatCompletionRequest",
+    "ChatMessageIn",
+    "CompletionRequest",
+    "StreamOptions",
+    "parse_body",
+]
+
+# Parameters that change the output but are not implemented: refused with this reason.
+UNSUPPORTED_PARAMETERS: dict[str, str] = {
+    "echo": "echo is not supported",
+    "suffix": "suffix (insertion) is not supported",
+    "logit_bias": "logit_bias is not supported",
+    "best_of": "best_of other than n is not supported; use n",
+    "tools": "tool calling is not supported",
+    "tool_choice": "tool calling is not supported",
+    "functions": "function calling is not supported",
+    "function_call": "function calling is not supported",
+    "parallel_tool_calls": "tool calling is not supported",
+    "response_format": "response_format (structured output) is not supported",
+    "audio": "audio output is not supported",
+    "modalities": "only text output is supported",
+    "prediction": "predicted outputs are not supported",
+    "reasoning_effort": "reasoning_effort is not supported",
+    "web_search_options": "web search is not supported",
+}
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+BodyT = TypeVar("BodyT", bound=_Body)
+
+
+def parse_body(body_type: type[BodyT], raw: bytes) -> BodyT:
+    """The validated body; any problem raises InvalidRequestError naming the offending field."""
+    try:
+        data = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise InvalidRequestError(f"the request body is not valid JSON: {error}") from None
+    if not isinstance(data, dict):
+        raise InvalidRequestError("the request body must be a JSON object")
+    if data.get("best_of") == data.get("n", 1):
+        del data["best_of"]  # as many candidates as choices: plain sampling
+    for name, reason in UNSUPPORTED_PARAMETERS.items():
+        if data.get(name) not in _ABSENT_VALUES:
+            raise InvalidRequestError(reason, param=name, code="unsupported_parameter")
+    try:
+        return body_type.model_validate(data)
+    except ValidationError as error:
+        raise _invalid_request(error) from None
+
+
+# Values of an unsupported parameter that ask for nothing, as some clients send them.
+_ABSENT_VALUES: tuple[object, ...] = (None, False, {}, [], {"type": "text"})
+
+
+def _invalid_request(error: ValidationError) -> InvalidRequestError:
+    first = error.errors(include_url=False)[0]
+    location = [str(part) for part in first["loc"] if not _is_union_branch(part)]
+    param = ".".join(location) or None
+    if first["type"] == "extra_forbidden":
+        return InvalidRequestError(f"Unrecognized request argument supplied: {param}", param=param)
+    message = first["msg"].removeprefix("Value error, ")
+    return InvalidRequestError(f"{param}: {message}" if param else message, param=param)
+
+
+def _is_union_branch(part: str | int) -> bool:
+    """Pydantic names the union member it tried ('str', 'list[int]') in an error's location."""
+    return isinstance(part, str) and (part in {"str", "int", "float", "bool"} or "[" in part)
+
+
+Probability = Annotated[float, Field(ge=0.0, le=1.0)]
+Penalty = Annotated[float, Field(ge=-2.0, le=2.0)]
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    include_usage: bool = False
+    # Accepted for compatibility; usage never appears on the content chunks.
+    continuous_usage_stats: Literal[False] = False
+
+
+class SamplingFields(_Body):
+    """Fields shared by chat and completions."""
+
+    model: str
+    temperature: float = Field(default=1.0, ge=0.0, le=2.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    n: int = Field(default=1, ge=1, le=128)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    stop: str | list[Annotated[str, Field(min_length=1)]] | None = None
+    seed: int | None = Field(default=None, ge=0, lt=2**63)
+    presence_penalty: Penalty = 0.0
+    frequency_penalty: Penalty = 0.0
+    user: str | None = None
+    # Extensions.
+    top_k: int = Field(default=0, ge=0)
+    ignore_eos: bool = False
+    stop_token_ids: list[Annotated[int, Field(ge=0)]] = Field(default_factory=list)
+
+    @field_validator("stream_options")
+    @classmethod
+    def _stream_options_need_stream(cls, options: StreamOptions | None, info: ValidationInfo) -> StreamOptions | None:
+        if options is not None and not info.data.get("stream"):
+            raise ValueError("only allowed when stream is true")
+        return options
+
+    @property
+    def include_usage(self) -> bool:
+        return self.stream_options is not None and self.stream_options.include_usage
+
+    @property
+    def stop_strings(self) -> list[str]:
+        if self.stop is None:
+            return []
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop)
+
+
+class CompletionRequest(SamplingFields):
+    """POST /v1/completions."""
+
+    # Text, token ids, or a one-element list of either.
+    prompt: str | list[int] | list[str] | list[list[int]]
+    max_tokens: int | None = Field(default=16, ge=1)
+    # Chosen token's logprob plus this many alternatives per position.
+    logprobs: int | None = Field(default=None, ge=0, le=20)
+
+    @field_validator("prompt")
+    @classmethod
+    def _one_prompt(cls, prompt: str | list[int] | list[str] | list[list[int]]) -> str | list[int]:
+        if isinstance(prompt, list) and prompt and isinstance(prompt[0], (str, list)):
+            if len(prompt) != 1:
+                raise ValueError("send one prompt per request (a list of several prompts is not supported)")
+            prompt = prompt[0]
+        if not prompt:
+            raise ValueError("must not be empty")
+        return prompt
+
+
+class ChatMessageIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    role: Literal["system", "developer", "user", "assistant"]
+    # A string, or a list of text parts ({"type": "text", "text": ...}), joined.
+    content: str
+    name: str | None = None
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def _text_only(cls, content: object) -> object:
+        if not isinstance(content, list):
+            return content
+        texts = []
+        for part in content:
+            if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
+                kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+                raise ValueError(f"only text content parts are supported, got {kind!r}")
+            texts.append(part["text"])
+        return "".join(texts)
+
+
+class ChatCompletionRequest(SamplingFields):
+    """POST /v1/chat/completions."""
+
+    messages: list[ChatMessageIn] = Field(min_length=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    logprobs: bool = False
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+
+    @field_validator("top_logprobs")
+    @classmethod
+    def _top_logprobs_need_logprobs(cls, top_logprobs: int | None, info: ValidationInfo) -> int | None:
+        if top_logprobs and not info.data.get("logprobs"):
+            raise ValueError("requires logprobs to be true")
+        return top_logprobs
+
+    @property
+    def completion_token_limit(self) -> int | None:
+        return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens

@@ -1,0 +1,132 @@
+"""GenerationChunks -> OpenAI response bodies, for chat and completions, streamed or whole.
+
+One `ResponseWriter` per HTTP request: it remembers what each choice has sent so far (the chat
+role, the completion text offset) and the token counts for `usage`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from deployments.generation import GenerationChunk, TokenLogprob
+
+__all__ = ["Endpoint", "ResponseWriter"]
+
+Endpoint = Literal["chat", "completion"]
+Json = dict[str, Any]
+
+
+@dataclass
+class _Choice:
+    text: str = ""
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    finish_reason: str | None = None
+    num_generated_tokens: int = 0
+    # Chat streams send the role once, in a choice's first chunk.
+    sent_role: bool = False
+    # Completions report each token's character offset in the text.
+    text_offset: int = 0
+
+
+class ResponseWriter:
+    def __init__(self, endpoint: Endpoint, request_id: str, model: str, n: int, with_logprobs: bool) -> None:
+        self.endpoint = endpoint
+        self.id = request_id
+        self.model = model
+        self.created = int(time.time())
+        self.with_logprobs = with_logprobs
+        self.choices = [_Choice() for _ in range(n)]
+        self.num_prompt_tokens = 0
+
+    # ----- streaming ----------------------------------------------------------------------
+
+    def stream_chunk(self, chunk: GenerationChunk) -> Json:
+        """The SSE event body for one chunk of one choice."""
+        choice = self._record(chunk)
+        logprobs = self._logprobs(chunk.logprobs, choice) if self.with_logprobs else None
+        if self.endpoint == "completion":
+            body: Json = {"index": chunk.index, "text": chunk.text, "logprobs": logprobs}
+        else:
+            delta: Json = {}
+            if not choice.sent_role:
+                delta["role"] = "assistant"
+                choice.sent_role = True
+            if chunk.text or "role" in delta:
+                delta["content"] = chunk.text
+            body = {"index": chunk.index, "delta": delta, "logprobs": logprobs}
+        body["finish_reason"] = chunk.finish_reason
+        return self._envelope(stream=True, choices=[body])
+
+    def usage_chunk(self) -> Json:
+        """The last event of a stream with `stream_options.include_usage`: no choices, just usage."""
+        return self._envelope(stream=True, choices=[]) | {"usage": self.usage()}
+
+    # ----- whole responses ----------------------------------------------------------------
+
+    def add(self, chunk: GenerationChunk) -> None:
+        choice = self._record(chunk)
+        choice.text += chunk.text
+        choice.logprobs.extend(chunk.logprobs or [])
+
+    def response(self) -> Json:
+        bodies = []
+        for index, choice in enumerate(self.choices):
+            logprobs = self._logprobs(choice.logprobs, _Choice()) if self.with_logprobs else None
+            if self.endpoint == "completion":
+                body: Json = {"index": index, "text": choice.text, "logprobs": logprobs}
+            else:
+                body = {"index": index, "message": {"role": "assistant", "content": choice.text}, "logprobs": logprobs}
+            body["finish_reason"] = choice.finish_reason
+            bodies.append(body)
+        return self._envelope(stream=False, choices=bodies) | {"usage": self.usage()}
+
+    def usage(self) -> Json:
+        num_generated = sum(choice.num_generated_tokens for choice in self.choices)
+        return {
+            "prompt_tokens": self.num_prompt_tokens,
+            "completion_tokens": num_generated,
+            "total_tokens": self.num_prompt_tokens + num_generated,
+        }
+
+    # ----- pieces -------------------------------------------------------------------------
+
+    def _record(self, chunk: GenerationChunk) -> _Choice:
+        choice = self.choices[chunk.index]
+        choice.num_generated_tokens = chunk.num_generated_tokens
+        choice.finish_reason = chunk.finish_reason or choice.finish_reason
+        self.num_prompt_tokens = chunk.num_prompt_tokens
+        return choice
+
+    def _envelope(self, *, stream: bool, choices: list[Json]) -> Json:
+        kind = {"chat": "chat.completion", "completion": "text_completion"}[self.endpoint]
+        if stream and self.endpoint == "chat":
+            kind = "chat.completion.chunk"
+        return {"id": self.id, "object": kind, "created": self.created, "model": self.model, "choices": choices}
+
+    def _logprobs(self, logprobs: list[TokenLogprob] | None, choice: _Choice) -> Json:
+        logprobs = logprobs or []
+        if self.endpoint == "chat":
+            return {"content": [_chat_logprob(entry) for entry in logprobs]}
+        offsets = []
+        for entry in logprobs:
+            offsets.append(choice.text_offset)
+            choice.text_offset += len(entry.token)
+        return {
+            "tokens": [entry.token for entry in logprobs],
+            "token_logprobs": [entry.logprob for entry in logprobs],
+            "top_logprobs": [dict(entry.top) for entry in logprobs],
+            "text_offset": offsets,
+        }
+
+
+def _chat_logprob(entry: TokenLogprob) -> Json:
+    return {
+        "token": entry.token,
+        "logprob": entry.logprob,
+        "bytes": list(entry.token.encode()),
+        "top_logprobs": [
+            {"token": token, "logprob": logprob, "bytes": list(token.encode())} for token, logprob in entry.top
+        ],
+    }

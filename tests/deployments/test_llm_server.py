@@ -1,0 +1,146 @@
+"""LLMServer without Ray: the replica class driven directly on a tiny model."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import TypeVar
+
+import pytest
+
+from deployments.config import ModelConfig
+from deployments.errors import ApiError, ContextLengthExceededError, InvalidRequestError
+from deployments.generation import ChatMessage, GenerationChunk, GenerationRequest
+from deployments.llm_server import LLMServer
+from engine import SamplingParams
+
+T = TypeVar("T")
+
+
+def run(test: Callable[[LLMServer], Awaitable[T]], llama_dir: Path, **engine: object) -> T:
+    """Start a replica on `llama_dir`, run `test` against it, shut it down."""
+
+    async def main() -> T:
+        config = ModelConfig.model_validate(
+            {"name": "tiny", "source": {"path": str(llama_dir)}, "engine": {"num_kv_blocks": 64, **engine}}
+        )
+        server = object.__new__(LLMServer)  # Serve constructs replicas the same way: async __init__
+        await server.__init__(config)
+        try:
+            return await test(server)
+        finally:
+            await server.engine.shutdown()
+
+    return asyncio.run(main())
+
+
+def completion(prompt: str | list[int], max_tokens: int | None = 8, **kwargs: object) -> GenerationRequest:
+    params = SamplingParams(**{"temperature": 0.0, **kwargs.pop("params", {})})
+    return GenerationRequest(
+        request_id="r", prompt=prompt, messages=None, params=params, max_tokens=max_tokens, **kwargs
+    )
+
+
+async def collect(stream: AsyncIterator[GenerationChunk | ApiError]) -> list[GenerationChunk | ApiError]:
+    return [item async for item in stream]
+
+
+def test_non_streaming_request_yields_each_choice_once_whole(llama_dir: Path) -> None:
+    async def test(server: LLMServer) -> None:
+        request = completion("hello", n=3, stream=False, params={"temperature": 1.0, "seed": 5})
+        chunks = await collect(server.generate(request))
+        assert sorted(chunk.index for chunk in chunks) == [0, 1, 2]
+        assert all(chunk.finish_reason == "length" and len(chunk.token_ids) == 8 for chunk in chunks)
+        assert len({tuple(chunk.token_ids) for chunk in chunks}) > 1  # seeded choices differ
+
+    run(test, llama_dir)
+
+
+def test_streamed_chunks_add_up_to_the_whole_choice(llama_dir: Path) -> None:
+    async def test(server: LLMServer) -> None:
+        whole = await collect(server.generate(completion("hello", max_tokens=20, stream=False)))
+        streamed = await collect(server.generate(completion("hello", max_tokens=20)))
+        assert [token for chunk in streamed for token in chunk.token_ids] == whole[0].token_ids
+        assert "".join(chunk.text for chunk in streamed) == whole[0].text
+        assert streamed[-1].finish_reason == "length" and streamed[-1].num_generated_tokens == 20
+
+    run(test, llama_dir)
+
+
+def test_chat_prompt_is_the_models_chat_template(llama_dir: Path) -> None:
+    async def test(server: LLMServer) -> None:
+        messages = [ChatMessage(role="user", content="hi there")]
+        request = GenerationRequest(
+            request_id="c", prompt=None, messages=messages, params=SamplingParams(temperature=0.0), max_tokens=4
+        )
+        tokenizer = server.engine.engine.tokenizer
+        expected = tokenizer.encode(
+            tokenizer.apply_chat_template(
+                [{"role": "user", "content": "hi there"}], add_generation_prompt=True, tokenize=False
+            ),
+            add_special_tokens=False,
+        )
+        chunks = await collect(server.generate(request))
+        assert chunks[-1].num_prompt_tokens == len(expected)
+        assert server.prompts.prompt_token_ids(request) == expected
+
+    run(test, llama_dir)
+
+
+def test_missing_max_tokens_takes_the_rest_of_the_context(llama_dir: Path) -> None:
+    async def test(server: LLMServer) -> None:
+        prompt = list(range(10, 30))  # 20 tokens of a 40-token context
+        chunks = await collect(
+            server.generate(completion(prompt, max_tokens=None, stream=False, params={"ignore_eos": True}))
+        )
+        assert chunks[0].num_generated_tokens == 20
+
+    run(test, llama_dir, max_model_len=40)
+
+
+@pytest.mark.parametrize(
+    ("request_", "error_type", "param"),
+    [
+        (completion(list(range(10, 40)), max_tokens=20), ContextLengthExceededError, "prompt"),
+        (completion(list(range(10, 50)), max_tokens=None), ContextLengthExceededError, "prompt"),
+        (completion([1, 2, 10**6]), InvalidRequestError, None),
+    ],
+    ids=["prompt_plus_max_tokens", "prompt_fills_the_context", "token_id_outside_vocabulary"],
+)
+def test_refused_request_ends_its_stream_with_an_error_value(
+    llama_dir: Path, request_: GenerationRequest, error_type: type[ApiError], param: str | None
+) -> None:
+    async def test(server: LLMServer) -> None:
+        items = await collect(server.generate(request_))
+        assert len(items) == 1 and type(items[0]) is error_type and items[0].param == param
+        stats = await server.stats()
+        assert stats.num_running == stats.num_waiting == 0
+
+    run(test, llama_dir, max_model_len=40)
+
+
+def test_closing_the_stream_aborts_every_choice_and_frees_its_blocks(llama_dir: Path) -> None:
+    async def test(server: LLMServer) -> None:
+        stream = server.generate(completion("hello", max_tokens=200, n=2, params={"ignore_eos": True}))
+        await anext(stream)
+        assert (await server.stats()).kv_blocks_used > 0
+        await stream.aclose()
+        deadline = time.monotonic() + 30
+        while (stats := await server.stats()).kv_blocks_used or stats.num_running or stats.num_waiting:
+            assert time.monotonic() < deadline, "closed choices kept running"
+            await asyncio.sleep(0.01)  # aborts reach the engine at its next step
+        assert stats.num_generation_tokens < 2 * 200
+
+    run(test, llama_dir)
+
+
+def test_health_check_fails_once_the_engine_is_dead(llama_dir: Path) -> None:
+    async def test(server: LLMServer) -> None:
+        server.check_health()
+        await server.engine.shutdown()
+        with pytest.raises(Exception, match="not running"):
+            server.check_health()
+
+    run(test, llama_dir)

@@ -1,0 +1,497 @@
+"""The OpenAI HTTP surface over a fake ModelClient: shapes, streams, translation and every error path.
+
+No Ray cluster and no weights: the FastAPI app is driven in process through httpx's ASGI transport.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncGenerator, Callable
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from ray.exceptions import ActorDiedError, RayTaskError
+from ray.serve._private.common import DeploymentID
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
+
+from deployments.errors import ContextLengthExceededError, InvalidRequestError, invalid_request
+from deployments.generation import GenerationChunk, GenerationRequest, TokenLogprob
+from deployments.openai_app import ModelCard, build_openai_app
+from engine import ContextLengthError, EngineDeadError
+
+MODEL = "tiny"
+CARDS = [ModelCard(MODEL, "demo:llama", 1_700_000_000), ModelCard("org/other-7b", "/models/other", 1_700_000_001)]
+PATHS = {"completion": "/v1/completions", "chat": "/v1/chat/completions"}
+BODIES = {
+    "completion": {"model": MODEL, "prompt": "Say hi"},
+    "chat": {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]},
+}
+NUM_PROMPT_TOKENS = 5
+
+
+def chunk(text: str, num_generated: int, index: int = 0, finish: str | None = None) -> GenerationChunk:
+    return GenerationChunk(index, text, [7], None, finish, NUM_PROMPT_TOKENS, num_generated)
+
+
+# "Hello wörld" in three chunks of one token each, with logprobs; the last ends the choice.
+TOKENS = ["Hel", "lo", " wörld"]
+LOGPROBS = [TokenLogprob(token, -0.5 * i, [(token, -0.5 * i), ("x", -3.0)]) for i, token in enumerate(TOKENS)]
+CHUNKS = [
+    GenerationChunk(0, token, [7], [LOGPROBS[i]], "stop" if i == 2 else None, NUM_PROMPT_TOKENS, i + 1)
+    for i, token in enumerate(TOKENS)
+]
+TEXT = "".join(TOKENS)
+# Two choices, interleaved.
+TWO_CHOICES = [chunk("a", 1), chunk("x", 1, 1), chunk("b", 2, 0, "length"), chunk("yz", 2, 1, "stop")]
+
+
+class FakeModelClient:
+    """Records each request, yields its scripted chunks, and may raise after some of them."""
+
+    def __init__(
+        self,
+        chunks: list[GenerationChunk] | None = None,
+        *,
+        error: BaseException | None = None,
+        num_chunks_before_error: int = 0,
+    ) -> None:
+        self.chunks = CHUNKS if chunks is None else chunks
+        self.error = error
+        self.num_chunks_before_error = num_chunks_before_error
+        self.requests: list[GenerationRequest] = []
+        self.num_closed = 0
+
+    async def stream(self, request: GenerationRequest) -> AsyncGenerator[GenerationChunk, None]:
+        self.requests.append(request)
+        try:
+            num_chunks = len(self.chunks) if self.error is None else self.num_chunks_before_error
+            for item in self.chunks[:num_chunks]:
+                yield item
+            if self.error is not None:
+                raise self.error
+        finally:
+            self.num_closed += 1
+
+    @property
+    def request(self) -> GenerationRequest:
+        assert len(self.requests) == 1
+        return self.requests[0]
+
+
+def make_app(client: FakeModelClient | None = None) -> FastAPI:
+    return build_openai_app({MODEL: client or FakeModelClient(), "org/other-7b": FakeModelClient()}, CARDS)
+
+
+def call(app: FastAPI, method: str, path: str, body: Any = None, *, raw: bytes | None = None) -> httpx.Response:
+    async def go() -> httpx.Response:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+            return await http.request(method, path, json=body, content=raw)
+
+    return asyncio.run(go())
+
+
+def post(endpoint: str, client: FakeModelClient | None = None, **fields: Any) -> httpx.Response:
+    return call(make_app(client), "POST", PATHS[endpoint], BODIES[endpoint] | fields)
+
+
+def sse_events(response: httpx.Response) -> list[dict[str, Any]]:
+    """The JSON events of an SSE body, after checking its framing and the closing [DONE]."""
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("text/event-stream")
+    assert response.text.endswith("\n\n")
+    frames = response.text.split("\n\n")[:-1]
+    assert all(frame.startswith("data: ") for frame in frames), frames
+    payloads = [frame.removeprefix("data: ") for frame in frames]
+    assert payloads[-1] == "[DONE]"
+    assert "[DONE]" not in payloads[:-1]
+    return [json.loads(payload) for payload in payloads[:-1]]
+
+
+def streamed_text(events: list[dict[str, Any]], index: int = 0) -> str:
+    choices = [choice for event in events for choice in event["choices"] if choice["index"] == index]
+    return "".join(choice.get("text", choice.get("delta", {}).get("content", "")) for choice in choices)
+
+
+def openai_error(response: httpx.Response, status: int) -> dict[str, Any]:
+    """The `error` object of an OpenAI-shaped error body (never FastAPI's `detail`)."""
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error"}, body
+    assert set(body["error"]) == {"message", "type", "param", "code"}
+    assert isinstance(body["error"]["message"], str) and body["error"]["message"]
+    return body["error"]
+
+
+# ----- /v1/models and /health -------------------------------------------------------------------
+
+
+def test_list_models_lists_every_card() -> None:
+    body = call(make_app(), "GET", "/v1/models").json()
+    assert body["object"] == "list"
+    assert [(m["id"], m["object"], m["root"], m["created"]) for m in body["data"]] == [
+        (card.id, "model", card.root, card.created) for card in CARDS
+    ]
+
+
+@pytest.mark.parametrize("card", CARDS, ids=lambda card: card.id)
+def test_get_model_by_id_including_a_slash(card: ModelCard) -> None:
+    response = call(make_app(), "GET", f"/v1/models/{card.id}")
+    assert response.status_code == 200
+    expected = {"id": card.id, "object": "model", "created": card.created, "root": card.root}
+    assert response.json() == expected | {"owned_by": "switchyard"}
+
+
+def test_get_unknown_model_is_404_naming_it() -> None:
+    error = openai_error(call(make_app(), "GET", "/v1/models/org/nope"), 404)
+    assert "org/nope" in error["message"]
+    assert error["param"] == "model"
+
+
+def test_health_is_ok() -> None:
+    assert call(make_app(), "GET", "/health").status_code == 200
+
+
+# ----- whole responses --------------------------------------------------------------------------
+
+
+def test_completion_response_has_the_openai_shape() -> None:
+    response = post("completion")
+    assert response.status_code == 200
+    body = response.json()
+    assert body["id"].startswith("cmpl-") and body["object"] == "text_completion" and body["model"] == MODEL
+    assert body["choices"] == [{"index": 0, "text": TEXT, "logprobs": None, "finish_reason": "stop"}]
+    assert body["usage"] == {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}
+
+
+def test_chat_completion_response_has_the_openai_shape() -> None:
+    body = post("chat").json()
+    assert body["id"].startswith("chatcmpl-") and body["object"] == "chat.completion" and body["model"] == MODEL
+    assert body["choices"] == [
+        {"index": 0, "message": {"role": "assistant", "content": TEXT}, "logprobs": None, "finish_reason": "stop"}
+    ]
+    assert body["usage"] == {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}
+
+
+# ----- streams ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("endpoint", "kind"), [("completion", "text_completion"), ("chat", "chat.completion.chunk")])
+def test_stream_is_sse_events_of_the_scripted_text_ending_with_done(endpoint: str, kind: str) -> None:
+    events = sse_events(post(endpoint, stream=True))
+    assert len(events) == len(CHUNKS)
+    assert {event["object"] for event in events} == {kind}
+    assert len({event["id"] for event in events}) == 1
+    assert streamed_text(events) == TEXT
+    assert [event["choices"][0]["finish_reason"] for event in events] == [None, None, "stop"]
+    assert not any("usage" in event for event in events)
+
+
+def test_chat_stream_sends_the_assistant_role_once_at_the_start() -> None:
+    events = sse_events(post("chat", stream=True))
+    deltas = [event["choices"][0]["delta"] for event in events]
+    assert deltas[0] == {"role": "assistant", "content": "Hel"}
+    assert all("role" not in delta for delta in deltas[1:])
+
+
+@pytest.mark.parametrize("endpoint", ["completion", "chat"])
+def test_stream_with_include_usage_ends_with_a_usage_only_event(endpoint: str) -> None:
+    events = sse_events(post(endpoint, stream=True, stream_options={"include_usage": True}))
+    *content, last = events
+    assert last["choices"] == []
+    assert last["usage"] == {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}
+    assert len(content) == len(CHUNKS) and not any("usage" in event for event in content)
+
+
+def test_two_choices_stream_with_their_own_indexes() -> None:
+    events = sse_events(post("chat", FakeModelClient(TWO_CHOICES), stream=True, n=2))
+    assert [event["choices"][0]["index"] for event in events] == [0, 1, 0, 1]
+    assert [event["choices"][0]["delta"].get("role") for event in events] == ["assistant", "assistant", None, None]
+    assert (streamed_text(events, 0), streamed_text(events, 1)) == ("ab", "xyz")
+
+
+def test_two_choices_whole_response_sums_their_tokens_in_usage() -> None:
+    body = post("completion", FakeModelClient(TWO_CHOICES), n=2).json()
+    choices = body["choices"]
+    assert [(c["index"], c["text"], c["finish_reason"]) for c in choices] == [(0, "ab", "length"), (1, "xyz", "stop")]
+    assert body["usage"] == {"prompt_tokens": 5, "completion_tokens": 4, "total_tokens": 9}
+
+
+# ----- logprobs ---------------------------------------------------------------------------------
+
+
+def expected_chat_logprob(entry: TokenLogprob) -> dict[str, Any]:
+    def one(token: str, logprob: float) -> dict[str, Any]:
+        return {"token": token, "logprob": logprob, "bytes": list(token.encode("utf-8"))}
+
+    return one(entry.token, entry.logprob) | {"top_logprobs": [one(token, logprob) for token, logprob in entry.top]}
+
+
+def test_chat_logprobs_carry_bytes_and_top_alternatives() -> None:
+    client = FakeModelClient()
+    body = post("chat", client, logprobs=True, top_logprobs=2).json()
+    assert (client.request.params.logprobs, client.request.params.top_logprobs) == (True, 2)
+    assert body["choices"][0]["logprobs"]["content"] == [expected_chat_logprob(entry) for entry in LOGPROBS]
+    assert body["choices"][0]["logprobs"]["content"][2]["bytes"] == [32, 119, 195, 182, 114, 108, 100]
+
+
+def test_completion_logprobs_report_text_offsets_accumulating_token_lengths() -> None:
+    client = FakeModelClient()
+    logprobs = post("completion", client, logprobs=2).json()["choices"][0]["logprobs"]
+    assert (client.request.params.logprobs, client.request.params.top_logprobs) == (True, 2)
+    assert logprobs == {
+        "tokens": TOKENS,
+        "token_logprobs": [entry.logprob for entry in LOGPROBS],
+        "top_logprobs": [dict(entry.top) for entry in LOGPROBS],
+        "text_offset": [0, 3, 5],
+    }
+
+
+def test_streamed_completion_logprob_offsets_continue_across_chunks() -> None:
+    events = sse_events(post("completion", logprobs=0, stream=True))
+    assert [event["choices"][0]["logprobs"]["text_offset"] for event in events] == [[0], [3], [5]]
+    assert [event["choices"][0]["logprobs"]["tokens"] for event in events] == [[t] for t in TOKENS]
+
+
+# ----- translation to GenerationRequest ---------------------------------------------------------
+
+OPENAI_FIELDS = {"temperature": 0.3, "top_p": 0.9, "seed": 1234, "presence_penalty": 0.5, "frequency_penalty": -1.5}
+EXTENSION_FIELDS = {"top_k": 40, "ignore_eos": True, "stop_token_ids": [2, 13]}
+
+
+@pytest.mark.parametrize("endpoint", ["completion", "chat"])
+def test_sampling_fields_reach_the_engine_params(endpoint: str) -> None:
+    client = FakeModelClient()
+    fields = OPENAI_FIELDS | EXTENSION_FIELDS
+    post(endpoint, client, **fields)
+    params = client.request.params
+    assert {name: getattr(params, name) for name in fields} == fields
+    assert (params.stop, params.logprobs, params.top_logprobs) == ([], False, 0)
+
+
+@pytest.mark.parametrize(("stop", "expected"), [("END", ["END"]), (["a", "bc"], ["a", "bc"]), (None, [])])
+def test_stop_string_or_list_becomes_a_stop_list(stop: str | list[str] | None, expected: list[str]) -> None:
+    client = FakeModelClient()
+    post("completion", client, stop=stop)
+    assert client.request.params.stop == expected
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "limits", "expected"),
+    [
+        ("chat", {}, None),
+        ("chat", {"max_tokens": 7}, 7),
+        ("chat", {"max_completion_tokens": 9}, 9),
+        ("chat", {"max_tokens": 7, "max_completion_tokens": 9}, 9),
+        ("completion", {}, 16),
+        ("completion", {"max_tokens": 100}, 100),
+    ],
+)
+def test_token_limit_defaults_and_max_completion_tokens_wins(
+    endpoint: str, limits: dict[str, int], expected: int | None
+) -> None:
+    client = FakeModelClient()
+    post(endpoint, client, **limits)
+    assert client.request.max_tokens == expected
+
+
+@pytest.mark.parametrize(
+    ("prompt", "expected"),
+    [("Say hi", "Say hi"), ([1, 2, 3], [1, 2, 3]), (["Say hi"], "Say hi"), ([[4, 5]], [4, 5])],
+)
+def test_completion_prompt_forms_are_unwrapped_to_one_prompt(prompt: object, expected: object) -> None:
+    client = FakeModelClient()
+    post("completion", client, prompt=prompt)
+    assert (client.request.prompt, client.request.messages) == (expected, None)
+
+
+@pytest.mark.parametrize("endpoint", ["completion", "chat"])
+@pytest.mark.parametrize(("n", "stream"), [(1, False), (3, True)])
+def test_n_and_stream_are_carried(endpoint: str, n: int, stream: bool) -> None:
+    client = FakeModelClient()
+    post(endpoint, client, n=n, stream=stream)
+    assert (client.request.n, client.request.stream) == (n, stream)
+    assert client.request.request_id.startswith("cmpl-" if endpoint == "completion" else "chatcmpl-")
+
+
+def test_chat_text_content_parts_are_joined() -> None:
+    client = FakeModelClient()
+    parts = [{"type": "text", "text": "Hello, "}, {"type": "text", "text": "world"}]
+    post("chat", client, messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": parts}])
+    assert [(m.role, m.content) for m in client.request.messages or []] == [
+        ("system", "Be brief."),
+        ("user", "Hello, world"),
+    ]
+    assert client.request.prompt is None
+
+
+# ----- invalid requests -------------------------------------------------------------------------
+
+IMAGE_PART = {"type": "image_url", "image_url": {"url": "http://x/cat.png"}}
+
+
+CHAT, COMPLETION = BODIES["chat"], BODIES["completion"]
+
+
+@pytest.mark.parametrize(
+    ("body", "param", "message_part"),
+    [
+        pytest.param(b"{not json", None, "not valid JSON", id="malformed-json"),
+        pytest.param(b'[{"model": "tiny"}]', None, "JSON object", id="json-array"),
+        pytest.param({"prompt": "hi"}, "model", "model", id="missing-model"),
+        pytest.param(CHAT | {"temperature": 3}, "temperature", "2", id="temperature-out-of-range"),
+        pytest.param(COMPLETION | {"zap": 1}, "zap", "Unrecognized request argument supplied: zap", id="unknown-field"),
+        pytest.param(
+            CHAT | {"messages": [{"role": "user", "content": [IMAGE_PART]}]},
+            "messages.0.content",
+            "image_url",
+            id="image-content-part",
+        ),
+        pytest.param(CHAT | {"top_logprobs": 2}, "top_logprobs", "logprobs", id="top-logprobs-alone"),
+        pytest.param(COMPLETION | {"prompt": ["a", "b"]}, "prompt", "one prompt", id="several-prompts"),
+        pytest.param(COMPLETION | {"stream_options": {}}, "stream_options", "stream", id="unstreamed-options"),
+    ],
+)
+def test_invalid_request_is_400_naming_the_field(body: Any, param: str | None, message_part: str) -> None:
+    client = FakeModelClient()
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    endpoint = "chat" if b"messages" in raw else "completion"
+    error = openai_error(call(make_app(client), "POST", PATHS[endpoint], raw=raw), 400)
+    assert (error["type"], error["param"]) == ("invalid_request_error", param)
+    assert message_part in error["message"]
+    assert client.requests == []
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "name", "value", "message_part"),
+    [
+        ("completion", "echo", True, "echo"),
+        ("chat", "logit_bias", {"50256": -100}, "logit_bias"),
+        ("chat", "tools", [{"type": "function", "function": {"name": "f"}}], "tool"),
+    ],
+)
+def test_unsupported_parameter_is_refused_by_name(endpoint: str, name: str, value: Any, message_part: str) -> None:
+    client = FakeModelClient()
+    error = openai_error(post(endpoint, client, **{name: value}), 400)
+    assert (error["param"], error["code"]) == (name, "unsupported_parameter")
+    assert message_part in error["message"]
+    assert client.requests == []
+
+
+@pytest.mark.parametrize("endpoint", ["completion", "chat"])
+def test_unknown_model_is_404_naming_it_and_the_available_ones(endpoint: str) -> None:
+    error = openai_error(post(endpoint, model="gpt-5"), 404)
+    assert (error["param"], error["code"]) == ("model", "model_not_found")
+    assert "gpt-5" in error["message"] and MODEL in error["message"] and "org/other-7b" in error["message"]
+
+
+def test_unknown_path_is_404_in_openai_shape() -> None:
+    openai_error(call(make_app(), "GET", "/v1/embeddings"), 404)
+
+
+def test_wrong_method_is_405_in_openai_shape() -> None:
+    openai_error(call(make_app(), "GET", "/v1/chat/completions"), 405)
+
+
+# ----- failures of the model client -------------------------------------------------------------
+
+ERROR_TYPES = {400: "invalid_request_error", 429: "rate_limit_error", 500: "server_error"}
+ERROR_TYPES[503] = "service_unavailable_error"
+
+
+@pytest.mark.parametrize("endpoint", ["completion", "chat"])
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize(
+    ("make_error", "status", "code"),
+    [
+        pytest.param(lambda: ContextLengthExceededError("too long"), 400, "context_length_exceeded", id="ours-ctx"),
+        pytest.param(lambda: ValueError("internal secret /path"), 500, None, id="stray-value-error"),
+        pytest.param(
+            lambda: BackPressureError(num_queued_requests=5, max_queued_requests=5),
+            429,
+            "too_many_requests",
+            id="backpressure",
+        ),
+        pytest.param(
+            lambda: DeploymentUnavailableError(DeploymentID(name="LLMServer:tiny", app_name="a")),
+            503,
+            "model_unavailable",
+            id="deployment-unavailable",
+        ),
+        pytest.param(lambda: ReplicaUnavailableError("r1"), 503, "model_unavailable", id="replica-unavailable"),
+        pytest.param(lambda: ActorDiedError(), 503, "model_unavailable", id="actor-died"),
+        pytest.param(lambda: EngineDeadError("secret detail"), 500, None, id="engine-dead"),
+        pytest.param(lambda: RuntimeError("internal secret /path"), 500, None, id="unexpected"),
+        pytest.param(
+            lambda: RayTaskError(function_name="f", traceback_str="tb", cause=InvalidRequestError("bad", param="x")),
+            400,
+            None,
+            id="ray-task-error",
+        ),
+    ],
+)
+def test_client_failure_before_the_first_chunk_maps_to_its_status(
+    make_error: Callable[[], BaseException], status: int, code: str | None, endpoint: str, stream: bool
+) -> None:
+    client = FakeModelClient(error=make_error())
+    response = post(endpoint, client, stream=stream)
+    error = openai_error(response, status)
+    assert (error["type"], error["code"]) == (ERROR_TYPES[status], code)
+    if status in (429, 503):
+        assert int(response.headers["retry-after"]) >= 1
+    else:
+        assert "retry-after" not in response.headers
+    for internal in ("secret", "/path", "RuntimeError", "Traceback"):
+        assert internal not in response.text
+    assert client.num_closed == 1
+
+
+def test_ray_task_error_is_unwrapped_to_the_api_error_it_carries() -> None:
+    cause = InvalidRequestError("bad", param="x")
+    client = FakeModelClient(error=RayTaskError(function_name="f", traceback_str="tb", cause=cause))
+    error = openai_error(post("chat", client), 400)
+    assert (error["message"], error["param"]) == ("bad", "x")
+
+
+@pytest.mark.parametrize("prompt_field", ["prompt", "messages"])
+def test_engine_context_length_error_becomes_400_naming_the_prompt_field(prompt_field: str) -> None:
+    error = invalid_request(ContextLengthError("prompt of 9000 tokens exceeds max_model_len 2048"), prompt_field)
+    assert isinstance(error, ContextLengthExceededError)
+    assert (error.status_code, error.code, error.param) == (400, "context_length_exceeded", prompt_field)
+    assert "9000" in error.message
+
+
+def test_other_engine_value_errors_become_plain_400s() -> None:
+    error = invalid_request(ValueError("prompt token ids must be integers in [0, 512), got 999"), "prompt")
+    assert type(error) is InvalidRequestError
+    assert (error.status_code, error.code, error.param) == (400, None, None)
+
+
+@pytest.mark.parametrize("endpoint", ["completion", "chat"])
+def test_error_after_the_first_streamed_chunk_is_an_sse_error_event_then_done(endpoint: str) -> None:
+    client = FakeModelClient(error=EngineDeadError("secret detail"), num_chunks_before_error=2)
+    response = post(endpoint, client, stream=True, stream_options={"include_usage": True})
+    events = sse_events(response)
+    assert streamed_text(events[:-1]) == "Hello"
+    assert set(events[-1]) == {"error"}
+    assert events[-1]["error"]["type"] == "server_error"
+    assert "secret" not in response.text
+    assert client.num_closed == 1
+
+
+def test_error_after_some_chunks_of_a_whole_response_is_its_status() -> None:
+    client = FakeModelClient(error=ReplicaUnavailableError("r1"), num_chunks_before_error=2)
+    response = post("completion", client)
+    assert openai_error(response, 503)["code"] == "model_unavailable"
+    assert client.num_closed == 1
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("endpoint", ["completion", "chat"])
+def test_model_stream_is_closed_after_a_finished_request(endpoint: str, stream: bool) -> None:
+    client = FakeModelClient()
+    assert post(endpoint, client, stream=stream).status_code == 200
+    assert (len(client.requests), client.num_closed) == (1, 1)

@@ -1,0 +1,162 @@
+"""The serve config's `args`: validated once by AppConfig, a bad value named by its path; build_app without a cluster."""
+
+from __future__ import annotations
+
+import copy
+import typing
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from pydantic import BaseModel, ValidationError
+from ray.serve import Application
+
+from deployments import config
+from deployments.app import build_app
+from deployments.config import AppConfig, AutoscalingSettings, DeploymentSettings, ModelConfig
+
+QUICKSTART = Path(__file__).resolve().parents[2] / "manifests" / "quickstart.yaml"
+
+Args = dict[str, Any]
+
+
+def quickstart_args() -> Args:
+    return yaml.safe_load(QUICKSTART.read_text())["applications"][0]["args"]
+
+
+def minimal_args() -> Args:
+    return {"models": [{"name": "demo", "source": {"demo": "llama"}, "engine": {}, "deployment": {}}]}
+
+
+def test_quickstart_args_validate() -> None:
+    app_config = AppConfig.model_validate(quickstart_args())
+    (model,) = app_config.models
+    assert (model.name, model.source.demo, model.engine.num_kv_blocks) == ("demo", "llama", 1024)
+    assert model.deployment.to_serve_options()["num_replicas"] == 1
+
+
+def test_build_app_returns_a_serve_application_without_a_cluster() -> None:
+    assert isinstance(build_app(quickstart_args()), Application)
+
+
+def test_build_app_refuses_a_bad_config_naming_the_field() -> None:
+    args = quickstart_args()
+    args["models"][0]["engine"]["dtype"] = "float64"
+    with pytest.raises(ValidationError, match=r"models\.0\.engine\.dtype"):
+        build_app(args)
+
+
+def model(args: Args) -> Args:
+    return args["models"][0]
+
+
+@pytest.mark.parametrize(
+    ("change", "location", "message_part"),
+    [
+        pytest.param(lambda a: a.update(bogus=1), "bogus", "Extra inputs", id="unknown-top-level-key"),
+        pytest.param(lambda a: model(a).update(bogus=1), "models.0.bogus", "Extra inputs", id="unknown-model-key"),
+        pytest.param(
+            lambda a: model(a)["engine"].update(bogus=1),
+            "models.0.engine.bogus",
+            "Extra inputs",
+            id="unknown-engine-key",
+        ),
+        pytest.param(lambda a: a.update(models=[]), "models", "at least 1", id="no-models"),
+        pytest.param(lambda a: a["models"].append(model(a)), "models", "repeated: demo", id="duplicate-names"),
+        pytest.param(lambda a: model(a).update(source={}), "models.0.source", "got none", id="source-none"),
+        pytest.param(lambda a: model(a)["source"].update(path="/m"), "models.0.source", "exactly one", id="source-two"),
+        pytest.param(lambda a: model(a)["source"].update(demo="gpt5"), "models.0.source.demo", "gpt5", id="demo-gpt5"),
+        pytest.param(
+            lambda a: model(a).update(source={"path": "/m", "demo_dir": "/d"}),
+            "models.0.source",
+            "demo_dir",
+            id="demo-dir-without-demo",
+        ),
+        pytest.param(
+            lambda a: model(a)["engine"].update(block_size=12),
+            "models.0",
+            "block_size must be a power of two",
+            id="block-size-12",
+        ),
+        pytest.param(
+            lambda a: model(a)["engine"].update(dtype="float64"), "models.0.engine.dtype", "float64", id="dtype"
+        ),
+        pytest.param(
+            lambda a: model(a)["deployment"].update(autoscaling={"min_replicas": 3, "max_replicas": 2}),
+            "models.0.deployment.autoscaling",
+            "min_replicas (3) must be <= max_replicas (2)",
+            id="autoscaling-order",
+        ),
+        pytest.param(
+            lambda a: model(a)["deployment"].update(max_queued_requests=-2),
+            "models.0.deployment.max_queued_requests",
+            "-1",
+            id="max-queued-requests",
+        ),
+        pytest.param(lambda a: model(a).update(name="my model"), "models.0.name", "'my model'", id="name-space"),
+        pytest.param(lambda a: model(a).update(name=""), "models.0.name", "got ''", id="name-empty"),
+    ],
+)
+def test_bad_config_is_refused_naming_the_field_path(
+    change: Callable[[Args], None], location: str, message_part: str
+) -> None:
+    args = minimal_args()
+    AppConfig.model_validate(copy.deepcopy(args))  # the unchanged args are valid
+    change(args)
+    with pytest.raises(ValidationError) as raised:
+        AppConfig.model_validate(args)
+    assert location in [".".join(str(part) for part in error["loc"]) for error in raised.value.errors()]
+    assert location in str(raised.value)
+    assert message_part in str(raised.value)
+
+
+def test_serve_options_have_a_fixed_replica_count_without_autoscaling() -> None:
+    options = DeploymentSettings(num_replicas=3, max_queued_requests=8).to_serve_options()
+    assert (options["num_replicas"], options["max_queued_requests"]) == (3, 8)
+    assert "autoscaling_config" not in options
+    assert options["ray_actor_options"] == {"num_cpus": 1.0, "num_gpus": 0.0, "resources": {}}
+
+
+def test_serve_options_have_an_autoscaling_config_instead_of_a_replica_count() -> None:
+    autoscaling = AutoscalingSettings(min_replicas=0, max_replicas=4, target_ongoing_requests=8)
+    options = DeploymentSettings(num_replicas=3, autoscaling=autoscaling).to_serve_options()
+    assert "num_replicas" not in options
+    assert options["autoscaling_config"] == {
+        "min_replicas": 0,
+        "max_replicas": 4,
+        "target_ongoing_requests": 8.0,
+        "upscale_delay_s": 5.0,
+        "downscale_delay_s": 60.0,
+    }
+
+
+def test_model_deployment_is_named_after_the_model() -> None:
+    assert ModelConfig(name="org/tiny-1b", source={"demo": "qwen2"}).deployment_name == "LLMServer:org/tiny-1b"
+
+
+def config_models(annotation: Any) -> Iterator[type[BaseModel]]:
+    """The pydantic models inside a field's annotation (through Optional, list, dict)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        yield annotation
+    for argument in typing.get_args(annotation):
+        yield from config_models(argument)
+
+
+def test_every_config_field_has_a_description() -> None:
+    seen: set[type[BaseModel]] = set()
+    pending: list[type[BaseModel]] = [AppConfig]
+    missing = []
+    while pending:
+        model_type = pending.pop()
+        if model_type in seen:
+            continue
+        seen.add(model_type)
+        for name, field in model_type.model_fields.items():
+            if not (field.description or "").strip():
+                missing.append(f"{model_type.__name__}.{name}")
+            pending.extend(config_models(field.annotation))
+    assert missing == []
+    exported = {getattr(config, name) for name in config.__all__}
+    assert seen == {item for item in exported if isinstance(item, type) and issubclass(item, BaseModel)}
