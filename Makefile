@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 serve: $(STAMP)
-	$(BIN)/serve run manifests/quickstart.yaml
+	$(BIN)/switchyard run manifests/quickstart.yaml
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

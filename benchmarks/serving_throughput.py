@@ -35,10 +35,13 @@ from ray import serve
 from benchmarks.load_generator import LoadConfig, build_requests, run_load
 from deployments.app import build_app
 from deployments.config import AppConfig, ModelConfig
+from deployments.llm_server import cpu_threads
 from deployments.model_source import resolve_model_source
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 NUM_BATCHING_REQUESTS = 16
+# Ray starts its worker processes (replicas, the proxy, actors) at this niceness.
+RAY_WORKER_NICENESS = 15
 
 
 @dataclasses.dataclass
@@ -58,8 +61,11 @@ class OfflineEngine:
     """The replica's engine, without Serve or HTTP, in a process with the replica's resources."""
 
     def __init__(self, model: ModelConfig, max_num_seqs: int) -> None:
+        import torch
+
         from engine import LLMEngine
 
+        torch.set_num_threads(cpu_threads(model))  # as LLMServer does
         engine_config = model.engine.to_engine_config(resolve_model_source(model.source))
         self.engine = LLMEngine(dataclasses.replace(engine_config, max_num_seqs=max_num_seqs))
 
@@ -80,6 +86,7 @@ def main() -> None:
     # scheduled beside the idle replica; the two are never measured at the same time.
     offline_cpus = model.deployment.ray_actor_options.num_cpus
     ray.init(num_cpus=(os.cpu_count() or 1) + math.ceil(offline_cpus), include_dashboard=False, log_to_driver=False)
+    os.nice(RAY_WORKER_NICENESS - os.nice(0))
     port = _free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(build_app(app_args), name="bench", route_prefix="/")
@@ -121,6 +128,8 @@ def _offline(actor: Any, prompts: list[list[int]], max_tokens: int) -> Measureme
 
 
 def _http(config: LoadConfig) -> Measurement:
+    # The client runs at the Ray workers' priority (they run at nice 15), not above the server it
+    # measures: on a small machine, a client at nice 0 takes its CPU from the engine first.
     report = asyncio.run(run_load(config))
     if report.num_failed:
         raise RuntimeError(f"{report.num_failed} requests failed: {report.error_counts}")

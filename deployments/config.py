@@ -185,7 +185,7 @@ class ModelConfig(_Strict):
         default_factory=DeploymentSettings, description="Serve settings of this model's deployment."
     )
     stream_interval_ms: float = Field(
-        default=50.0,
+        default=100.0,
         ge=0,
         description="A stream sends what its request generated at most once per this many milliseconds (the first "
         "token at once). Fewer, larger messages keep the serving hops cheap; 0 sends every engine step.",

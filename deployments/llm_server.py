@@ -15,6 +15,8 @@ import logging
 import time
 from collections.abc import AsyncIterator
 
+import torch
+
 from deployments.config import ModelConfig
 from deployments.errors import ApiError, invalid_request
 from deployments.generation import GenerationChunk, GenerationRequest, TokenLogprob
@@ -26,6 +28,9 @@ __all__ = ["LLMServer"]
 
 logger = logging.getLogger("ray.serve")
 
+# A whole (non-streamed) choice needs no news before its last: the engine merges until then.
+NOT_STREAMING_INTERVAL_S = 3600.0
+
 
 class LLMServer:
     """Serves one model. Construction loads the weights; Serve health-checks the engine after."""
@@ -33,6 +38,8 @@ class LLMServer:
     async def __init__(self, model: ModelConfig) -> None:
         self.model = model
         started = time.perf_counter()
+        if model.engine.device == "cpu":
+            torch.set_num_threads(cpu_threads(model))
         source = await asyncio.to_thread(resolve_model_source, model.source)
         self.engine = AsyncLLMEngine(model.engine.to_engine_config(source))
         await self.engine.start(timeout_s=model.engine.start_timeout_s)
@@ -41,7 +48,8 @@ class LLMServer:
         self.prompts = PromptBuilder(loaded.tokenizer, loaded.max_model_len, model.name)
         stats = await self.engine.stats()
         logger.info(
-            "%s: engine ready in %.1fs (weights loaded in %.1fs from %s; max_model_len %d; %d KV blocks of %d tokens)",
+            "%s: engine ready in %.1fs (weights loaded in %.1fs from %s; max_model_len %d; %d KV blocks of %d tokens; "
+            "%d torch threads)",
             model.deployment_name,
             time.perf_counter() - started,
             self.engine.load_seconds or 0.0,
@@ -49,6 +57,7 @@ class LLMServer:
             loaded.max_model_len,
             stats.kv_blocks_total,
             stats.block_size,
+            torch.get_num_threads(),
         )
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk | ApiError]:
@@ -108,8 +117,12 @@ class LLMServer:
         # Choices of one seeded request differ from each other, and are each reproducible.
         if request.n > 1 and params.seed is not None:
             params = dataclasses.replace(params, seed=params.seed + index)
+        # Streaming, a choice takes the engine's news once per interval (the first and the last at
+        # once): the steps in between arrive merged, so the Serve and HTTP hops carry one message
+        # per interval instead of one per engine step. Not streaming, only the end matters.
+        interval_s = self.model.stream_interval_ms / 1000 if request.stream else NOT_STREAMING_INTERVAL_S
         try:
-            stream = self.engine.generate(f"{request.request_id}-{index}", prompt_token_ids, params)
+            stream = self.engine.generate(f"{request.request_id}-{index}", prompt_token_ids, params, interval_s)
             async for output in stream:
                 queue.put_nowait(self._to_chunk(index, output, params))
         except Exception as error:  # noqa: BLE001 - handed to the consumer, which raises it
@@ -120,21 +133,11 @@ class LLMServer:
     async def _drain(
         self, queue: asyncio.Queue[GenerationChunk | BaseException | None], request: GenerationRequest
     ) -> AsyncIterator[GenerationChunk]:
-        """Each choice's news merged into one chunk per `stream_interval_ms`; whole choices if not streaming.
-
-        The first chunk goes out at once. After a send, what arrives within the interval travels
-        together: one message per interval instead of one per engine step is what keeps the
-        Serve and HTTP hops cheap beside the engine.
-        """
-        loop = asyncio.get_running_loop()
-        interval_s = self.model.stream_interval_ms / 1000
+        """Chunks as the choices send them, a choice's backlog merged; whole choices if not streaming."""
         num_running = request.n
         pending: dict[int, GenerationChunk] = {}
-        last_sent = -interval_s
         while num_running:
             items = [await queue.get()]
-            if request.stream and (wait_s := last_sent + interval_s - loop.time()) > 0:
-                await asyncio.sleep(wait_s)
             while not queue.empty():
                 items.append(queue.get_nowait())
             for item in items:
@@ -149,8 +152,6 @@ class LLMServer:
             ready = [index for index, chunk in pending.items() if _is_ready(chunk, request.stream)]
             for index in sorted(ready):
                 yield pending.pop(index)
-            if ready:
-                last_sent = loop.time()
 
     def _to_chunk(self, index: int, output: RequestOutput, params: SamplingParams) -> GenerationChunk:
         logprobs = None
@@ -177,6 +178,15 @@ class LLMServer:
             num_prompt_tokens=len(output.prompt_token_ids),
             num_generated_tokens=len(output.token_ids),
         )
+
+
+def cpu_threads(model: ModelConfig) -> int:
+    """Torch threads for a CPU engine: the CPUs its replica reserves (at least one).
+
+    More threads than reserved CPUs oversubscribe the machine: a parallel op then waits on
+    threads that the router, the proxy or another replica have pushed off their cores.
+    """
+    return max(1, int(model.deployment.ray_actor_options.num_cpus))
 
 
 def _is_ready(chunk: GenerationChunk, stream: bool) -> bool:

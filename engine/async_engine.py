@@ -1,17 +1,29 @@
-"""The engine driven by a background loop, for servers: requests stream back as async iterators.
+"""The engine driven by its own thread, for servers: requests stream back as async iterators.
 
-All engine calls (load, add, abort, step, stats) run on one dedicated thread, in order, so the
-event loop never blocks on a forward pass and the engine never sees two callers at once.
+    event loop (callers)                         engine thread
+    ─────────────────────                        ─────────────────────────────────────────
+    generate() ── add_request command ──▶        runs queued commands (add, abort, stats)
+                                                 step() while requests are unfinished
+    per-request mailboxes ◀─ call_soon_threadsafe ─ outputs of each step
+    generate() yields deltas                     sleeps when idle, until a command arrives
+
+The engine thread steps back to back without waiting for the event loop, so the time the loop
+spends streaming outputs never idles the model; the loop never blocks on a forward pass; and the
+engine only ever sees one caller, its own thread. A consumer that reads slower than the engine
+steps finds the steps it missed merged into one delta, and is woken once rather than per step.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import queue
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from engine.config import EngineConfig
 from engine.errors import EngineDeadError
@@ -26,8 +38,52 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
+class _Mailbox:
+    """One request's undelivered output: consecutive deltas merge while nobody reads."""
+
+    def __init__(self) -> None:
+        self.pending: RequestOutput | EngineDeadError | None = None
+        self.ready = asyncio.Event()
+        # Set when the pending item ends the stream (the last output, or an error).
+        self.ending = asyncio.Event()
+
+    def put(self, item: RequestOutput | EngineDeadError) -> None:
+        if isinstance(self.pending, RequestOutput) and isinstance(item, RequestOutput):
+            item = item.following(self.pending)
+        self.pending = item
+        self.ready.set()
+        if not isinstance(item, RequestOutput) or item.finished:
+            self.ending.set()
+
+    async def take(self, not_before: float) -> RequestOutput | EngineDeadError:
+        """The pending item, once there is one and the loop clock reaches `not_before`; an item
+        that ends the stream is taken at once."""
+        await self.ready.wait()
+        wait_s = not_before - asyncio.get_running_loop().time()
+        if wait_s > 0 and not self.ending.is_set():
+            try:
+                await asyncio.wait_for(self.ending.wait(), wait_s)
+            except asyncio.TimeoutError:  # the interval is over: take what merged meanwhile
+                pass
+        self.ready.clear()
+        item, self.pending = self.pending, None
+        assert item is not None  # `ready` is set only with something pending
+        return item
+
+
+@dataclass
+class _Command:
+    """A call the engine thread makes between steps; its result (or error) lands in `result`."""
+
+    function: Callable[..., Any]
+    args: tuple[Any, ...]
+    # None for fire-and-forget commands (aborts).
+    result: Future[Any] | None
+
+
 class AsyncLLMEngine:
-    """Construct, then `await start()`; `generate` yields one `RequestOutput` delta per step.
+    """Construct, then `await start()`; `generate` yields `RequestOutput` deltas as steps finish
+    (several steps merged into one delta when the consumer reads slower than the engine steps).
 
     Cancelling or closing a `generate` iterator aborts its request and frees its KV blocks.
     A failing step ends every request in flight with `EngineDeadError`; the engine then refuses
@@ -38,11 +94,15 @@ class AsyncLLMEngine:
         self.config = config
         self.engine: LLMEngine | None = None
         self.load_seconds: float | None = None
-        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
-        self._streams: dict[str, asyncio.Queue[RequestOutput | BaseException]] = {}
-        self._pending_aborts: set[str] = set()
-        self._wake = asyncio.Event()
-        self._loop_task: asyncio.Task[None] | None = None
+        self._commands: queue.SimpleQueue[_Command] = queue.SimpleQueue()
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        # Commands are accepted only while the engine thread will still run them.
+        self._accepting = False
+        self._accepting_lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._streams: dict[str, _Mailbox] = {}
         self._dead: BaseException | None = None
 
     @classmethod
@@ -53,49 +113,54 @@ class AsyncLLMEngine:
         return async_engine
 
     async def start(self, timeout_s: float | None = None) -> None:
-        """Load the model (unless wrapped) and start the step loop."""
-        if self.engine is None:
-            started = time.perf_counter()
-            self.engine = await asyncio.wait_for(self._on_engine_thread(LLMEngine, self.config), timeout_s)
+        """Start the engine thread; it loads the model first (unless wrapped)."""
+        self._loop = asyncio.get_running_loop()
+        self._accepting = True
+        loaded: Future[None] = Future()
+        self._thread = threading.Thread(target=self._run, args=(loaded,), name="engine", daemon=True)
+        started = time.perf_counter()
+        self._thread.start()
+        await asyncio.wait_for(asyncio.wrap_future(loaded), timeout_s)
+        if self.load_seconds is None:
             self.load_seconds = time.perf_counter() - started
             logger.info("engine for %s started in %.1fs", self.config.model, self.load_seconds)
-        self._loop_task = asyncio.get_running_loop().create_task(self._run_loop())
 
     async def shutdown(self) -> None:
-        """Stop the step loop and wait for the engine thread to finish its current call."""
-        if self._loop_task is not None:
-            self._loop_task.cancel()
-            await asyncio.gather(self._loop_task, return_exceptions=True)
-            self._loop_task = None
-        self._thread.shutdown(wait=True)
+        """Stop the engine thread and wait for it to finish its current step."""
+        thread = self._stop()
+        if thread is not None:
+            await asyncio.to_thread(thread.join)
 
     def close(self) -> None:
-        """Stop without waiting, from synchronous code (a destructor); requests in flight end."""
-        if self._loop_task is not None:
-            self._loop_task.cancel()
-            self._loop_task = None
-        self._thread.shutdown(wait=False, cancel_futures=True)
+        """Stop without waiting, from synchronous code (a destructor)."""
+        self._stop()
 
     async def generate(
-        self, request_id: str, prompt: Prompt, params: SamplingParams | None = None
+        self, request_id: str, prompt: Prompt, params: SamplingParams | None = None, stream_interval_s: float = 0.0
     ) -> AsyncIterator[RequestOutput]:
-        """Stream a request's deltas. Bad input raises ValueError before anything is yielded."""
+        """Stream a request's deltas. Bad input raises ValueError before anything is yielded.
+
+        With `stream_interval_s`, deltas come at most once per interval, each merging the steps
+        since the last (the first delta and the final one come as soon as they exist).
+        """
         self._raise_if_dead()
         if request_id in self._streams:
             raise ValueError(f"request_id must be unique, {request_id!r} is already running")
-        stream: asyncio.Queue[RequestOutput | BaseException] = asyncio.Queue()
+        stream = _Mailbox()
         self._streams[request_id] = stream
         try:
-            await self._on_engine_thread(self._require_engine().add_request, request_id, prompt, params)
+            await self._call(LLMEngine.add_request, request_id, prompt, params)
         except BaseException:
-            del self._streams[request_id]
+            self._streams.pop(request_id, None)
             raise
-        self._wake.set()
+        loop = asyncio.get_running_loop()
+        not_before = loop.time()
         finished = False
         try:
             while not finished:
-                item = await stream.get()
-                if isinstance(item, BaseException):
+                item = await stream.take(not_before)
+                not_before = loop.time() + stream_interval_s
+                if isinstance(item, EngineDeadError):
                     raise item
                 finished = item.finished
                 yield item
@@ -108,66 +173,121 @@ class AsyncLLMEngine:
         self._abort_later(request_id)
 
     async def stats(self) -> EngineStats:
-        return await self._on_engine_thread(self._require_engine().stats)
+        return await self._call(LLMEngine.stats)
 
     def check_health(self) -> None:
         """Raise if the engine cannot serve."""
         self._raise_if_dead()
-        if self._loop_task is None or self._loop_task.done():
-            raise EngineDeadError("engine loop is not running")
+        if not self._accepting or self._thread is None or not self._thread.is_alive():
+            raise EngineDeadError("engine thread is not running")
 
-    # ----- the loop -----------------------------------------------------------------------
+    # ----- event loop side ----------------------------------------------------------------
+
+    async def _call(self, function: Callable[..., T], *args: object) -> T:
+        """Run `function(engine, *args)` on the engine thread, between steps."""
+        self._raise_if_dead()
+        result: Future[T] = Future()
+        with self._accepting_lock:
+            if not self._accepting:
+                raise EngineDeadError("engine is not running: call `await start()` first")
+            self._commands.put(_Command(function, args, result))
+        self._wake.set()
+        return await asyncio.wrap_future(result)
 
     def _abort_later(self, request_id: str) -> None:
         if self._streams.pop(request_id, None) is not None:
-            self._pending_aborts.add(request_id)
+            self._commands.put(_Command(LLMEngine.abort_request, (request_id,), None))
             self._wake.set()
-
-    async def _run_loop(self) -> None:
-        engine = self._require_engine()
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            while self._pending_aborts or engine.has_unfinished_requests():
-                aborts, self._pending_aborts = self._pending_aborts, set()
-                try:
-                    outputs = await self._on_engine_thread(self._abort_and_step, engine, aborts)
-                except Exception as error:  # noqa: BLE001 - any step failure ends the engine
-                    self._die(error)
-                    return
-                self._deliver(outputs)
-
-    @staticmethod
-    def _abort_and_step(engine: LLMEngine, aborts: set[str]) -> list[RequestOutput]:
-        for request_id in aborts:
-            engine.abort_request(request_id)
-        return engine.step() if engine.has_unfinished_requests() else []
 
     def _deliver(self, outputs: list[RequestOutput]) -> None:
         for output in outputs:
             stream = self._streams.get(output.request_id)
             if stream is None:
-                continue  # its consumer left; the abort is pending
-            stream.put_nowait(output)
+                continue  # its consumer left; the abort is queued
+            stream.put(output)
             if output.finished:
                 del self._streams[output.request_id]
 
-    def _die(self, error: Exception) -> None:
-        logger.exception("engine step failed; ending %d requests", len(self._streams), exc_info=error)
+    def _die(self, error: BaseException) -> None:
+        logger.error("engine step failed; ending %d requests", len(self._streams), exc_info=error)
         self._dead = error
-        dead = EngineDeadError(f"engine step failed: {type(error).__name__}")
+        self._end_streams(EngineDeadError(f"engine step failed: {type(error).__name__}"))
+
+    def _end_streams(self, error: EngineDeadError) -> None:
         for stream in self._streams.values():
-            stream.put_nowait(dead)
+            stream.put(error)
         self._streams.clear()
 
     def _raise_if_dead(self) -> None:
         if self._dead is not None:
             raise EngineDeadError(f"engine step failed: {type(self._dead).__name__}")
 
-    def _require_engine(self) -> LLMEngine:
-        if self.engine is None:
-            raise EngineDeadError("engine is not started: call `await start()` first")
-        return self.engine
+    def _stop(self) -> threading.Thread | None:
+        self._stopping.set()
+        self._wake.set()
+        thread, self._thread = self._thread, None
+        return thread
 
-    async def _on_engine_thread(self, function: Callable[..., T], *args: object) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._thread, function, *args)
+    # ----- engine thread ------------------------------------------------------------------
+
+    def _run(self, loaded: Future[None]) -> None:
+        try:
+            if self.engine is None:
+                self.engine = LLMEngine(self.config)
+        except BaseException as error:  # noqa: BLE001 - the starter raises it
+            self._stop_accepting(EngineDeadError(f"engine failed to load: {type(error).__name__}"))
+            loaded.set_exception(error)
+            return
+        loaded.set_result(None)
+        engine = self.engine
+        while not self._stopping.is_set():
+            self._wake.clear()
+            self._run_commands(engine)
+            if not engine.has_unfinished_requests():
+                self._wake.wait()
+                continue
+            try:
+                outputs = engine.step()
+            except Exception as error:  # noqa: BLE001 - any step failure ends the engine
+                self._to_loop(self._die, error)
+                self._stop_accepting(EngineDeadError(f"engine step failed: {type(error).__name__}"))
+                return
+            if outputs:
+                self._to_loop(self._deliver, outputs)
+        shut_down = EngineDeadError("engine is shut down")
+        self._to_loop(self._end_streams, shut_down)
+        self._stop_accepting(shut_down)
+
+    def _run_commands(self, engine: LLMEngine) -> None:
+        while True:
+            try:
+                command = self._commands.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                value = command.function(engine, *command.args)
+            except Exception as error:  # noqa: BLE001 - handed to the caller
+                if command.result is not None:
+                    command.result.set_exception(error)
+            else:
+                if command.result is not None:
+                    command.result.set_result(value)
+
+    def _stop_accepting(self, error: Exception) -> None:
+        """Refuse new commands, and fail the ones that will never run."""
+        with self._accepting_lock:
+            self._accepting = False
+        while True:
+            try:
+                command = self._commands.get_nowait()
+            except queue.Empty:
+                return
+            if command.result is not None:
+                command.result.set_exception(error)
+
+    def _to_loop(self, callback: Callable[..., None], *args: object) -> None:
+        assert self._loop is not None  # set by start() before the thread runs
+        try:
+            self._loop.call_soon_threadsafe(callback, *args)
+        except RuntimeError:
+            pass  # the event loop is closed: nobody is left to tell

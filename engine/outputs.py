@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -49,6 +50,16 @@ class RequestOutput:
     @property
     def finished(self) -> bool:
         return self.finish_reason is not None
+
+    def following(self, earlier: RequestOutput) -> RequestOutput:
+        """This output as the delta since the step before `earlier` (two consecutive deltas as one)."""
+        return dataclasses.replace(
+            self,
+            new_token_ids=earlier.new_token_ids + self.new_token_ids,
+            new_logprobs=earlier.new_logprobs + self.new_logprobs,
+            new_top_logprobs=earlier.new_top_logprobs + self.new_top_logprobs,
+            delta_text=earlier.delta_text + self.delta_text,
+        )
 
 
 @dataclass

@@ -135,3 +135,53 @@ def test_start_loads_the_model_and_reports_health(llama_dir: Path) -> None:
             await engine.shutdown()
 
     asyncio.run(scenario())
+
+
+def test_failed_load_raises_from_start_and_refuses_work(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        engine = AsyncLLMEngine(EngineConfig(model=str(tmp_path / "no-such-model")))
+        with pytest.raises(OSError):
+            await engine.start(timeout_s=60)
+        with pytest.raises(EngineDeadError):
+            await engine.stats()
+        with pytest.raises(EngineDeadError):
+            engine.check_health()
+
+    asyncio.run(scenario())
+
+
+def test_shutdown_ends_requests_in_flight_instead_of_leaving_them_waiting(sync_engine: LLMEngine) -> None:
+    async def scenario() -> None:
+        engine = AsyncLLMEngine.from_engine(sync_engine)
+        await engine.start()
+        stream = engine.generate("left-running", [1, 2, 3], SamplingParams(max_tokens=500, ignore_eos=True))
+        await anext(stream)
+        await engine.shutdown()
+        with pytest.raises(EngineDeadError, match="shut down"):
+            async for _ in stream:
+                pass
+        sync_engine.abort_request("left-running")  # the module's engine is shared by other tests
+
+    asyncio.run(scenario())
+
+
+def test_stream_interval_merges_steps_and_still_ends_at_once(sync_engine: LLMEngine) -> None:
+    expected = sync_engine.generate([[7, 8, 9]], GREEDY)[0]
+
+    async def scenario() -> tuple[list[RequestOutput], float]:
+        engine = AsyncLLMEngine.from_engine(sync_engine)
+        await engine.start()
+        try:
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            deltas = [delta async for delta in engine.generate("slow", [7, 8, 9], GREEDY, stream_interval_s=30.0)]
+            return deltas, loop.time() - started
+        finally:
+            await engine.shutdown()
+
+    deltas, seconds = asyncio.run(scenario())
+    # The first token alone, then everything else merged into the final delta, without waiting 30 s.
+    assert [len(delta.new_token_ids) for delta in deltas] == [1, len(expected.token_ids) - 1]
+    assert [t for d in deltas for t in d.new_token_ids] == expected.token_ids
+    assert "".join(d.delta_text for d in deltas) == expected.text
+    assert seconds < 30.0
