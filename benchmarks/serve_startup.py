@@ -1,4 +1,4 @@
-"""Seconds from `serve run manifests/quickstart.yaml` (what `make serve` runs) to a 200 from /v1/models.
+"""Seconds from `switchyard run manifests/quickstart.yaml` (what `make serve` runs) to a 200 from /v1/models.
 
 Starts the command in its own process group, polls http://127.0.0.1:8000/v1/models, then stops
 it with Ctrl-C and waits for it to exit. Each run first deletes the demo model's directory, so
@@ -28,12 +28,12 @@ DEADLINE_S = 300.0
 
 
 def time_to_first_answer() -> float:
-    """One cold start: `serve run` launched -> /v1/models answers 200."""
-    serve = Path(sys.executable).parent / "serve"
+    """One cold start: `switchyard run` launched -> /v1/models answers 200."""
+    switchyard = Path(sys.executable).parent / "switchyard"
     shutil.rmtree(DEMO_DIR, ignore_errors=True)
     started = time.perf_counter()
     process = subprocess.Popen(
-        [str(serve), "run", "manifests/quickstart.yaml"],
+        [str(switchyard), "run", "manifests/quickstart.yaml"],
         cwd=REPO_ROOT,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -42,7 +42,7 @@ def time_to_first_answer() -> float:
     try:
         while time.perf_counter() - started < DEADLINE_S:
             if process.poll() is not None:
-                raise RuntimeError(f"serve run exited with {process.returncode} before answering")
+                raise RuntimeError(f"switchyard run exited with {process.returncode} before answering")
             try:
                 if httpx.get(MODELS_URL, timeout=2.0).status_code == 200:
                     return time.perf_counter() - started
@@ -66,7 +66,7 @@ def main() -> None:
     seconds = []
     for run in range(runs):
         seconds.append(time_to_first_answer())
-        print(f"run {run + 1}: /v1/models answered {seconds[-1]:.1f}s after `serve run`", flush=True)
+        print(f"run {run + 1}: /v1/models answered {seconds[-1]:.1f}s after `switchyard run`", flush=True)
     print(f"median of {runs}: {statistics.median(seconds):.1f}s (target < 60s)")
 
 

@@ -81,11 +81,15 @@ class OfflineEngine:
 def main() -> None:
     args = _parse_args()
     app_args = _app_args(args.config)
+    if args.stream_interval_ms is not None:
+        app_args["models"][0]["stream_interval_ms"] = args.stream_interval_ms
     model = AppConfig.model_validate(app_args).models[0]
     # Logical CPUs for the offline engine's actor on top of the machine's own, so it can be
     # scheduled beside the idle replica; the two are never measured at the same time.
     offline_cpus = model.deployment.ray_actor_options.num_cpus
     ray.init(num_cpus=(os.cpu_count() or 1) + math.ceil(offline_cpus), include_dashboard=False, log_to_driver=False)
+    # The client runs at the Ray workers' priority, not above the server it measures: on a small
+    # machine, a client at nice 0 takes its CPU from the engine first.
     os.nice(RAY_WORKER_NICENESS - os.nice(0))
     port = _free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
@@ -128,8 +132,6 @@ def _offline(actor: Any, prompts: list[list[int]], max_tokens: int) -> Measureme
 
 
 def _http(config: LoadConfig) -> Measurement:
-    # The client runs at the Ray workers' priority (they run at nice 15), not above the server it
-    # measures: on a small machine, a client at nice 0 takes its CPU from the engine first.
     report = asyncio.run(run_load(config))
     if report.num_failed:
         raise RuntimeError(f"{report.num_failed} requests failed: {report.error_counts}")
@@ -144,7 +146,9 @@ def _print_table(args: argparse.Namespace, model: ModelConfig, runs: dict[str, l
     print(
         f"\nmodel {model.name} ({model.source.demo or model.source.path or model.source.hub_id}), "
         f"prompt {args.input_len} tok, output {args.output_len} tok, greedy, ignore_eos; "
-        f"replica num_cpus {model.deployment.ray_actor_options.num_cpus}; medians of {args.repeats} runs"
+        f"replica num_cpus {model.deployment.ray_actor_options.num_cpus}; stream_interval_ms "
+        f"{args.stream_interval_ms if args.stream_interval_ms is not None else model.stream_interval_ms}; "
+        f"medians of {args.repeats} runs"
     )
     print(
         f"{'system':<18}{'requests':>9}{'conc':>6}{'out tok':>9}{'wall s':>9}{'tok/s':>9}{'TTFT p50':>10}{'TPOT p50':>10}"
@@ -196,6 +200,7 @@ def _parse_args() -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--stream-interval-ms", type=float, default=None, help="override the model's setting")
     return parser.parse_args()
 
 
