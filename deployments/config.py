@@ -202,6 +202,15 @@ class ModelConfig(_Strict):
         return name
 
     @model_validator(mode="after")
+    def _gpu_engine_has_a_gpu(self) -> ModelConfig:
+        if self.engine.device.startswith("cuda") and self.deployment.ray_actor_options.num_gpus == 0:
+            raise ValueError(
+                f"engine.device {self.engine.device!r} needs deployment.ray_actor_options.num_gpus >= 1 "
+                "(Ray gives a replica only the GPUs it reserves)"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _engine_accepts(self) -> ModelConfig:
         try:
             self.engine.to_engine_config(model=self.name)

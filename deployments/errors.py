@@ -6,7 +6,8 @@
     │                              400 code=context_length_exceeded (prompt + output > the model's context)
     ├── ModelNotFoundError         404 the `model` names no deployed model
     ├── OverloadedError            429 too many requests queued; Retry-After
-    ├── ModelUnavailableError      503 no replica can take the request now; Retry-After
+    ├── ModelUnavailableError      503 no replica can take the request now (or its engine is
+    │                              shutting down); Retry-After
     └── InternalServerError        500 anything else; the body carries no internals
 
 `to_api_error` turns any exception (ours, the engine's, Ray's or Serve's) into an ApiError; the
@@ -22,7 +23,7 @@ from ray.exceptions import RayActorError, RayTaskError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
 
 from engine import ContextLengthError as EngineContextLengthError
-from engine import EngineError
+from engine import EngineError, EngineStoppedError
 
 __all__ = [
     "ApiError",
@@ -137,7 +138,7 @@ def _map_foreign(error: BaseException, model: str | None) -> ApiError:
             code="too_many_requests",
             retry_after_s=DEFAULT_RETRY_AFTER_S,
         )
-    if isinstance(error, (DeploymentUnavailableError, ReplicaUnavailableError, RayActorError)):
+    if isinstance(error, (DeploymentUnavailableError, ReplicaUnavailableError, RayActorError, EngineStoppedError)):
         return ModelUnavailableError(
             f"{subject[0].upper()}{subject[1:]} is temporarily unavailable; retry later.",
             code="model_unavailable",

@@ -45,8 +45,11 @@ class LLMServer:
         await self.engine.start(timeout_s=model.engine.start_timeout_s)
         loaded = self.engine.engine
         assert loaded is not None  # start() loaded it
-        self.prompts = PromptBuilder(loaded.tokenizer, loaded.max_model_len, model.name)
         stats = await self.engine.stats()
+        # The longest request this replica can ever run: the model's context, or the whole KV
+        # pool when that is smaller (the last token is never fed back, so takes no slot).
+        context_len = min(loaded.max_model_len, stats.kv_blocks_total * stats.block_size + 1)
+        self.prompts = PromptBuilder(loaded.tokenizer, context_len, model.name)
         logger.info(
             "%s: engine ready in %.1fs (weights loaded in %.1fs from %s; max_model_len %d; %d KV blocks of %d tokens; "
             "%d torch threads)",
@@ -67,7 +70,8 @@ class LLMServer:
         ApiError as a value: it is the client's problem, not a replica failure to log and raise.
         """
         try:
-            prompt_token_ids = self.prompts.prompt_token_ids(request)
+            # Off the event loop: a long prompt or chat template would stall every stream.
+            prompt_token_ids = await asyncio.to_thread(self.prompts.prompt_token_ids, request)
             params = dataclasses.replace(
                 request.params, max_tokens=self.prompts.max_tokens(request, len(prompt_token_ids))
             )

@@ -19,9 +19,9 @@ __all__ = ["PromptBuilder"]
 class PromptBuilder:
     """Tokenizes requests for one model and decides how many tokens each may generate."""
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase | None, max_model_len: int, model_name: str) -> None:
+    def __init__(self, tokenizer: PreTrainedTokenizerBase | None, context_len: int, model_name: str) -> None:
         self.tokenizer = tokenizer
-        self.max_model_len = max_model_len
+        self.context_len = context_len
         self.model_name = model_name
         self.token_text = lru_cache(maxsize=65536)(self._decode_one)
 
@@ -39,12 +39,12 @@ class PromptBuilder:
 
     def max_tokens(self, request: GenerationRequest, num_prompt_tokens: int) -> int:
         """The request's max_tokens, or all the context the prompt leaves; refuses what cannot fit."""
-        room = self.max_model_len - num_prompt_tokens
+        room = self.context_len - num_prompt_tokens
         wanted = request.max_tokens if request.max_tokens is not None else room
-        if wanted < 1 or num_prompt_tokens + wanted > self.max_model_len:
+        if wanted < 1 or num_prompt_tokens + wanted > self.context_len:
             where = "messages" if request.messages is not None else "prompt"
             raise ContextLengthExceededError(
-                f"This model's maximum context length is {self.max_model_len} tokens. However, you requested "
+                f"This model's maximum context length is {self.context_len} tokens. However, you requested "
                 f"{num_prompt_tokens + max(wanted, 1)} tokens ({num_prompt_tokens} in the {where}, "
                 f"{max(wanted, 1)} in the completion). Please reduce the length of the {where} or completion.",
                 param=request.prompt_param,

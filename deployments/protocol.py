@@ -57,7 +57,9 @@ def parse_body(body_type: type[BodyT], raw: bytes) -> BodyT:
         raise InvalidRequestError(f"the request body is not valid JSON: {error}") from None
     if not isinstance(data, dict):
         raise InvalidRequestError("the request body must be a JSON object")
-    if data.get("best_of") == data.get("n", 1):
+    # OpenAI accepts null for any optional field, meaning its default.
+    data = {name: value for name, value in data.items() if value is not None}
+    if "best_of" in data and data["best_of"] == data.get("n", 1):
         del data["best_of"]  # as many candidates as choices: plain sampling
     for name, reason in UNSUPPORTED_PARAMETERS.items():
         if data.get(name) not in _ABSENT_VALUES:
@@ -109,12 +111,12 @@ class SamplingFields(_Body):
     stream: bool = False
     stream_options: StreamOptions | None = None
     stop: str | list[Annotated[str, Field(min_length=1)]] | None = None
-    seed: int | None = Field(default=None, ge=0, lt=2**63)
+    seed: int | None = Field(default=None, ge=-(2**63), lt=2**63)
     presence_penalty: Penalty = 0.0
     frequency_penalty: Penalty = 0.0
     user: str | None = None
     # Extensions.
-    top_k: int = Field(default=0, ge=0)
+    top_k: int = Field(default=0, ge=0, lt=2**31)
     ignore_eos: bool = False
     stop_token_ids: list[Annotated[int, Field(ge=0)]] = Field(default_factory=list)
 

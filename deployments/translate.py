@@ -27,12 +27,17 @@ def chat_to_generation(body: ChatCompletionRequest, request_id: str) -> Generati
     return GenerationRequest(
         request_id=request_id,
         prompt=None,
-        messages=[ChatMessage(role=message.role, content=message.content) for message in body.messages],
+        messages=[ChatMessage(role=_template_role(message.role), content=message.content) for message in body.messages],
         params=_sampling_params(body, logprobs=body.logprobs, top_logprobs=body.top_logprobs or 0),
         max_tokens=body.completion_token_limit,
         n=body.n,
         stream=body.stream,
     )
+
+
+def _template_role(role: str) -> str:
+    """OpenAI's `developer` messages are what chat templates know as `system`."""
+    return "system" if role == "developer" else role
 
 
 def _sampling_params(body: SamplingFields, *, logprobs: bool, top_logprobs: int) -> SamplingParams:

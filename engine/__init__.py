@@ -6,7 +6,7 @@
 
 from engine.async_engine import AsyncLLMEngine
 from engine.config import EngineConfig
-from engine.errors import ContextLengthError, EngineDeadError, EngineError
+from engine.errors import ContextLengthError, EngineDeadError, EngineError, EngineStoppedError
 from engine.llm_engine import LLMEngine
 from engine.outputs import EngineStats, RequestOutput, RequestTiming
 from engine.sampling_params import SamplingParams
@@ -18,6 +18,7 @@ __all__ = [
     "EngineDeadError",
     "EngineError",
     "EngineStats",
+    "EngineStoppedError",
     "LLMEngine",
     "RequestOutput",
     "RequestTiming",

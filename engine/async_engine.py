@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from engine.config import EngineConfig
-from engine.errors import EngineDeadError
+from engine.errors import EngineDeadError, EngineError, EngineStoppedError
 from engine.llm_engine import LLMEngine, Prompt
 from engine.outputs import EngineStats, RequestOutput
 from engine.sampling_params import SamplingParams
@@ -42,12 +42,12 @@ class _Mailbox:
     """One request's undelivered output: consecutive deltas merge while nobody reads."""
 
     def __init__(self) -> None:
-        self.pending: RequestOutput | EngineDeadError | None = None
+        self.pending: RequestOutput | EngineError | None = None
         self.ready = asyncio.Event()
         # Set when the pending item ends the stream (the last output, or an error).
         self.ending = asyncio.Event()
 
-    def put(self, item: RequestOutput | EngineDeadError) -> None:
+    def put(self, item: RequestOutput | EngineError) -> None:
         if isinstance(self.pending, RequestOutput) and isinstance(item, RequestOutput):
             item = item.following(self.pending)
         self.pending = item
@@ -55,7 +55,7 @@ class _Mailbox:
         if not isinstance(item, RequestOutput) or item.finished:
             self.ending.set()
 
-    async def take(self, not_before: float) -> RequestOutput | EngineDeadError:
+    async def take(self, not_before: float) -> RequestOutput | EngineError:
         """The pending item, once there is one and the loop clock reaches `not_before`; an item
         that ends the stream is taken at once."""
         await self.ready.wait()
@@ -87,7 +87,8 @@ class AsyncLLMEngine:
 
     Cancelling or closing a `generate` iterator aborts its request and frees its KV blocks.
     A failing step ends every request in flight with `EngineDeadError`; the engine then refuses
-    new work and `check_health` raises, so its owner can replace it.
+    new work and `check_health` raises, so its owner can replace it. After `shutdown()` (or a
+    failed start) requests end, and calls fail, with `EngineStoppedError`.
     """
 
     def __init__(self, config: EngineConfig) -> None:
@@ -151,7 +152,9 @@ class AsyncLLMEngine:
         try:
             await self._call(LLMEngine.add_request, request_id, prompt, params)
         except BaseException:
-            self._streams.pop(request_id, None)
+            # Refused (nothing was added), or cancelled while the add was queued or running: an
+            # abort covers the case where it was added after all.
+            self._abort_later(request_id)
             raise
         loop = asyncio.get_running_loop()
         not_before = loop.time()
@@ -159,10 +162,13 @@ class AsyncLLMEngine:
         try:
             while not finished:
                 item = await stream.take(not_before)
-                not_before = loop.time() + stream_interval_s
-                if isinstance(item, EngineDeadError):
+                if isinstance(item, EngineError):
                     raise item
                 finished = item.finished
+                # The interval starts at visible news: a delta without text yet (a partial
+                # character, text held back for a stop string) lets the next one through at once.
+                if item.delta_text or self._has_no_tokenizer():
+                    not_before = loop.time() + stream_interval_s
                 yield item
         finally:
             if not finished:
@@ -179,7 +185,7 @@ class AsyncLLMEngine:
         """Raise if the engine cannot serve."""
         self._raise_if_dead()
         if not self._accepting or self._thread is None or not self._thread.is_alive():
-            raise EngineDeadError("engine thread is not running")
+            raise EngineStoppedError("engine thread is not running")
 
     # ----- event loop side ----------------------------------------------------------------
 
@@ -189,7 +195,7 @@ class AsyncLLMEngine:
         result: Future[T] = Future()
         with self._accepting_lock:
             if not self._accepting:
-                raise EngineDeadError("engine is not running: call `await start()` first")
+                raise EngineStoppedError("engine is not running")
             self._commands.put(_Command(function, args, result))
         self._wake.set()
         return await asyncio.wrap_future(result)
@@ -213,10 +219,13 @@ class AsyncLLMEngine:
         self._dead = error
         self._end_streams(EngineDeadError(f"engine step failed: {type(error).__name__}"))
 
-    def _end_streams(self, error: EngineDeadError) -> None:
+    def _end_streams(self, error: EngineError) -> None:
         for stream in self._streams.values():
             stream.put(error)
         self._streams.clear()
+
+    def _has_no_tokenizer(self) -> bool:
+        return self.engine is not None and self.engine.tokenizer is None
 
     def _raise_if_dead(self) -> None:
         if self._dead is not None:
@@ -235,13 +244,18 @@ class AsyncLLMEngine:
             if self.engine is None:
                 self.engine = LLMEngine(self.config)
         except BaseException as error:  # noqa: BLE001 - the starter raises it
-            self._stop_accepting(EngineDeadError(f"engine failed to load: {type(error).__name__}"))
-            loaded.set_exception(error)
+            self._stop_accepting(EngineStoppedError(f"engine failed to load: {type(error).__name__}"))
+            _settle(loaded, error=error)
             return
-        loaded.set_result(None)
+        if not _settle(loaded, value=None):  # start() gave up waiting: nobody will use this engine
+            self._stop_accepting(EngineStoppedError("engine start timed out"))
+            return
         engine = self.engine
-        while not self._stopping.is_set():
+        while True:
+            # Clear before checking, so a stop or a command arriving after the check still wakes us.
             self._wake.clear()
+            if self._stopping.is_set():
+                break
             self._run_commands(engine)
             if not engine.has_unfinished_requests():
                 self._wake.wait()
@@ -254,9 +268,9 @@ class AsyncLLMEngine:
                 return
             if outputs:
                 self._to_loop(self._deliver, outputs)
-        shut_down = EngineDeadError("engine is shut down")
-        self._to_loop(self._end_streams, shut_down)
-        self._stop_accepting(shut_down)
+        stopped = EngineStoppedError("engine is shut down")
+        self._to_loop(self._end_streams, stopped)
+        self._stop_accepting(stopped)
 
     def _run_commands(self, engine: LLMEngine) -> None:
         while True:
@@ -264,6 +278,8 @@ class AsyncLLMEngine:
                 command = self._commands.get_nowait()
             except queue.Empty:
                 return
+            if command.result is not None and not command.result.set_running_or_notify_cancel():
+                continue  # its caller was cancelled before the command ran
             try:
                 value = command.function(engine, *command.args)
             except Exception as error:  # noqa: BLE001 - handed to the caller
@@ -283,7 +299,7 @@ class AsyncLLMEngine:
             except queue.Empty:
                 return
             if command.result is not None:
-                command.result.set_exception(error)
+                _settle(command.result, error=error)
 
     def _to_loop(self, callback: Callable[..., None], *args: object) -> None:
         assert self._loop is not None  # set by start() before the thread runs
@@ -291,3 +307,14 @@ class AsyncLLMEngine:
             self._loop.call_soon_threadsafe(callback, *args)
         except RuntimeError:
             pass  # the event loop is closed: nobody is left to tell
+
+
+def _settle(future: Future[Any], *, value: object = None, error: BaseException | None = None) -> bool:
+    """Resolve `future` unless its waiter cancelled it; False if it was cancelled."""
+    if not future.set_running_or_notify_cancel():
+        return False
+    if error is None:
+        future.set_result(value)
+    else:
+        future.set_exception(error)
+    return True

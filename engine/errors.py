@@ -1,14 +1,15 @@
 """The engine's exceptions.
 
-    ValueError              bad input: a config field, a sampling parameter, a prompt (builtin)
-    └── ContextLengthError  prompt + max_tokens exceed max_model_len, or need more than the KV pool
-    EngineError             the engine could not serve a valid request
-    └── EngineDeadError     a step failed; the engine refuses work until it is replaced
+ValueError              bad input: a config field, a sampling parameter, a prompt (builtin)
+└── ContextLengthError  prompt + max_tokens exceed max_model_len, or need more than the KV pool
+EngineError             the engine could not serve a valid request
+├── EngineDeadError     a step failed; the engine refuses work until it is replaced
+└── EngineStoppedError  the engine was shut down (or never started); it refuses work
 """
 
 from __future__ import annotations
 
-__all__ = ["ContextLengthError", "EngineDeadError", "EngineError"]
+__all__ = ["ContextLengthError", "EngineDeadError", "EngineError", "EngineStoppedError"]
 
 
 class ContextLengthError(ValueError):
@@ -25,3 +26,7 @@ class EngineError(RuntimeError):
 
 class EngineDeadError(EngineError):
     """A step failed: requests in flight were ended and new ones are refused."""
+
+
+class EngineStoppedError(EngineError):
+    """The engine was shut down, or is not running: nothing failed, but it serves no more."""

@@ -116,7 +116,7 @@ class Sampler:
         vocab_size = logits.shape[-1]
 
         # top-k: drop ranks >= k (k = 0 keeps all).
-        top_k = torch.tensor([row.params.top_k or vocab_size for row in rows], device=device)
+        top_k = torch.tensor([min(row.params.top_k or vocab_size, vocab_size) for row in rows], device=device)
         ranks = torch.arange(vocab_size, device=device)[None, :]
         sorted_logits = sorted_logits.masked_fill(ranks >= top_k[:, None], float("-inf"))
 

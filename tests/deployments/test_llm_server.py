@@ -100,6 +100,16 @@ def test_missing_max_tokens_takes_the_rest_of_the_context(llama_dir: Path) -> No
     run(test, llama_dir, max_model_len=40)
 
 
+def test_missing_max_tokens_is_capped_by_a_kv_pool_smaller_than_the_context(llama_dir: Path) -> None:
+    async def test(server: LLMServer) -> None:
+        prompt = list(range(10, 30))  # 20 tokens; the pool holds 4 blocks x 16 = 64 (+1 never fed back)
+        request = completion(prompt, max_tokens=None, stream=False, params={"ignore_eos": True})
+        chunks = await collect(server.generate(request))
+        assert chunks[0].num_generated_tokens == 65 - 20
+
+    run(test, llama_dir, num_kv_blocks=4)
+
+
 @pytest.mark.parametrize(
     ("request_", "error_type", "param"),
     [

@@ -7,7 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from engine import AsyncLLMEngine, EngineConfig, EngineDeadError, LLMEngine, RequestOutput, SamplingParams
+from engine import (
+    AsyncLLMEngine,
+    EngineConfig,
+    EngineDeadError,
+    EngineStoppedError,
+    LLMEngine,
+    RequestOutput,
+    SamplingParams,
+)
 
 GREEDY = SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True)
 
@@ -17,7 +25,9 @@ def sync_engine(llama_dir: Path) -> LLMEngine:
     return LLMEngine(EngineConfig(model=str(llama_dir), num_kv_blocks=64, block_size=8))
 
 
-async def collect(engine: AsyncLLMEngine, request_id: str, prompt: list[int] | str, params: SamplingParams) -> list[RequestOutput]:
+async def collect(
+    engine: AsyncLLMEngine, request_id: str, prompt: list[int] | str, params: SamplingParams
+) -> list[RequestOutput]:
     return [output async for output in engine.generate(request_id, prompt, params)]
 
 
@@ -124,7 +134,7 @@ def test_failing_step_ends_requests_with_engine_dead_error(llama_dir: Path) -> N
 def test_start_loads_the_model_and_reports_health(llama_dir: Path) -> None:
     async def scenario() -> None:
         engine = AsyncLLMEngine(EngineConfig(model=str(llama_dir), num_kv_blocks=16))
-        with pytest.raises(EngineDeadError):
+        with pytest.raises(EngineStoppedError):
             engine.check_health()
         await engine.start(timeout_s=120)
         try:
@@ -142,9 +152,9 @@ def test_failed_load_raises_from_start_and_refuses_work(tmp_path: Path) -> None:
         engine = AsyncLLMEngine(EngineConfig(model=str(tmp_path / "no-such-model")))
         with pytest.raises(OSError):
             await engine.start(timeout_s=60)
-        with pytest.raises(EngineDeadError):
+        with pytest.raises(EngineStoppedError):
             await engine.stats()
-        with pytest.raises(EngineDeadError):
+        with pytest.raises(EngineStoppedError):
             engine.check_health()
 
     asyncio.run(scenario())
@@ -157,7 +167,7 @@ def test_shutdown_ends_requests_in_flight_instead_of_leaving_them_waiting(sync_e
         stream = engine.generate("left-running", [1, 2, 3], SamplingParams(max_tokens=500, ignore_eos=True))
         await anext(stream)
         await engine.shutdown()
-        with pytest.raises(EngineDeadError, match="shut down"):
+        with pytest.raises(EngineStoppedError, match="shut down"):
             async for _ in stream:
                 pass
         sync_engine.abort_request("left-running")  # the module's engine is shared by other tests
@@ -180,8 +190,46 @@ def test_stream_interval_merges_steps_and_still_ends_at_once(sync_engine: LLMEng
             await engine.shutdown()
 
     deltas, seconds = asyncio.run(scenario())
-    # The first token alone, then everything else merged into the final delta, without waiting 30 s.
-    assert [len(delta.new_token_ids) for delta in deltas] == [1, len(expected.token_ids) - 1]
+    # One token at a time until the first visible text, then everything else merged into the
+    # final delta, which comes without waiting out the 30 s.
+    *head, last = deltas
+    assert all(len(delta.new_token_ids) == 1 for delta in head)
+    assert head[-1].delta_text and not any(delta.delta_text for delta in head[:-1])
+    assert len(last.new_token_ids) == len(expected.token_ids) - len(head) > 1
     assert [t for d in deltas for t in d.new_token_ids] == expected.token_ids
     assert "".join(d.delta_text for d in deltas) == expected.text
     assert seconds < 30.0
+
+
+def test_cancelling_a_request_whose_add_is_still_queued_keeps_the_engine_serving(sync_engine: LLMEngine) -> None:
+    async def scenario() -> None:
+        engine = AsyncLLMEngine.from_engine(sync_engine)
+        await engine.start()
+        try:
+            busy = SamplingParams(max_tokens=400, ignore_eos=True)
+            stream = engine.generate("busy", [1, 2, 3], busy)
+            await anext(stream)  # the engine is now stepping: new commands wait for a step's end
+            adding = asyncio.create_task(anext(engine.generate("cancelled", [4, 5, 6], busy)))
+            await asyncio.sleep(0)  # its add_request is queued
+            adding.cancel()
+            await asyncio.gather(adding, return_exceptions=True)
+            await stream.aclose()
+            await wait_until_idle(engine)
+            engine.check_health()
+            assert (await collect(engine, "after", [4, 5], GREEDY))[-1].finished
+            stats = await engine.stats()
+            assert (stats.num_running, stats.num_waiting) == (0, 0)
+        finally:
+            await engine.shutdown()
+
+    asyncio.run(scenario())
+
+
+def test_shutdown_of_an_idle_engine_returns(sync_engine: LLMEngine) -> None:
+    async def scenario() -> None:
+        for _ in range(20):  # a stop racing the idle wait must still wake the thread
+            engine = AsyncLLMEngine.from_engine(sync_engine)
+            await engine.start()
+            await asyncio.wait_for(engine.shutdown(), timeout=10)
+
+    asyncio.run(scenario())

@@ -197,3 +197,9 @@ def test_generate_rejects_mismatched_params_and_queues_nothing(engine: LLMEngine
     with pytest.raises(ValueError, match="prompt"):
         engine.generate([[1, 2], []], SamplingParams())
     assert not engine.has_unfinished_requests()
+
+
+def test_top_k_beyond_the_vocabulary_keeps_every_token(engine: LLMEngine) -> None:
+    params = SamplingParams(max_tokens=6, temperature=1.0, seed=3, ignore_eos=True)
+    huge_top_k = SamplingParams(max_tokens=6, temperature=1.0, seed=3, ignore_eos=True, top_k=10**20)
+    assert run_alone(engine, [5, 6, 7], huge_top_k) == run_alone(engine, [5, 6, 7], params)

@@ -317,6 +317,28 @@ def test_n_and_stream_are_carried(endpoint: str, n: int, stream: bool) -> None:
     assert client.request.request_id.startswith("cmpl-" if endpoint == "completion" else "chatcmpl-")
 
 
+@pytest.mark.parametrize("endpoint", ["completion", "chat"])
+def test_null_optional_fields_mean_their_defaults(endpoint: str) -> None:
+    client = FakeModelClient()
+    nulls = dict.fromkeys(["temperature", "top_p", "n", "seed", "stop", "presence_penalty", "best_of", "logprobs"])
+    assert post(endpoint, client, **nulls).status_code == 200
+    params = client.request.params
+    assert (params.temperature, params.top_p, params.seed, params.stop, params.logprobs) == (1.0, 1.0, None, [], False)
+    assert client.request.n == 1
+
+
+def test_best_of_equal_to_n_is_plain_sampling_and_negative_seeds_are_accepted() -> None:
+    client = FakeModelClient()
+    assert post("completion", client, best_of=2, n=2, seed=-5).status_code == 200
+    assert (client.request.n, client.request.params.seed) == (2, -5)
+
+
+def test_developer_messages_reach_the_chat_template_as_system() -> None:
+    client = FakeModelClient()
+    post("chat", client, messages=[{"role": "developer", "content": "Be brief."}, {"role": "user", "content": "Hi"}])
+    assert [message.role for message in client.request.messages or []] == ["system", "user"]
+
+
 def test_chat_text_content_parts_are_joined() -> None:
     client = FakeModelClient()
     parts = [{"type": "text", "text": "Hello, "}, {"type": "text", "text": "world"}]
@@ -353,6 +375,7 @@ CHAT, COMPLETION = BODIES["chat"], BODIES["completion"]
         pytest.param(CHAT | {"top_logprobs": 2}, "top_logprobs", "logprobs", id="top-logprobs-alone"),
         pytest.param(COMPLETION | {"prompt": ["a", "b"]}, "prompt", "one prompt", id="several-prompts"),
         pytest.param(COMPLETION | {"stream_options": {}}, "stream_options", "stream", id="unstreamed-options"),
+        pytest.param(COMPLETION | {"top_k": 10**20}, "top_k", "less than", id="top-k-beyond-int32"),
     ],
 )
 def test_invalid_request_is_400_naming_the_field(body: Any, param: str | None, message_part: str) -> None:

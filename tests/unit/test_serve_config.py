@@ -64,6 +64,9 @@ def model(args: Args) -> Args:
             id="unknown-engine-key",
         ),
         pytest.param(lambda a: a.update(models=[]), "models", "at least 1", id="no-models"),
+        pytest.param(
+            lambda a: model(a)["engine"].update(device="cuda"), "models.0", "num_gpus >= 1", id="cuda-without-a-gpu"
+        ),
         pytest.param(lambda a: a["models"].append(model(a)), "models", "repeated: demo", id="duplicate-names"),
         pytest.param(lambda a: model(a).update(source={}), "models.0.source", "got none", id="source-none"),
         pytest.param(lambda a: model(a)["source"].update(path="/m"), "models.0.source", "exactly one", id="source-two"),
