@@ -1,0 +1,125 @@
+"""The memory planner on published models: parameter counts, weight bytes, GPUs needed."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from deployments import cli, planner
+from deployments.planner import KNOWN_MODELS, ModelDims, load_model_config, plan, weight_bytes
+
+GB = 10**9
+
+
+def dims(name: str) -> ModelDims:
+    return ModelDims.from_config(load_model_config(name))
+
+
+# Parameter counts as the models' cards publish them.
+@pytest.mark.parametrize(
+    ("name", "billions"),
+    [
+        ("llama-2-7b", 6.74),
+        ("llama-2-13b", 13.02),
+        ("llama-2-70b", 68.98),
+        ("llama-3.1-8b", 8.03),
+        ("mistral-7b", 7.25),
+        ("qwen2.5-7b", 7.62),
+    ],
+)
+def test_parameter_counts_match_the_published_sizes(name: str, billions: float) -> None:
+    assert dims(name).num_parameters() / GB == pytest.approx(billions, abs=0.01)
+
+
+def test_llama_2_70b_in_fp16_is_about_140_gb_and_needs_tensor_parallelism_on_80_gb_gpus() -> None:
+    model = dims("llama-2-70b")
+    assert 135 * GB < weight_bytes(model, "float16", None) < 142 * GB
+    result = plan(
+        model,
+        dtype="float16",
+        quantization=None,
+        gpu_memory_bytes=80 * GB,
+        memory_fraction=0.9,
+        context_len=4096,
+        concurrency=1,
+    )
+    assert result.min_tensor_parallel_size is not None and result.min_tensor_parallel_size >= 2
+
+
+def test_a_13b_model_in_4_bit_is_about_7_gb() -> None:
+    assert 6.5 * GB < weight_bytes(dims("llama-2-13b"), "bfloat16", "nf4") < 8 * GB
+
+
+def test_quantized_weights_shrink_against_bfloat16() -> None:
+    model = dims("llama-2-13b")
+    bf16 = weight_bytes(model, "bfloat16", None)
+    assert weight_bytes(model, "bfloat16", "int8") / bf16 < 0.55
+    assert weight_bytes(model, "bfloat16", "nf4") / bf16 < 0.32
+
+
+def test_kv_per_token_is_keys_and_values_of_every_layer() -> None:
+    model = dims("llama-2-70b")  # 80 layers x 8 KV heads x 128 dims x 2 bytes, keys and values
+    result = plan(
+        model,
+        dtype="float16",
+        quantization=None,
+        gpu_memory_bytes=80 * GB,
+        memory_fraction=0.9,
+        context_len=4000,
+        concurrency=1,
+    )
+    assert result.kv_bytes_per_token == 2 * 80 * 8 * 128 * 2
+    assert result.kv_bytes_per_sequence == result.kv_bytes_per_token * 4000  # 250 whole blocks of 16
+
+
+def test_the_chosen_size_serves_the_concurrency_on_the_fewest_gpus() -> None:
+    result = plan(
+        dims("llama-2-70b"),
+        dtype="float16",
+        quantization=None,
+        gpu_memory_bytes=80 * GB,
+        memory_fraction=0.9,
+        context_len=4096,
+        concurrency=64,
+    )
+    assert result.sequences_per_replica * result.num_replicas >= 64
+    assert result.tensor_parallel_size is not None and result.num_gpus <= result.min_tensor_parallel_size * 16
+
+
+def test_a_model_too_big_for_any_split_says_so() -> None:
+    result = plan(
+        dims("llama-2-70b"),
+        dtype="float32",
+        quantization=None,
+        gpu_memory_bytes=4 * GB,
+        memory_fraction=0.9,
+        context_len=4096,
+        concurrency=1,
+    )
+    assert (result.min_tensor_parallel_size, result.tensor_parallel_size, result.num_gpus) == (None, None, 0)
+
+
+def test_config_json_path_gives_the_same_dims_as_the_built_in_name(tmp_path: Path) -> None:
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(KNOWN_MODELS["mistral-7b"]))
+    assert ModelDims.from_config(load_model_config(str(path))) == dims("mistral-7b")
+
+
+def test_unknown_model_is_refused_naming_the_choices() -> None:
+    with pytest.raises(ValueError, match="llama-2-70b"):
+        load_model_config("gpt-17")
+
+
+def test_plan_command_prints_figures_and_a_snippet(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["plan", "--model", "llama-2-70b", "--dtype", "float16", "--gpu-memory-gib", "80", "--context-len", "4096"]
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "137,953,296,384 bytes" in out and "min tensor-parallel size  2" in out
+    assert "tensor_parallel_size: 2" in out and "max_model_len: 4096" in out
+
+
+def test_render_says_when_nothing_fits() -> None:
+    result = planner.Plan(10, 1, 1, None, None, 0, 0)
+    assert "does not fit" in planner.render("m", result, dtype="float32", quantization=None, context_len=8)
