@@ -91,7 +91,11 @@ class EngineSettings(_Strict):
         default="continuous", description="Batching policy: iteration-level, batch-level, or one request at a time."
     )
     enable_prefix_caching: bool = Field(default=True, description="Reuse KV blocks of identical prompt prefixes.")
-    quantization: Literal["int8", "nf4"] | None = Field(default=None, description="bitsandbytes weight quantization.")
+    quantization: Literal["int8", "nf4"] | None = Field(
+        default=None,
+        description="bitsandbytes weight quantization of the decoder layers' projections (not with "
+        "tensor_parallel_size > 1).",
+    )
     tensor_parallel_size: int = Field(default=1, description="Tensor-parallel shards of the model.")
     seed: int = Field(default=0, description="Seed for requests that carry none of their own.")
     start_timeout_s: float = Field(

@@ -87,9 +87,11 @@ KNOWN_MODELS: dict[str, dict[str, Any]] = {
     },
 }
 
-# bitsandbytes storage per quantized weight element: int8 is one byte plus one float32 scale per
-# output row; nf4 packs two weights a byte plus one float32 absmax per block of 64 weights.
+# bitsandbytes storage of a quantized projection: int8 is one byte per weight plus one float32
+# scale per output row; nf4 packs two weights a byte, plus one float32 absmax per block of 64
+# weights and its own 16-entry float32 code table.
 _NF4_BLOCK = 64
+_NF4_CODE_BYTES = 16 * 4
 
 
 @dataclass(frozen=True)
@@ -167,7 +169,9 @@ def weight_bytes(dims: ModelDims, dtype: str, quantization: Quantization | None)
         return other + sum(out * inner for out, inner in shapes) * dtype_bytes
     if quantization == "int8":
         return other + sum(out * inner + out * 4 for out, inner in shapes)
-    return other + sum((out * inner + 1) // 2 + -(-out * inner // _NF4_BLOCK) * 4 for out, inner in shapes)
+    return other + sum(
+        (out * inner + 1) // 2 + -(-out * inner // _NF4_BLOCK) * 4 + _NF4_CODE_BYTES for out, inner in shapes
+    )
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["EngineConfig", "SCHEDULING_POLICIES", "DTYPES", "QUANTIZATIONS"]
+__all__ = ["DTYPES", "QUANTIZATIONS", "SCHEDULING_POLICIES", "EngineConfig"]
 
 SCHEDULING_POLICIES = ("continuous", "static", "request")
 DTYPES = ("float32", "bfloat16", "float16")
@@ -49,7 +49,9 @@ class EngineConfig:
     scheduling: Scheduling = "continuous"
     # Reuse KV blocks of identical prompt prefixes across requests.
     enable_prefix_caching: bool = True
-    # bitsandbytes weight quantization.
+    # bitsandbytes weight quantization of the decoder layers' projections: "int8" (LLM.int8 without
+    # outlier columns, so a request's tokens do not depend on its batch) or "nf4" (4-bit
+    # NormalFloat, computing in `dtype`). Embeddings, norms and the LM head stay in `dtype`.
     quantization: str | None = None
     # Shards of the model; 1 runs in process.
     tensor_parallel_size: int = 1
@@ -68,9 +70,7 @@ class EngineConfig:
         if self.num_kv_blocks is not None and self.num_kv_blocks < 1:
             raise ValueError(f"num_kv_blocks must be >= 1, got {self.num_kv_blocks}")
         if not 0.0 < self.kv_cache_memory_fraction <= 1.0:
-            raise ValueError(
-                f"kv_cache_memory_fraction must be in (0, 1], got {self.kv_cache_memory_fraction}"
-            )
+            raise ValueError(f"kv_cache_memory_fraction must be in (0, 1], got {self.kv_cache_memory_fraction}")
         if self.max_num_seqs < 1:
             raise ValueError(f"max_num_seqs must be >= 1, got {self.max_num_seqs}")
         if self.max_num_batched_tokens < 1:
@@ -81,12 +81,12 @@ class EngineConfig:
             raise ValueError(f"scheduling must be one of {SCHEDULING_POLICIES}, got {self.scheduling!r}")
         if self.quantization not in QUANTIZATIONS:
             raise ValueError(f"quantization must be one of {QUANTIZATIONS}, got {self.quantization!r}")
-        if self.quantization is not None:
+        if self.quantization is not None and self.tensor_parallel_size != 1:
             raise ValueError(
-                f"quantization must be None (quantized loading is not available), got {self.quantization!r}"
+                f"quantization {self.quantization!r} cannot be combined with tensor_parallel_size="
+                f"{self.tensor_parallel_size}: bitsandbytes weights cannot be split into shards"
             )
         if self.tensor_parallel_size != 1:
             raise ValueError(
-                f"tensor_parallel_size must be 1 (sharded execution is not available), "
-                f"got {self.tensor_parallel_size}"
+                f"tensor_parallel_size must be 1 (sharded execution is not available), got {self.tensor_parallel_size}"
             )

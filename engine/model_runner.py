@@ -7,14 +7,21 @@ import time
 from dataclasses import dataclass
 
 import torch
-from transformers import AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
+from transformers import AutoModelForCausalLM, BitsAndBytesConfig, PretrainedConfig, PreTrainedModel
 
 from engine.config import EngineConfig
 from engine.memory import available_memory_bytes
 from engine.paged_attention import PAGED_ATTENTION, build_metadata, register_paged_attention
 from engine.scheduler import SchedulerOutput
 
-__all__ = ["TORCH_DTYPES", "KVCacheShape", "ModelRunner", "kv_cache_shape"]
+__all__ = [
+    "TORCH_DTYPES",
+    "KVCacheShape",
+    "ModelRunner",
+    "kv_cache_shape",
+    "quantization_config",
+    "stored_weight_bytes",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +54,32 @@ def kv_cache_shape(model_config: PretrainedConfig, dtype: torch.dtype) -> KVCach
     )
 
 
+def quantization_config(quantization: str | None, dtype: torch.dtype) -> BitsAndBytesConfig | None:
+    """The bitsandbytes config for EngineConfig.quantization (None: load as `dtype`)."""
+    if quantization is None:
+        return None
+    # bitsandbytes logs a dtype cast on every int8 matmul.
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    if quantization == "int8":
+        # Threshold 0 turns off outlier columns: they are chosen across the whole packed batch, so
+        # a request's tokens would depend on what else runs beside it.
+        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_threshold=0.0)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype)
+
+
+def stored_weight_bytes(model: PreTrainedModel) -> int:
+    """Bytes of the weights as stored, with bitsandbytes' scales (which are not parameters)."""
+    total = sum(p.numel() * p.element_size() for p in model.parameters())
+    for parameter in model.parameters():
+        scales = getattr(parameter, "SCB", None)  # int8: one float32 scale per output row
+        if isinstance(scales, torch.Tensor):
+            total += scales.numel() * scales.element_size()
+        state = getattr(parameter, "quant_state", None)  # nf4: absmax per block, and a code table
+        if state is not None:
+            total += sum(t.numel() * t.element_size() for t in (state.absmax, state.code))
+    return total
+
+
 class ModelRunner:
     def __init__(self, config: EngineConfig) -> None:
         self.config = config
@@ -55,7 +88,7 @@ class ModelRunner:
         self.block_size = config.block_size
         start = time.perf_counter()
         self.model = self._load_model()
-        self.weight_bytes = sum(p.numel() * p.element_size() for p in self.model.parameters())
+        self.weight_bytes = stored_weight_bytes(self.model)
         self.kv_shape = kv_cache_shape(self.model.config, self.dtype)
         self.max_model_len = self._resolve_max_model_len()
         self.num_kv_blocks = self._plan_num_kv_blocks(self.max_model_len)
@@ -78,6 +111,7 @@ class ModelRunner:
             dtype=self.dtype,
             attn_implementation=PAGED_ATTENTION,
             device_map={"": self.device},
+            quantization_config=quantization_config(self.config.quantization, self.dtype),
         )
         return model.eval()
 
@@ -146,4 +180,3 @@ class ModelRunner:
             paged_metadata=metadata,
         )
         return outputs.logits[0]  # (N, V)
-

@@ -31,7 +31,6 @@ def field_message(field: str) -> str:
         ("dtype", "int4"),
         ("device", "tpu"),
         ("quantization", "int3"),
-        ("quantization", "int8"),
         ("tensor_parallel_size", 2),
     ],
 )
@@ -128,3 +127,10 @@ def test_top_logprobs_above_zero_names_the_missing_logprobs_flag() -> None:
 
 def test_a_single_stop_string_becomes_a_list() -> None:
     assert SamplingParams(stop="###").stop == ["###"]
+
+
+@pytest.mark.parametrize("quantization", ["int8", "nf4"])
+def test_quantization_is_accepted_alone_and_refused_with_tensor_parallel_shards(quantization: str) -> None:
+    assert EngineConfig(model="unused", quantization=quantization).quantization == quantization
+    with pytest.raises(ValueError, match=r"^quantization .* cannot be combined with tensor_parallel_size=2"):
+        EngineConfig(model="unused", quantization=quantization, tensor_parallel_size=2)
