@@ -63,6 +63,11 @@ class ServeCluster:
         self.base_url = base_url
         self.demo_root = demo_root
 
+    def demo_app_args(self, name: str, engine: dict[str, Any], deployment: dict[str, Any]) -> dict[str, Any]:
+        """build_app args for one demo Llama called `name`, written under the session's directory."""
+        source = {"demo": "llama", "demo_dir": str(self.demo_root / name)}
+        return {"models": [{"name": name, "source": source, "engine": engine, "deployment": deployment}]}
+
     def deploy(self, name: str, app: Application) -> str:
         """Run `app` under /<name>; returns its base URL once it answers."""
         serve.run(app, name=name, route_prefix=f"/{name}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Iterator
 
 import httpx
 import openai
@@ -28,21 +29,16 @@ def error_of(response: httpx.Response) -> dict[str, str | None]:
 @pytest.fixture(scope="module")
 def tight_app(serve_cluster: ServeCluster) -> str:
     """One demo model that runs one request at a time and queues at most one more."""
-    args = {
-        "models": [
-            {
-                "name": "tight",
-                "source": {"demo": "llama", "demo_dir": str(serve_cluster.demo_root / "tight")},
-                "engine": {"max_model_len": 256, "num_kv_blocks": 64},
-                "deployment": {"max_ongoing_requests": 1, "max_queued_requests": 1},
-            }
-        ]
-    }
+    args = serve_cluster.demo_app_args(
+        "tight",
+        engine={"max_model_len": 256, "num_kv_blocks": 64},
+        deployment={"max_ongoing_requests": 1, "max_queued_requests": 1},
+    )
     return serve_cluster.deploy("tight", build_app(args))
 
 
 @pytest.fixture(scope="module")
-def faults_app(serve_cluster: ServeCluster) -> str:
+def faults_app(serve_cluster: ServeCluster) -> Iterator[str]:
     """The real Router in front of two deployments that fail on purpose."""
     handles = {
         "dead-engine": serve.deployment(DeadEngineServer).options(name="LLMServer:dead-engine").bind(),

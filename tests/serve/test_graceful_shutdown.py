@@ -13,16 +13,11 @@ from tests.serve.conftest import ServeCluster
 
 
 def test_deleting_an_app_drains_the_stream_in_flight(serve_cluster: ServeCluster) -> None:
-    args = {
-        "models": [
-            {
-                "name": "draining",
-                "source": {"demo": "llama", "demo_dir": str(serve_cluster.demo_root / "draining")},
-                "engine": {"max_model_len": 512, "num_kv_blocks": 64},
-                "deployment": {"graceful_shutdown_timeout_s": 120},
-            }
-        ]
-    }
+    args = serve_cluster.demo_app_args(
+        "draining",
+        engine={"max_model_len": 512, "num_kv_blocks": 64},
+        deployment={"graceful_shutdown_timeout_s": 120},
+    )
     url = serve_cluster.deploy("draining", build_app(args))
     max_tokens = 300
     body = {"model": "draining", "prompt": "drain", "max_tokens": max_tokens, "ignore_eos": True, "stream": True}

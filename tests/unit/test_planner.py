@@ -17,6 +17,19 @@ def dims(name: str) -> ModelDims:
     return ModelDims.from_config(load_model_config(name))
 
 
+def plan_on(model: ModelDims, dtype: str, *, gpu_gb: int, context_len: int, concurrency: int) -> planner.Plan:
+    """Unquantized, on GPUs of `gpu_gb` with 90% of their memory for weights and KV."""
+    return plan(
+        model,
+        dtype=dtype,
+        quantization=None,
+        gpu_memory_bytes=gpu_gb * GB,
+        memory_fraction=0.9,
+        context_len=context_len,
+        concurrency=concurrency,
+    )
+
+
 # Parameter counts as the models' cards publish them.
 @pytest.mark.parametrize(
     ("name", "billions"),
@@ -36,15 +49,7 @@ def test_parameter_counts_match_the_published_sizes(name: str, billions: float) 
 def test_llama_2_70b_in_fp16_is_about_140_gb_and_needs_tensor_parallelism_on_80_gb_gpus() -> None:
     model = dims("llama-2-70b")
     assert 135 * GB < weight_bytes(model, "float16", None) < 142 * GB
-    result = plan(
-        model,
-        dtype="float16",
-        quantization=None,
-        gpu_memory_bytes=80 * GB,
-        memory_fraction=0.9,
-        context_len=4096,
-        concurrency=1,
-    )
+    result = plan_on(model, "float16", gpu_gb=80, context_len=4096, concurrency=1)
     assert result.min_tensor_parallel_size is not None and result.min_tensor_parallel_size >= 2
 
 
@@ -61,43 +66,19 @@ def test_quantized_weights_shrink_against_bfloat16() -> None:
 
 def test_kv_per_token_is_keys_and_values_of_every_layer() -> None:
     model = dims("llama-2-70b")  # 80 layers x 8 KV heads x 128 dims x 2 bytes, keys and values
-    result = plan(
-        model,
-        dtype="float16",
-        quantization=None,
-        gpu_memory_bytes=80 * GB,
-        memory_fraction=0.9,
-        context_len=4000,
-        concurrency=1,
-    )
+    result = plan_on(model, "float16", gpu_gb=80, context_len=4000, concurrency=1)
     assert result.kv_bytes_per_token == 2 * 80 * 8 * 128 * 2
     assert result.kv_bytes_per_sequence == result.kv_bytes_per_token * 4000  # 250 whole blocks of 16
 
 
 def test_the_chosen_size_serves_the_concurrency_on_the_fewest_gpus() -> None:
-    result = plan(
-        dims("llama-2-70b"),
-        dtype="float16",
-        quantization=None,
-        gpu_memory_bytes=80 * GB,
-        memory_fraction=0.9,
-        context_len=4096,
-        concurrency=64,
-    )
+    result = plan_on(dims("llama-2-70b"), "float16", gpu_gb=80, context_len=4096, concurrency=64)
     assert result.sequences_per_replica * result.num_replicas >= 64
     assert result.tensor_parallel_size is not None and result.num_gpus <= result.min_tensor_parallel_size * 16
 
 
 def test_a_model_too_big_for_any_split_says_so() -> None:
-    result = plan(
-        dims("llama-2-70b"),
-        dtype="float32",
-        quantization=None,
-        gpu_memory_bytes=4 * GB,
-        memory_fraction=0.9,
-        context_len=4096,
-        concurrency=1,
-    )
+    result = plan_on(dims("llama-2-70b"), "float32", gpu_gb=4, context_len=4096, concurrency=1)
     assert (result.min_tensor_parallel_size, result.tensor_parallel_size, result.num_gpus) == (None, None, 0)
 
 
