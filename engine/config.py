@@ -5,11 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["DTYPES", "QUANTIZATIONS", "SCHEDULING_POLICIES", "EngineConfig"]
+__all__ = ["DTYPES", "PLACEMENT_STRATEGIES", "QUANTIZATIONS", "SCHEDULING_POLICIES", "EngineConfig"]
 
 SCHEDULING_POLICIES = ("continuous", "static", "request")
 DTYPES = ("float32", "bfloat16", "float16")
 QUANTIZATIONS = (None, "int8", "nf4")
+PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
 
 Scheduling = Literal["continuous", "static", "request"]
 
@@ -53,8 +54,15 @@ class EngineConfig:
     # outlier columns, so a request's tokens do not depend on its batch) or "nf4" (4-bit
     # NormalFloat, computing in `dtype`). Embeddings, norms and the LM head stay in `dtype`.
     quantization: str | None = None
-    # Shards of the model; 1 runs in process.
+    # Tensor-parallel shards of the model. 1 runs in this process; N > 1 runs one Ray actor per
+    # shard (each holding 1/N of the attention heads, MLP and vocabulary) in a placement group.
     tensor_parallel_size: int = 1
+    # How the shards' placement group spreads over nodes: "PACK" (fewest nodes, best effort),
+    # "SPREAD", "STRICT_PACK" (one node) or "STRICT_SPREAD" (one shard per node).
+    placement_strategy: str = "PACK"
+    # CPUs each shard actor reserves (and its torch threads on CPU). On CUDA each shard also
+    # reserves one GPU.
+    cpus_per_shard: float = 1.0
     # Seed for requests that carry none of their own.
     seed: int = 0
 
@@ -81,12 +89,21 @@ class EngineConfig:
             raise ValueError(f"scheduling must be one of {SCHEDULING_POLICIES}, got {self.scheduling!r}")
         if self.quantization not in QUANTIZATIONS:
             raise ValueError(f"quantization must be one of {QUANTIZATIONS}, got {self.quantization!r}")
+        if isinstance(self.tensor_parallel_size, bool) or not isinstance(self.tensor_parallel_size, int):
+            raise ValueError(f"tensor_parallel_size must be an integer, got {self.tensor_parallel_size!r}")
+        if self.tensor_parallel_size < 1:
+            raise ValueError(f"tensor_parallel_size must be >= 1, got {self.tensor_parallel_size}")
         if self.quantization is not None and self.tensor_parallel_size != 1:
             raise ValueError(
                 f"quantization {self.quantization!r} cannot be combined with tensor_parallel_size="
                 f"{self.tensor_parallel_size}: bitsandbytes weights cannot be split into shards"
             )
-        if self.tensor_parallel_size != 1:
+        if self.tensor_parallel_size > 1 and self.device.startswith("cuda:"):
             raise ValueError(
-                f"tensor_parallel_size must be 1 (sharded execution is not available), got {self.tensor_parallel_size}"
+                f"device must be 'cuda' or 'cpu' with tensor_parallel_size > 1 (Ray gives each shard its "
+                f"own GPU), got {self.device!r}"
             )
+        if self.placement_strategy not in PLACEMENT_STRATEGIES:
+            raise ValueError(f"placement_strategy must be one of {PLACEMENT_STRATEGIES}, got {self.placement_strategy!r}")
+        if not self.cpus_per_shard > 0:
+            raise ValueError(f"cpus_per_shard must be > 0, got {self.cpus_per_shard}")

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from engine.config import EngineConfig
 from engine.errors import ContextLengthError
-from engine.executor import InProcessExecutor
+from engine.executor import ShardInfo, create_executor
 from engine.output_processor import OutputProcessor
 from engine.outputs import EngineStats, RequestOutput
 from engine.sampling_params import SamplingParams
@@ -32,8 +32,8 @@ class LLMEngine:
 
     def __init__(self, config: EngineConfig) -> None:
         self.config = config
-        self.executor = InProcessExecutor(config)
-        model_config = self.executor.runner.model.config
+        self.executor = create_executor(config)
+        model_config = self.executor.model_config
         self.vocab_size: int = model_config.get_text_config().vocab_size
         self.tokenizer: PreTrainedTokenizerBase | None = load_tokenizer(config.tokenizer or config.model)
         self.max_model_len = self.executor.max_model_len
@@ -41,7 +41,7 @@ class LLMEngine:
             config,
             num_kv_blocks=self.executor.num_kv_blocks,
             max_model_len=self.max_model_len,
-            eos_token_ids=eos_token_ids(self.executor.runner.model, self.tokenizer),
+            eos_token_ids=eos_token_ids(self.executor.generation_config, model_config, self.tokenizer),
         )
         self.output_processor = OutputProcessor(self.scheduler, self.tokenizer)
         self._generate_ids = itertools.count()
@@ -101,6 +101,18 @@ class LLMEngine:
                 if output.finished:
                     finished[output.request_id] = output
         return [finished[request_id] for request_id in request_ids]
+
+    def shards(self) -> list[ShardInfo]:
+        """Each shard's rank, Ray node, device and stored weight bytes (one entry when TP=1)."""
+        return self.executor.shards()
+
+    def check_health(self) -> None:
+        """Raise EngineDeadError if a part of the model (a tensor-parallel shard) is gone."""
+        self.executor.check_health()
+
+    def close(self) -> None:
+        """Release the model's shards (tensor-parallel actors); the engine serves no more."""
+        self.executor.close()
 
     def stats(self) -> EngineStats:
         scheduler = self.scheduler

@@ -13,6 +13,8 @@ from engine.config import EngineConfig
 from engine.memory import available_memory_bytes
 from engine.paged_attention import PAGED_ATTENTION, build_metadata, register_paged_attention
 from engine.scheduler import SchedulerOutput
+from engine.shard_loader import load_shard
+from engine.tp_layers import ShardGroup
 
 __all__ = [
     "TORCH_DTYPES",
@@ -42,13 +44,15 @@ class KVCacheShape:
         return 2 * self.num_layers * block_size * self.num_kv_heads * self.head_dim * self.dtype_bytes
 
 
-def kv_cache_shape(model_config: PretrainedConfig, dtype: torch.dtype) -> KVCacheShape:
+def kv_cache_shape(model_config: PretrainedConfig, dtype: torch.dtype, tensor_parallel_size: int = 1) -> KVCacheShape:
+    """The cache shape of one shard: it holds 1/tensor_parallel_size of the key/value heads."""
     text_config = model_config.get_text_config()
     num_heads = text_config.num_attention_heads
     head_dim = getattr(text_config, "head_dim", None) or text_config.hidden_size // num_heads
+    num_kv_heads = getattr(text_config, "num_key_value_heads", None) or num_heads
     return KVCacheShape(
         num_layers=text_config.num_hidden_layers,
-        num_kv_heads=getattr(text_config, "num_key_value_heads", None) or num_heads,
+        num_kv_heads=num_kv_heads // tensor_parallel_size,
         head_dim=head_dim,
         dtype_bytes=torch.empty((), dtype=dtype).element_size(),
     )
@@ -81,30 +85,49 @@ def stored_weight_bytes(model: PreTrainedModel) -> int:
 
 
 class ModelRunner:
-    def __init__(self, config: EngineConfig) -> None:
+    """The model (or one tensor-parallel shard of it) and its KV cache on one device.
+
+    Construction loads the weights and plans how many KV blocks fit; `allocate_kv_cache` then
+    allocates the pool, whose size the shards of one model must agree on.
+    """
+
+    def __init__(self, config: EngineConfig, shard: ShardGroup | None = None) -> None:
         self.config = config
+        self.shard = shard or ShardGroup(rank=0, world_size=1)
         self.device = torch.device(config.device)
         self.dtype = TORCH_DTYPES[config.dtype]
         self.block_size = config.block_size
         start = time.perf_counter()
         self.model = self._load_model()
         self.weight_bytes = stored_weight_bytes(self.model)
-        self.kv_shape = kv_cache_shape(self.model.config, self.dtype)
+        self.kv_shape = kv_cache_shape(self.model.config, self.dtype, self.shard.world_size)
         self.max_model_len = self._resolve_max_model_len()
-        self.num_kv_blocks = self._plan_num_kv_blocks(self.max_model_len)
-        self.kv_caches = self._allocate_kv_caches()
+        self.planned_kv_blocks = self._plan_num_kv_blocks(self.max_model_len)
+        self.num_kv_blocks = 0
+        self.kv_caches: list[tuple[torch.Tensor, torch.Tensor]] = []
         logger.info(
-            "loaded %s in %.1fs: weights %.1f MiB, KV cache %d blocks x %d tokens (%.1f MiB) on %s",
+            "loaded %s%s in %.1fs: weights %.1f MiB on %s",
             config.model,
+            f" shard {self.shard.rank}/{self.shard.world_size}" if self.shard.world_size > 1 else "",
             time.perf_counter() - start,
             self.weight_bytes / 2**20,
-            self.num_kv_blocks,
+            self.device,
+        )
+
+    def allocate_kv_cache(self, num_blocks: int) -> None:
+        self.num_kv_blocks = num_blocks
+        self.kv_caches = self._allocate_kv_caches()
+        logger.info(
+            "KV cache %d blocks x %d tokens (%.1f MiB) on %s",
+            num_blocks,
             self.block_size,
-            self.num_kv_blocks * self.kv_shape.bytes_per_block(self.block_size) / 2**20,
+            num_blocks * self.kv_shape.bytes_per_block(self.block_size) / 2**20,
             self.device,
         )
 
     def _load_model(self) -> PreTrainedModel:
+        if self.shard.world_size > 1:
+            return load_shard(self.config.model, self.dtype, self.device, self.shard)
         register_paged_attention()
         model = AutoModelForCausalLM.from_pretrained(
             self.config.model,

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from transformers import AutoTokenizer
 
 if TYPE_CHECKING:
-    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+    from transformers import GenerationConfig, PretrainedConfig, PreTrainedTokenizerBase
 
 __all__ = ["load_tokenizer", "eos_token_ids"]
 
@@ -24,10 +24,12 @@ def load_tokenizer(source: str) -> PreTrainedTokenizerBase | None:
         return None
 
 
-def eos_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase | None) -> set[int]:
+def eos_token_ids(
+    generation_config: GenerationConfig | None, model_config: PretrainedConfig, tokenizer: PreTrainedTokenizerBase | None
+) -> set[int]:
     """End-of-sequence ids from the generation config, the model config and the tokenizer."""
     ids: set[int] = set()
-    for source in (model.generation_config, model.config):
+    for source in (generation_config, model_config):
         eos = getattr(source, "eos_token_id", None)
         if isinstance(eos, int):
             ids.add(eos)

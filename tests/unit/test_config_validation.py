@@ -31,7 +31,10 @@ def field_message(field: str) -> str:
         ("dtype", "int4"),
         ("device", "tpu"),
         ("quantization", "int3"),
-        ("tensor_parallel_size", 2),
+        ("tensor_parallel_size", 0),
+        ("tensor_parallel_size", 1.5),
+        ("placement_strategy", "RANDOM"),
+        ("cpus_per_shard", 0),
     ],
 )
 def test_invalid_engine_config_names_the_field(field: str, value: object) -> None:
@@ -134,3 +137,9 @@ def test_quantization_is_accepted_alone_and_refused_with_tensor_parallel_shards(
     assert EngineConfig(model="unused", quantization=quantization).quantization == quantization
     with pytest.raises(ValueError, match=r"^quantization .* cannot be combined with tensor_parallel_size=2"):
         EngineConfig(model="unused", quantization=quantization, tensor_parallel_size=2)
+
+
+def test_tensor_parallel_shards_take_their_gpu_from_ray_not_a_device_index() -> None:
+    assert EngineConfig(model="unused", device="cuda", tensor_parallel_size=2).tensor_parallel_size == 2
+    with pytest.raises(ValueError, match=r"^device must be 'cuda' or 'cpu' with tensor_parallel_size > 1"):
+        EngineConfig(model="unused", device="cuda:1", tensor_parallel_size=2)

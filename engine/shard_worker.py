@@ -1,0 +1,91 @@
+"""One tensor-parallel shard: the process (a Ray actor) that holds a slice of the model.
+
+Every shard runs the same forward on the same batch; the collectives inside the sharded layers
+keep them in lockstep. Rank 0 also samples, so only token ids leave the shards, never logits.
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+from engine.config import EngineConfig
+from engine.executor import ShardInfo, sample_batch
+from engine.model_runner import ModelRunner
+from engine.sampler import Sampler
+from engine.scheduler import SampledTokens, SchedulerOutput
+from engine.tp_layers import ShardGroup
+
+__all__ = ["ShardLoadReport", "ShardWorker"]
+
+# How long a shard waits in a collective for the others. A dead peer is noticed sooner (the
+# executor sees its actor die); this bounds a peer that hangs.
+_COLLECTIVE_TIMEOUT = timedelta(minutes=5)
+
+
+@dataclass(frozen=True)
+class ShardLoadReport:
+    """What a shard learned loading its slice: the pool it could fit, and the context limit."""
+
+    planned_kv_blocks: int
+    max_model_len: int
+
+
+class ShardWorker:
+    """Construct in the shard's process, call `rendezvous_address` on rank 0, then `load` on every
+    shard at once (they meet in torch.distributed), then `allocate_kv_cache`."""
+
+    def __init__(self, config: EngineConfig, rank: int, node_id: str) -> None:
+        self.config = config
+        self.group = ShardGroup(rank=rank, world_size=config.tensor_parallel_size)
+        self.node_id = node_id
+        self.runner: ModelRunner | None = None
+        self.sampler = Sampler()
+        if config.device == "cpu":
+            torch.set_num_threads(max(1, int(config.cpus_per_shard)))
+
+    @staticmethod
+    def rendezvous_address(host: str) -> str:
+        """A free TCP port on `host` (this node's address) for torch.distributed to meet at."""
+        with socket.socket() as probe:
+            probe.bind((host, 0))
+            port = probe.getsockname()[1]
+        return f"tcp://{host}:{port}"
+
+    def load(self, rendezvous: str) -> ShardLoadReport:
+        dist.init_process_group(
+            backend="nccl" if self.config.device.startswith("cuda") else "gloo",
+            init_method=rendezvous,
+            rank=self.group.rank,
+            world_size=self.group.world_size,
+            timeout=_COLLECTIVE_TIMEOUT,
+        )
+        self.runner = ModelRunner(self.config, self.group)
+        return ShardLoadReport(
+            planned_kv_blocks=self.runner.planned_kv_blocks,
+            max_model_len=self.runner.max_model_len,
+        )
+
+    def allocate_kv_cache(self, num_blocks: int) -> None:
+        self._runner().allocate_kv_cache(num_blocks)
+
+    def execute(self, batch: SchedulerOutput) -> SampledTokens | None:
+        """Rank 0: the sampled tokens. Other ranks: None (their forward fed rank 0's collectives)."""
+        runner = self._runner()
+        if self.group.rank == 0:
+            return sample_batch(runner, self.sampler, batch)
+        runner.forward(batch)
+        return None
+
+    def info(self) -> ShardInfo:
+        runner = self._runner()
+        return ShardInfo(self.group.rank, self.node_id, str(runner.device), runner.weight_bytes)
+
+    def _runner(self) -> ModelRunner:
+        if self.runner is None:
+            raise RuntimeError("shard is not loaded: call load() first")
+        return self.runner
