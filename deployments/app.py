@@ -30,7 +30,7 @@ def build_app(args: dict[str, Any]) -> Application:
 
 
 def _model_deployment(model: ModelConfig) -> Application:
-    deployment = serve.deployment(LLMServer).options(name=model.deployment_name, **model.deployment.to_serve_options())
+    deployment = serve.deployment(LLMServer).options(name=model.deployment_name, **model.serve_options())
     return deployment.bind(model)
 
 

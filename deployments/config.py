@@ -96,7 +96,22 @@ class EngineSettings(_Strict):
         description="bitsandbytes weight quantization of the decoder layers' projections (not with "
         "tensor_parallel_size > 1).",
     )
-    tensor_parallel_size: int = Field(default=1, description="Tensor-parallel shards of the model.")
+    tensor_parallel_size: int = Field(
+        default=1,
+        ge=1,
+        description="Tensor-parallel shards of the model, one Ray actor (and on CUDA one GPU) each, reserved "
+        "with the replica as one placement group; 1 runs the model in the replica.",
+    )
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
+        default="PACK",
+        description="How a replica's shards spread over nodes (the replica shares shard 0's bundle): PACK "
+        "(fewest nodes), SPREAD, STRICT_PACK (one node) or STRICT_SPREAD (one shard per node).",
+    )
+    cpus_per_shard: float = Field(
+        default=1.0,
+        gt=0,
+        description="CPUs each shard reserves (its torch threads on CPU) when tensor_parallel_size > 1.",
+    )
     seed: int = Field(default=0, description="Seed for requests that carry none of their own.")
     start_timeout_s: float = Field(
         default=600.0, gt=0, description="Seconds the engine may take to load weights before the replica fails."
@@ -207,12 +222,43 @@ class ModelConfig(_Strict):
 
     @model_validator(mode="after")
     def _gpu_engine_has_a_gpu(self) -> ModelConfig:
-        if self.engine.device.startswith("cuda") and self.deployment.ray_actor_options.num_gpus == 0:
+        on_gpu = self.engine.device.startswith("cuda")
+        replica_gpus = self.deployment.ray_actor_options.num_gpus
+        if self.engine.tensor_parallel_size > 1:
+            if replica_gpus > 0:
+                raise ValueError(
+                    "deployment.ray_actor_options.num_gpus must be 0 with engine.tensor_parallel_size > 1: each "
+                    "shard reserves its own GPU"
+                )
+        elif on_gpu and replica_gpus == 0:
             raise ValueError(
                 f"engine.device {self.engine.device!r} needs deployment.ray_actor_options.num_gpus >= 1 "
                 "(Ray gives a replica only the GPUs it reserves)"
             )
         return self
+
+    def serve_options(self) -> dict[str, Any]:
+        """Keyword arguments for this model's `Deployment.options`: with tensor-parallel shards, the
+        replica and its shards are one placement group, so Serve adds and removes whole groups."""
+        options = self.deployment.to_serve_options()
+        if self.engine.tensor_parallel_size > 1:
+            options["placement_group_bundles"] = self.placement_group_bundles()
+            options["placement_group_strategy"] = self.engine.placement_strategy
+        return options
+
+    def placement_group_bundles(self) -> list[dict[str, float]]:
+        """Bundle 0 holds the replica and shard 0; bundle i holds shard i."""
+        shard = {"CPU": self.engine.cpus_per_shard}
+        if self.engine.device.startswith("cuda"):
+            shard["GPU"] = 1.0
+        actor = self.deployment.ray_actor_options
+        first = dict(shard)
+        first["CPU"] += actor.num_cpus
+        if actor.memory:
+            first["memory"] = float(actor.memory)
+        for name, amount in actor.resources.items():
+            first[name] = first.get(name, 0.0) + amount
+        return [first] + [dict(shard) for _ in range(self.engine.tensor_parallel_size - 1)]
 
     @model_validator(mode="after")
     def _engine_accepts(self) -> ModelConfig:

@@ -22,7 +22,7 @@ from deployments.errors import ApiError, invalid_request
 from deployments.generation import GenerationChunk, GenerationRequest, TokenLogprob
 from deployments.model_source import resolve_model_source
 from deployments.prompts import PromptBuilder
-from engine import AsyncLLMEngine, EngineStats, RequestOutput, SamplingParams
+from engine import AsyncLLMEngine, EngineStats, RequestOutput, SamplingParams, ShardInfo
 
 __all__ = ["LLMServer"]
 
@@ -97,9 +97,14 @@ class LLMServer:
         """The engine's load and counters, for the router and the autoscaler."""
         return await self.engine.stats()
 
-    def check_health(self) -> None:
-        """Serve calls this periodically; raising marks the replica unhealthy and replaces it."""
-        self.engine.check_health()
+    async def shards(self) -> list[ShardInfo]:
+        """Where the model's shards run: rank, Ray node, device, weight bytes, process id."""
+        return await self.engine.shards()
+
+    async def check_health(self) -> None:
+        """Serve calls this periodically; raising marks the replica unhealthy and replaces it (a
+        dead tensor-parallel shard counts)."""
+        await self.engine.check_health()
 
     def __del__(self) -> None:
         # Serve calls this once the replica's in-flight requests have drained (or after

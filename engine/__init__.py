@@ -7,6 +7,7 @@
 from engine.async_engine import AsyncLLMEngine
 from engine.config import EngineConfig
 from engine.errors import ContextLengthError, EngineDeadError, EngineError, EngineStoppedError
+from engine.executor import ShardInfo
 from engine.llm_engine import LLMEngine
 from engine.outputs import EngineStats, RequestOutput, RequestTiming
 from engine.sampling_params import SamplingParams
@@ -23,4 +24,5 @@ __all__ = [
     "RequestOutput",
     "RequestTiming",
     "SamplingParams",
+    "ShardInfo",
 ]

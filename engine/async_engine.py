@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 
 from engine.config import EngineConfig
 from engine.errors import EngineDeadError, EngineError, EngineStoppedError
+from engine.executor import ShardInfo
 from engine.llm_engine import LLMEngine, Prompt
 from engine.outputs import EngineStats, RequestOutput
 from engine.sampling_params import SamplingParams
@@ -181,11 +182,15 @@ class AsyncLLMEngine:
     async def stats(self) -> EngineStats:
         return await self._call(LLMEngine.stats)
 
-    def check_health(self) -> None:
-        """Raise if the engine cannot serve."""
+    async def shards(self) -> list[ShardInfo]:
+        return await self._call(LLMEngine.shards)
+
+    async def check_health(self) -> None:
+        """Raise if the engine cannot serve: it died, stopped, or lost a tensor-parallel shard."""
         self._raise_if_dead()
-        if not self._accepting or self._thread is None or not self._thread.is_alive():
+        if not self._accepting or self._thread is None or not self._thread.is_alive() or self.engine is None:
             raise EngineStoppedError("engine thread is not running")
+        await asyncio.to_thread(self.engine.check_health)
 
     # ----- event loop side ----------------------------------------------------------------
 
@@ -247,10 +252,16 @@ class AsyncLLMEngine:
             self._stop_accepting(EngineStoppedError(f"engine failed to load: {type(error).__name__}"))
             _settle(loaded, error=error)
             return
+        try:
+            self._serve(self.engine, loaded)
+        finally:
+            self.engine.close()
+
+    def _serve(self, engine: LLMEngine, loaded: Future[None]) -> None:
+        """Step until stopped or a step fails; returns with the engine no longer accepting work."""
         if not _settle(loaded, value=None):  # start() gave up waiting: nobody will use this engine
             self._stop_accepting(EngineStoppedError("engine start timed out"))
             return
-        engine = self.engine
         while True:
             # Clear before checking, so a stop or a command arriving after the check still wakes us.
             self._wake.clear()

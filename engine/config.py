@@ -104,6 +104,8 @@ class EngineConfig:
                 f"own GPU), got {self.device!r}"
             )
         if self.placement_strategy not in PLACEMENT_STRATEGIES:
-            raise ValueError(f"placement_strategy must be one of {PLACEMENT_STRATEGIES}, got {self.placement_strategy!r}")
+            raise ValueError(
+                f"placement_strategy must be one of {PLACEMENT_STRATEGIES}, got {self.placement_strategy!r}"
+            )
         if not self.cpus_per_shard > 0:
             raise ValueError(f"cpus_per_shard must be > 0, got {self.cpus_per_shard}")

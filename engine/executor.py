@@ -6,6 +6,7 @@ Two executors share one interface: `InProcessExecutor` (the model in this proces
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -29,6 +30,8 @@ class ShardInfo:
     device: str
     # Weight bytes as stored on the device (quantized weights count their real size).
     weight_bytes: int
+    # Process id on its node (for a profiler, or to find the shard among the node's processes).
+    pid: int
 
 
 class Executor(Protocol):
@@ -83,7 +86,10 @@ class InProcessExecutor:
         return sample_batch(self.runner, self.sampler, batch)
 
     def shards(self) -> list[ShardInfo]:
-        return [ShardInfo(rank=0, node_id=None, device=str(self.runner.device), weight_bytes=self.runner.weight_bytes)]
+        runner = self.runner
+        return [
+            ShardInfo(0, node_id=None, device=str(runner.device), weight_bytes=runner.weight_bytes, pid=os.getpid())
+        ]
 
     def check_health(self) -> None:
         """Nothing to check: the model lives and dies with this process."""

@@ -178,6 +178,8 @@ class LLMEngine:
     ) -> list[SamplingParams]:
         if isinstance(params, list):
             if len(params) != len(prompts):
-                raise ValueError(f"params must be one SamplingParams or one per prompt ({len(prompts)}), got {len(params)}")
+                raise ValueError(
+                    f"params must be one SamplingParams or one per prompt ({len(prompts)}), got {len(params)}"
+                )
             return params
         return [params or SamplingParams()] * len(prompts)

@@ -138,9 +138,7 @@ def _checkpoint_files(model: str) -> dict[str, Path]:
         return {name: single for name in checkpoint.keys()}
 
 
-def _load_slices(
-    model: PreTrainedModel, files: dict[str, Path], split_dims: dict[str, int], group: ShardGroup
-) -> None:
+def _load_slices(model: PreTrainedModel, files: dict[str, Path], split_dims: dict[str, int], group: ShardGroup) -> None:
     """Fill every parameter and persistent buffer with its slice of the checkpoint."""
     # Tied tensors appear under several names; fill each once, from whichever name is stored.
     names_of: dict[int, list[str]] = defaultdict(list)

@@ -6,6 +6,7 @@ keep them in lockstep. Rank 0 also samples, so only token ids leave the shards, 
 
 from __future__ import annotations
 
+import os
 import socket
 from dataclasses import dataclass
 from datetime import timedelta
@@ -83,7 +84,7 @@ class ShardWorker:
 
     def info(self) -> ShardInfo:
         runner = self._runner()
-        return ShardInfo(self.group.rank, self.node_id, str(runner.device), runner.weight_bytes)
+        return ShardInfo(self.group.rank, self.node_id, str(runner.device), runner.weight_bytes, os.getpid())
 
     def _runner(self) -> ModelRunner:
         if self.runner is None:

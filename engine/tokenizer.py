@@ -25,7 +25,9 @@ def load_tokenizer(source: str) -> PreTrainedTokenizerBase | None:
 
 
 def eos_token_ids(
-    generation_config: GenerationConfig | None, model_config: PretrainedConfig, tokenizer: PreTrainedTokenizerBase | None
+    generation_config: GenerationConfig | None,
+    model_config: PretrainedConfig,
+    tokenizer: PreTrainedTokenizerBase | None,
 ) -> set[int]:
     """End-of-sequence ids from the generation config, the model config and the tokenizer."""
     ids: set[int] = set()

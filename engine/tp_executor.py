@@ -166,9 +166,13 @@ class TensorParallelExecutor:
             except RayTaskError as error:
                 if isinstance(error.cause, ValueError):  # the config does not suit the model
                     raise error.cause from None
-                raise EngineDeadError(f"tensor-parallel shard {rank_of[ready[0]]} failed in {method}: {error}") from error
+                raise EngineDeadError(
+                    f"tensor-parallel shard {rank_of[ready[0]]} failed in {method}: {error}"
+                ) from error
             except RayError as error:
-                raise EngineDeadError(f"tensor-parallel shard {rank_of[ready[0]]} failed in {method}: {error}") from error
+                raise EngineDeadError(
+                    f"tensor-parallel shard {rank_of[ready[0]]} failed in {method}: {error}"
+                ) from error
         return ray.get(refs)
 
 

@@ -37,9 +37,7 @@ class ShardGroup:
     def split(self, total: int, what: str) -> tuple[int, int]:
         """[start, end) of this shard's equal part of `total` items; `what` names them in errors."""
         if total % self.world_size != 0:
-            raise ValueError(
-                f"tensor_parallel_size={self.world_size} must divide the model's {what} ({total})"
-            )
+            raise ValueError(f"tensor_parallel_size={self.world_size} must divide the model's {what} ({total})")
         part = total // self.world_size
         return self.rank * part, (self.rank + 1) * part
 

@@ -23,3 +23,10 @@ def tiny_model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]
 @pytest.fixture(scope="session")
 def llama_dir(tiny_model_dirs: dict[str, Path]) -> Path:
     return tiny_model_dirs["llama"]
+
+
+@pytest.fixture(scope="session")
+def layered_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model whose decoder layers, not its embeddings, hold most of the weights."""
+    spec = TinyModelSpec(hidden_size=512, num_layers=8, num_heads=8, num_kv_heads=4, intermediate_size=1408)
+    return write_tiny_model(tmp_path_factory.mktemp("layered"), spec)

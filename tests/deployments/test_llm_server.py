@@ -148,9 +148,9 @@ def test_closing_the_stream_aborts_every_choice_and_frees_its_blocks(llama_dir: 
 
 def test_health_check_fails_once_the_engine_is_dead(llama_dir: Path) -> None:
     async def test(server: LLMServer) -> None:
-        server.check_health()
+        await server.check_health()
         await server.engine.shutdown()
         with pytest.raises(Exception, match="not running"):
-            server.check_health()
+            await server.check_health()
 
     run(test, llama_dir)

@@ -122,7 +122,7 @@ def test_failing_step_ends_requests_with_engine_dead_error(llama_dir: Path) -> N
             with pytest.raises(EngineDeadError):
                 await collect(engine, "x", [1, 2, 3], GREEDY)
             with pytest.raises(EngineDeadError):
-                engine.check_health()
+                await engine.check_health()
             with pytest.raises(EngineDeadError):
                 await collect(engine, "y", [1, 2, 3], GREEDY)
         finally:
@@ -135,10 +135,10 @@ def test_start_loads_the_model_and_reports_health(llama_dir: Path) -> None:
     async def scenario() -> None:
         engine = AsyncLLMEngine(EngineConfig(model=str(llama_dir), num_kv_blocks=16))
         with pytest.raises(EngineStoppedError):
-            engine.check_health()
+            await engine.check_health()
         await engine.start(timeout_s=120)
         try:
-            engine.check_health()
+            await engine.check_health()
             assert engine.load_seconds is not None and engine.load_seconds > 0
             assert (await collect(engine, "z", "hi", GREEDY))[-1].finished
         finally:
@@ -155,7 +155,7 @@ def test_failed_load_raises_from_start_and_refuses_work(tmp_path: Path) -> None:
         with pytest.raises(EngineStoppedError):
             await engine.stats()
         with pytest.raises(EngineStoppedError):
-            engine.check_health()
+            await engine.check_health()
 
     asyncio.run(scenario())
 
@@ -215,7 +215,7 @@ def test_cancelling_a_request_whose_add_is_still_queued_keeps_the_engine_serving
             await asyncio.gather(adding, return_exceptions=True)
             await stream.aclose()
             await wait_until_idle(engine)
-            engine.check_health()
+            await engine.check_health()
             assert (await collect(engine, "after", [4, 5], GREEDY))[-1].finished
             stats = await engine.stats()
             assert (stats.num_running, stats.num_waiting) == (0, 0)

@@ -11,17 +11,9 @@ from transformers import AutoModelForCausalLM
 from deployments.planner import ModelDims, load_model_config, weight_bytes
 from engine import EngineConfig, LLMEngine, SamplingParams
 from engine.model_runner import quantization_config
-from engine.tiny_models import TinyModelSpec, write_tiny_model
 
 PROMPTS = [[5, 6, 7, 8], [40, 41, 42, 43, 44, 45, 46], [300, 301]]
 GREEDY = SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True)
-
-
-@pytest.fixture(scope="module")
-def layered_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A model whose decoder layers, not its embeddings, hold most of the weights."""
-    spec = TinyModelSpec(hidden_size=512, num_layers=8, num_heads=8, num_kv_heads=4, intermediate_size=1408)
-    return write_tiny_model(tmp_path_factory.mktemp("layered"), spec)
 
 
 def hf_greedy(model_dir: Path, quantization: str, prompt: list[int]) -> list[int]:

@@ -67,6 +67,20 @@ def model(args: Args) -> Args:
         pytest.param(
             lambda a: model(a)["engine"].update(device="cuda"), "models.0", "num_gpus >= 1", id="cuda-without-a-gpu"
         ),
+        pytest.param(
+            lambda a: model(a).update(
+                engine={"device": "cuda", "tensor_parallel_size": 2}, deployment={"ray_actor_options": {"num_gpus": 1}}
+            ),
+            "models.0",
+            "num_gpus must be 0 with engine.tensor_parallel_size > 1",
+            id="tensor-parallel-replica-with-a-gpu",
+        ),
+        pytest.param(
+            lambda a: model(a)["engine"].update(placement_strategy="RANDOM"),
+            "models.0.engine.placement_strategy",
+            "STRICT_SPREAD",
+            id="placement-strategy",
+        ),
         pytest.param(lambda a: a["models"].append(model(a)), "models", "repeated: demo", id="duplicate-names"),
         pytest.param(lambda a: model(a).update(source={}), "models.0.source", "got none", id="source-none"),
         pytest.param(lambda a: model(a)["source"].update(path="/m"), "models.0.source", "exactly one", id="source-two"),
@@ -133,6 +147,25 @@ def test_serve_options_have_an_autoscaling_config_instead_of_a_replica_count() -
         "upscale_delay_s": 5.0,
         "downscale_delay_s": 60.0,
     }
+
+
+def test_a_tensor_parallel_replica_and_its_shards_are_one_placement_group() -> None:
+    args = minimal_args()
+    model(args)["engine"].update(tensor_parallel_size=3, placement_strategy="STRICT_SPREAD", cpus_per_shard=2)
+    model(args)["deployment"]["ray_actor_options"] = {"num_cpus": 0.5, "resources": {"accel": 1}}
+    options = AppConfig.model_validate(args).models[0].serve_options()
+    # The replica shares shard 0's bundle, so STRICT_SPREAD needs one node per shard, not one more.
+    assert options["placement_group_bundles"] == [{"CPU": 2.5, "accel": 1}, {"CPU": 2.0}, {"CPU": 2.0}]
+    assert options["placement_group_strategy"] == "STRICT_SPREAD"
+
+
+def test_each_cuda_shard_reserves_a_gpu_and_a_single_shard_needs_no_placement_group() -> None:
+    args = minimal_args()
+    model(args)["engine"].update(device="cuda", tensor_parallel_size=2)
+    model(args)["deployment"]["ray_actor_options"] = {"num_cpus": 1, "num_gpus": 0}
+    bundles = AppConfig.model_validate(args).models[0].serve_options()["placement_group_bundles"]
+    assert bundles == [{"CPU": 2.0, "GPU": 1.0}, {"CPU": 1.0, "GPU": 1.0}]
+    assert "placement_group_bundles" not in AppConfig.model_validate(minimal_args()).models[0].serve_options()
 
 
 def test_model_deployment_is_named_after_the_model() -> None:

@@ -1,0 +1,75 @@
+"""Tensor-parallel shards on two Ray nodes: placement, equality with Hugging Face, and faults."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import ray
+from ray.cluster_utils import Cluster
+
+from engine import AsyncLLMEngine, EngineConfig, EngineDeadError, LLMEngine, SamplingParams
+from tests.engine.hf_reference import hf_greedy
+
+PROMPTS = [[5, 6, 7, 8], [40, 41, 42, 43, 44, 45, 46], [300, 301]]
+GREEDY = SamplingParams(max_tokens=16, temperature=0.0, ignore_eos=True, logprobs=True)
+
+
+def spread_config(model_dir: Path) -> EngineConfig:
+    return EngineConfig(
+        model=str(model_dir), num_kv_blocks=64, tensor_parallel_size=2, placement_strategy="STRICT_SPREAD"
+    )
+
+
+@pytest.fixture(scope="module")
+def spread_engine(two_node_cluster: Cluster, layered_dir: Path) -> LLMEngine:
+    engine = LLMEngine(spread_config(layered_dir))
+    yield engine
+    engine.close()
+
+
+def test_strict_spread_puts_each_shard_on_its_own_node(spread_engine: LLMEngine) -> None:
+    shards = spread_engine.shards()
+    assert [shard.rank for shard in shards] == [0, 1]
+    assert len({shard.node_id for shard in shards}) == 2
+    assert {node["NodeID"] for node in ray.nodes() if node["Alive"]} == {shard.node_id for shard in shards}
+
+
+def test_two_shards_generate_what_hugging_face_generates(spread_engine: LLMEngine, layered_dir: Path) -> None:
+    outputs = spread_engine.generate(PROMPTS, GREEDY)  # batched together, on both nodes
+    for prompt, output in zip(PROMPTS, outputs):
+        expected_tokens, expected_logprobs = hf_greedy(layered_dir, prompt, GREEDY.max_tokens)
+        assert output.token_ids == expected_tokens
+        assert max(abs(a - b) for a, b in zip(output.logprobs, expected_logprobs)) < 1e-3
+
+
+def test_each_shard_holds_at_most_sixty_percent_of_the_weights(spread_engine: LLMEngine, layered_dir: Path) -> None:
+    whole = LLMEngine(EngineConfig(model=str(layered_dir), num_kv_blocks=4)).shards()[0].weight_bytes
+    shard_bytes = [shard.weight_bytes for shard in spread_engine.shards()]
+    assert max(shard_bytes) <= 0.6 * whole
+    assert sum(shard_bytes) >= whole  # every weight is held somewhere (norms are on both)
+
+
+def test_a_killed_shard_ends_the_request_in_flight_and_fails_health(two_node_cluster: Cluster, llama_dir: Path) -> None:
+    async def scenario() -> None:
+        engine = AsyncLLMEngine(spread_config(llama_dir))
+        await engine.start(timeout_s=120)
+        try:
+            long_run = SamplingParams(max_tokens=1000, temperature=0.0, ignore_eos=True)
+            stream = engine.generate("long", [5, 6, 7], long_run)
+            await anext(stream)
+            victim = (await engine.shards())[1]
+            os.kill(victim.pid, signal.SIGKILL)
+            with pytest.raises(EngineDeadError):
+                async with asyncio.timeout(60):
+                    async for _ in stream:
+                        pass
+            with pytest.raises(EngineDeadError):
+                await engine.check_health()
+        finally:
+            await engine.shutdown()
+
+    asyncio.run(scenario())

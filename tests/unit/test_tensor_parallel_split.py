@@ -1,0 +1,36 @@
+"""How a model splits into tensor-parallel shards, checked from its config alone."""
+
+from __future__ import annotations
+
+import pytest
+from transformers import LlamaConfig
+
+from engine.shard_loader import check_shardable
+from engine.tp_layers import ShardGroup
+
+
+def test_shards_take_consecutive_equal_parts() -> None:
+    parts = [ShardGroup(rank, 4).split(512, "vocabulary") for rank in range(4)]
+    assert parts == [(0, 128), (128, 256), (256, 384), (384, 512)]
+
+
+@pytest.mark.parametrize(
+    ("heads", "kv_heads", "intermediate", "message"),
+    [
+        (6, 2, 128, r"attention heads \(6\)"),
+        (4, 1, 128, r"key/value heads \(1\)"),
+        (4, 2, 102, r"MLP width \(intermediate_size\) \(102\)"),
+    ],
+)
+def test_a_model_the_shards_cannot_split_evenly_is_refused_naming_what(
+    heads: int, kv_heads: int, intermediate: int, message: str
+) -> None:
+    config = LlamaConfig(
+        hidden_size=48 if heads == 6 else 64,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        intermediate_size=intermediate,
+    )
+    with pytest.raises(ValueError, match=rf"^tensor_parallel_size=4 must divide the model's {message}"):
+        check_shardable(config, 4)
+    check_shardable(config, 1)
