@@ -17,9 +17,9 @@ def test_shards_take_consecutive_equal_parts() -> None:
 @pytest.mark.parametrize(
     ("heads", "kv_heads", "intermediate", "message"),
     [
-        (6, 2, 128, r"attention heads \(6\)"),
-        (4, 1, 128, r"key/value heads \(1\)"),
-        (4, 2, 102, r"MLP width \(intermediate_size\) \(102\)"),
+        (6, 4, 128, r"attention heads \(6\)"),
+        (4, 2, 128, r"key/value heads \(2\)"),
+        (4, 4, 102, r"MLP width \(intermediate_size\) \(102\)"),
     ],
 )
 def test_a_model_the_shards_cannot_split_evenly_is_refused_naming_what(
