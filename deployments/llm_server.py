@@ -46,17 +46,19 @@ class LLMServer:
         loaded = self.engine.engine
         assert loaded is not None  # start() loaded it
         stats = await self.engine.stats()
+        shards = await self.engine.shards()
         # The longest request this replica can ever run: the model's context, or the whole KV
         # pool when that is smaller (the last token is never fed back, so takes no slot).
         context_len = min(loaded.max_model_len, stats.kv_blocks_total * stats.block_size + 1)
         self.prompts = PromptBuilder(loaded.tokenizer, context_len, model.name)
         logger.info(
-            "%s: engine ready in %.1fs (weights loaded in %.1fs from %s; max_model_len %d; %d KV blocks of %d tokens; "
-            "%d torch threads)",
+            "%s: engine ready in %.1fs (weights loaded in %.1fs from %s: %s; max_model_len %d; %d KV blocks of %d "
+            "tokens; %d torch threads)",
             model.deployment_name,
             time.perf_counter() - started,
             self.engine.load_seconds or 0.0,
             source,
+            describe_weights(shards),
             loaded.max_model_len,
             stats.kv_blocks_total,
             stats.block_size,
@@ -187,6 +189,18 @@ class LLMServer:
             num_prompt_tokens=len(output.prompt_token_ids),
             num_generated_tokens=len(output.token_ids),
         )
+
+
+def describe_weights(shards: list[ShardInfo]) -> str:
+    """'weights 12.5 MiB on cpu', or per shard: 'weights 12.5 MiB in 2 shards (rank 0: 6.3 MiB on cpu, node ab12..)'."""
+    total = sum(shard.weight_bytes for shard in shards) / 2**20
+    if len(shards) == 1:
+        return f"weights {total:.1f} MiB on {shards[0].device}"
+    parts = ", ".join(
+        f"rank {shard.rank}: {shard.weight_bytes / 2**20:.1f} MiB on {shard.device}, node {(shard.node_id or '?')[:8]}"
+        for shard in shards
+    )
+    return f"weights {total:.1f} MiB in {len(shards)} shards ({parts})"
 
 
 def cpu_threads(model: ModelConfig) -> int:

@@ -13,8 +13,8 @@ import pytest
 from deployments.config import ModelConfig
 from deployments.errors import ApiError, ContextLengthExceededError, InvalidRequestError
 from deployments.generation import ChatMessage, GenerationChunk, GenerationRequest
-from deployments.llm_server import LLMServer
-from engine import SamplingParams
+from deployments.llm_server import LLMServer, describe_weights
+from engine import SamplingParams, ShardInfo
 
 T = TypeVar("T")
 
@@ -154,3 +154,14 @@ def test_health_check_fails_once_the_engine_is_dead(llama_dir: Path) -> None:
             await server.check_health()
 
     run(test, llama_dir)
+
+
+def test_start_log_reports_weight_bytes_per_shard() -> None:
+    one = [ShardInfo(0, node_id=None, device="cpu", weight_bytes=3 * 2**20, pid=1)]
+    assert describe_weights(one) == "weights 3.0 MiB on cpu"
+    two = [
+        ShardInfo(rank, node_id=f"node{rank}abcdef", device="cuda:0", weight_bytes=2**20, pid=rank) for rank in (0, 1)
+    ]
+    assert describe_weights(two) == (
+        "weights 2.0 MiB in 2 shards (rank 0: 1.0 MiB on cuda:0, node node0abc, rank 1: 1.0 MiB on cuda:0, node node1abc)"
+    )
