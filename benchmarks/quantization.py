@@ -71,7 +71,7 @@ def main() -> None:
     rows = [
         Row(
             name,
-            engines[name].executor.runner.weight_bytes,
+            engines[name].shards()[0].weight_bytes,
             num_tokens / statistics.median(seconds[name]),
             *_agreement(tokens[name], tokens["fp32"]),
         )
