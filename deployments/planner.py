@@ -174,6 +174,21 @@ def weight_bytes(dims: ModelDims, dtype: str, quantization: Quantization | None)
     )
 
 
+def shard_weight_bytes(dims: ModelDims, dtype: str, tensor_parallel_size: int) -> int:
+    """Bytes one of `tensor_parallel_size` unquantized shards holds, as the engine splits the model:
+    projections and q/k/v biases by heads and MLP width, embeddings and LM head by vocabulary when
+    it divides evenly (whole on every shard otherwise), norms whole on every shard."""
+    dtype_bytes = torch.empty((), dtype=TORCH_DTYPES[dtype]).element_size()
+    tp = tensor_parallel_size
+    projections = sum(out * inner for out, inner in dims.linear_shapes()) // tp
+    biases = dims.num_layers * (dims.num_heads + 2 * dims.num_kv_heads) * dims.head_dim // tp if dims.qkv_bias else 0
+    embeddings = dims.vocab_size * dims.hidden_size * (1 if dims.tie_word_embeddings else 2)
+    if dims.vocab_size % tp == 0:
+        embeddings //= tp
+    norms = (2 * dims.num_layers + 1) * dims.hidden_size
+    return (projections + biases + embeddings + norms) * dtype_bytes
+
+
 @dataclass(frozen=True)
 class Plan:
     """What serving a model takes. Bytes are exact; GPUs are whole devices."""
@@ -183,13 +198,15 @@ class Plan:
     # A full-length sequence, in whole KV blocks as the engine allocates them.
     kv_bytes_per_sequence: int
     # Smallest tensor-parallel size whose GPUs hold the weights and one full-length sequence;
-    # None when no size up to the head count does.
+    # None when no size up to the head count does (quantized weights are never split).
     min_tensor_parallel_size: int | None
     # The size that serves the target concurrency on the fewest GPUs (the smaller on a tie), the
     # full-length sequences one replica of that size holds, and the replicas needed.
     tensor_parallel_size: int | None
     sequences_per_replica: int
     num_replicas: int
+    # Weight bytes on each GPU at the chosen size (0 when nothing fits).
+    weight_bytes_per_gpu: int = 0
 
     @property
     def num_gpus(self) -> int:
@@ -214,24 +231,26 @@ def plan(
     per_token = shape.bytes_per_block(1)
     per_sequence = shape.bytes_per_block(block_size) * -(-context_len // block_size)
     usable_per_gpu = int(gpu_memory_bytes * memory_fraction)
-    # (GPUs in all, tensor-parallel size, sequences per replica, replicas) for each size that fits.
+    # (GPUs in all, tensor-parallel size, sequences per replica, replicas, weights per GPU) for
+    # each size that fits. Each shard holds its slice of the weights and of every sequence's KV.
     options = []
-    for tp in _tensor_parallel_sizes(dims):
-        fits = (usable_per_gpu * tp - weights) // per_sequence
+    for tp in [1] if quantization else _tensor_parallel_sizes(dims):
+        per_gpu = weights if tp == 1 else shard_weight_bytes(dims, dtype, tp)
+        fits = (usable_per_gpu - per_gpu) // (per_sequence // tp)
         if fits >= 1:
             replicas = -(-concurrency // fits)
-            options.append((replicas * tp, tp, fits, replicas))
+            options.append((replicas * tp, tp, fits, replicas, per_gpu))
     if not options:
         return Plan(weights, per_token, per_sequence, None, None, 0, 0)
-    _, tp, fits, replicas = min(options)
-    return Plan(weights, per_token, per_sequence, options[0][1], tp, fits, replicas)
+    _, tp, fits, replicas, per_gpu = min(options)
+    return Plan(weights, per_token, per_sequence, options[0][1], tp, fits, replicas, per_gpu)
 
 
 def _tensor_parallel_sizes(dims: ModelDims) -> list[int]:
-    """Powers of two that split both the query and the key/value heads evenly."""
+    """Powers of two that split the query heads, key/value heads and MLP width evenly."""
     sizes, tp = [], 1
     while tp <= dims.num_heads:
-        if dims.num_heads % tp == 0 and dims.num_kv_heads % tp == 0:
+        if dims.num_heads % tp == 0 and dims.num_kv_heads % tp == 0 and dims.intermediate_size % tp == 0:
             sizes.append(tp)
         tp *= 2
     return sizes
@@ -254,6 +273,7 @@ def render(model: str, result: Plan, *, dtype: str, quantization: Quantization |
         return "\n".join(lines)
     lines += [
         f"  min tensor-parallel size  {result.min_tensor_parallel_size}",
+        f"  weights per GPU           {result.weight_bytes_per_gpu:>16,} bytes  {result.weight_bytes_per_gpu / gib:9.2f} GiB",
         (
             f"  chosen: tensor-parallel {result.tensor_parallel_size} x {result.num_replicas} replicas "
             f"= {result.num_gpus} GPUs, {result.sequences_per_replica} full-length sequences per replica"
@@ -272,9 +292,11 @@ def render(model: str, result: Plan, *, dtype: str, quantization: Quantization |
         lines.append(f"      quantization: {quantization}")
     if result.tensor_parallel_size > 1:
         lines.append(f"      tensor_parallel_size: {result.tensor_parallel_size}")
+        lines.append("      placement_strategy: STRICT_PACK   # or PACK / SPREAD / STRICT_SPREAD across nodes")
     lines += [
         "    deployment:",
         f"      num_replicas: {result.num_replicas}",
-        "      ray_actor_options: {num_gpus: 1}",
+        # A sharded replica's GPUs are its shards' (one each); the replica itself takes none.
+        f"      ray_actor_options: {{num_gpus: {0 if result.tensor_parallel_size > 1 else 1}}}",
     ]
     return "\n".join(lines)

@@ -11,6 +11,7 @@ import pytest
 import ray
 from ray.cluster_utils import Cluster
 
+from deployments.planner import ModelDims, load_model_config, shard_weight_bytes
 from engine import AsyncLLMEngine, EngineConfig, EngineDeadError, LLMEngine, SamplingParams
 from tests.engine.hf_reference import hf_greedy
 
@@ -51,6 +52,8 @@ def test_each_shard_holds_at_most_sixty_percent_of_the_weights(spread_engine: LL
     shard_bytes = [shard.weight_bytes for shard in spread_engine.shards()]
     assert max(shard_bytes) <= 0.6 * whole
     assert sum(shard_bytes) >= whole  # every weight is held somewhere (norms are on both)
+    dims = ModelDims.from_config(load_model_config(str(layered_dir)))
+    assert shard_bytes == [shard_weight_bytes(dims, "float32", 2)] * 2  # what `switchyard plan` predicts
 
 
 def test_a_killed_shard_ends_the_request_in_flight_and_fails_health(two_node_cluster: Cluster, llama_dir: Path) -> None:

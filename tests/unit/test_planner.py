@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from deployments import cli, planner
-from deployments.planner import KNOWN_MODELS, ModelDims, load_model_config, plan, weight_bytes
+from deployments.planner import KNOWN_MODELS, ModelDims, load_model_config, plan, shard_weight_bytes, weight_bytes
 
 GB = 10**9
 
@@ -17,12 +17,20 @@ def dims(name: str) -> ModelDims:
     return ModelDims.from_config(load_model_config(name))
 
 
-def plan_on(model: ModelDims, dtype: str, *, gpu_gb: int, context_len: int, concurrency: int) -> planner.Plan:
-    """Unquantized, on GPUs of `gpu_gb` with 90% of their memory for weights and KV."""
+def plan_on(
+    model: ModelDims,
+    dtype: str,
+    *,
+    gpu_gb: int,
+    context_len: int,
+    concurrency: int,
+    quantization: planner.Quantization | None = None,
+) -> planner.Plan:
+    """On GPUs of `gpu_gb` with 90% of their memory for weights and KV."""
     return plan(
         model,
         dtype=dtype,
-        quantization=None,
+        quantization=quantization,
         gpu_memory_bytes=gpu_gb * GB,
         memory_fraction=0.9,
         context_len=context_len,
@@ -75,6 +83,23 @@ def test_the_chosen_size_serves_the_concurrency_on_the_fewest_gpus() -> None:
     result = plan_on(dims("llama-2-70b"), "float16", gpu_gb=80, context_len=4096, concurrency=64)
     assert result.sequences_per_replica * result.num_replicas >= 64
     assert result.tensor_parallel_size is not None and result.num_gpus <= result.min_tensor_parallel_size * 16
+
+
+def test_quantized_weights_are_never_split_across_gpus() -> None:
+    # nf4 70B weights (~36 GB) fit no 24 GB GPU whole, and bitsandbytes weights cannot be sharded.
+    result = plan_on(dims("llama-2-70b"), "float16", gpu_gb=24, context_len=4096, concurrency=1, quantization="nf4")
+    assert (result.min_tensor_parallel_size, result.tensor_parallel_size) == (None, None)
+    assert plan_on(dims("llama-2-70b"), "float16", gpu_gb=24, context_len=4096, concurrency=1).tensor_parallel_size
+
+
+def test_each_gpu_of_a_split_holds_its_share_of_the_weights() -> None:
+    model = dims("llama-2-70b")
+    result = plan_on(model, "float16", gpu_gb=80, context_len=4096, concurrency=64)
+    tp = result.tensor_parallel_size
+    assert tp is not None and tp > 1
+    assert result.weight_bytes_per_gpu == shard_weight_bytes(model, "float16", tp)
+    # Only the norms are on every GPU: the shards' bytes add up to the weights and a little more.
+    assert result.weight_bytes / tp < result.weight_bytes_per_gpu < 1.001 * result.weight_bytes / tp
 
 
 def test_a_model_too_big_for_any_split_says_so() -> None:
