@@ -1,7 +1,7 @@
 """Switchyard's LLM engine: continuous batching over a paged KV cache with prefix caching.
 
-    engine = LLMEngine(EngineConfig(model="path/or/hub-id"))
-    outputs = engine.generate(["Hello"], SamplingParams(max_tokens=32, temperature=0))
+engine = LLMEngine(EngineConfig(model="path/or/hub-id"))
+outputs = engine.generate(["Hello"], SamplingParams(max_tokens=32, temperature=0))
 """
 
 from engine.async_engine import AsyncLLMEngine

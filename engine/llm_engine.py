@@ -33,17 +33,21 @@ class LLMEngine:
     def __init__(self, config: EngineConfig) -> None:
         self.config = config
         self.executor = create_executor(config)
-        model_config = self.executor.model_config
-        self.vocab_size: int = model_config.get_text_config().vocab_size
-        self.tokenizer: PreTrainedTokenizerBase | None = load_tokenizer(config.tokenizer or config.model)
-        self.max_model_len = self.executor.max_model_len
-        self.scheduler = Scheduler(
-            config,
-            num_kv_blocks=self.executor.num_kv_blocks,
-            max_model_len=self.max_model_len,
-            eos_token_ids=eos_token_ids(self.executor.generation_config, model_config, self.tokenizer),
-        )
-        self.output_processor = OutputProcessor(self.scheduler, self.tokenizer)
+        try:
+            model_config = self.executor.model_config
+            self.vocab_size: int = model_config.get_text_config().vocab_size
+            self.tokenizer: PreTrainedTokenizerBase | None = load_tokenizer(config.tokenizer or config.model)
+            self.max_model_len = self.executor.max_model_len
+            self.scheduler = Scheduler(
+                config,
+                num_kv_blocks=self.executor.num_kv_blocks,
+                max_model_len=self.max_model_len,
+                eos_token_ids=eos_token_ids(self.executor.generation_config, model_config, self.tokenizer),
+            )
+            self.output_processor = OutputProcessor(self.scheduler, self.tokenizer)
+        except BaseException:
+            self.executor.close()  # tensor-parallel shards outlive a failed engine otherwise
+            raise
         self._generate_ids = itertools.count()
 
     # ----- requests -----------------------------------------------------------------------

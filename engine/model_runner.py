@@ -91,8 +91,11 @@ class ModelRunner:
     allocates the pool, whose size the shards of one model must agree on.
     """
 
-    def __init__(self, config: EngineConfig, shard: ShardGroup | None = None) -> None:
+    def __init__(self, config: EngineConfig, shard: ShardGroup | None = None, memory_share: float = 1.0) -> None:
+        """`memory_share`: the part of the device's free memory this runner may plan for (shards
+        sharing one node's memory each take theirs)."""
         self.config = config
+        self.memory_share = memory_share
         self.shard = shard or ShardGroup(rank=0, world_size=1)
         self.device = torch.device(config.device)
         self.dtype = TORCH_DTYPES[config.dtype]
@@ -153,7 +156,7 @@ class ModelRunner:
         if self.config.num_kv_blocks is not None:
             return self.config.num_kv_blocks
         bytes_per_block = self.kv_shape.bytes_per_block(self.block_size)
-        budget = available_memory_bytes(self.device) * self.config.kv_cache_memory_fraction
+        budget = available_memory_bytes(self.device) * self.config.kv_cache_memory_fraction * self.memory_share
         fits = int(budget // bytes_per_block)
         # More blocks than every sequence at full length can use only buys prefix-cache room.
         useful = self.config.max_num_seqs * -(-max_model_len // self.block_size)

@@ -82,9 +82,7 @@ class SampledTokens:
 
 
 class Scheduler:
-    def __init__(
-        self, config: EngineConfig, num_kv_blocks: int, max_model_len: int, eos_token_ids: set[int]
-    ) -> None:
+    def __init__(self, config: EngineConfig, num_kv_blocks: int, max_model_len: int, eos_token_ids: set[int]) -> None:
         self.config = config
         self.block_manager = BlockManager(num_kv_blocks, config.block_size, config.enable_prefix_caching)
         self.max_model_len = max_model_len

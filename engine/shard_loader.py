@@ -40,13 +40,22 @@ def load_shard(model: str, dtype: torch.dtype, device: torch.device, group: Shar
     Raises ValueError when the model cannot be split `group.world_size` ways (heads, key/value
     heads or MLP width not divisible) or has no safetensors checkpoint.
     """
+    if not Path(model).is_dir() and (Path(model).is_absolute() or model.startswith(".")):
+        raise ValueError(
+            f"model directory {model} does not exist on this shard's node: shards on other nodes need the "
+            "model on shared storage, or a hub id"
+        )
     register_paged_attention()
     config = AutoConfig.from_pretrained(model)
     check_shardable(config, group.world_size)
     with torch.device("meta"):
         sharded = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=PAGED_ATTENTION)
+    head = sharded.get_output_embeddings()
+    tied = head is not None and head.weight is sharded.get_input_embeddings().weight
     split_dims = _shard_layers(sharded, group)
     sharded.to_empty(device=device)
+    if tied:  # to_empty gives every module a new parameter, so a tie must be made again
+        sharded.get_output_embeddings().weight = sharded.get_input_embeddings().weight
     _rebuild_computed_buffers(sharded, device)
     _load_slices(sharded, _checkpoint_files(model), split_dims, group)
     return sharded.eval()
@@ -68,6 +77,7 @@ def check_shardable(config: PretrainedConfig, tensor_parallel_size: int) -> None
 def _shard_layers(model: PreTrainedModel, group: ShardGroup) -> dict[str, int]:
     """Swap full layers for shard-sized ones (on meta); returns parameter name -> dim to slice."""
     split_dims: dict[str, int] = {}
+    num_split = {"rows": 0, "columns": 0}
     for name, module in list(model.named_modules()):
         if not isinstance(module, nn.Linear):
             continue
@@ -76,13 +86,23 @@ def _shard_layers(model: PreTrainedModel, group: ShardGroup) -> dict[str, int]:
         if name.endswith(_SPLIT_BY_ROWS):
             start, end = group.split(module.out_features, f"{name} output features")
             model.set_submodule(name, nn.Linear(module.in_features, end - start, bias=has_bias, **options))
+            num_split["rows"] += 1
             split_dims[f"{name}.weight"] = 0
             if has_bias:
                 split_dims[f"{name}.bias"] = 0
         elif name.endswith(_SPLIT_BY_COLUMNS):
             start, end = group.split(module.in_features, f"{name} input features")
             model.set_submodule(name, RowParallelLinear(end - start, module.out_features, bias=has_bias, **options))
+            num_split["columns"] += 1
             split_dims[f"{name}.weight"] = 1
+    num_layers = model.config.get_text_config().num_hidden_layers
+    expected = {"rows": len(_SPLIT_BY_ROWS) * num_layers, "columns": len(_SPLIT_BY_COLUMNS) * num_layers}
+    if num_split != expected:
+        # Fused projections (qkv_proj, gate_up_proj) or other layouts would split wrongly.
+        raise ValueError(
+            f"tensor-parallel shards support Llama-style decoder layers (separate q/k/v/o and gate/up/down "
+            f"projections); {type(model).__name__} has {num_split}, expected {expected}"
+        )
     split_dims.update(_shard_vocabulary(model, group))
     return split_dims
 
@@ -124,9 +144,7 @@ def _checkpoint_files(model: str) -> dict[str, Path]:
     """Tensor name -> safetensors file holding it."""
     directory = Path(model)
     if not directory.is_dir():
-        from huggingface_hub import snapshot_download
-
-        directory = Path(snapshot_download(model, allow_patterns=["*.safetensors", "*.json"]))
+        directory = _download_checkpoint(model)
     index = directory / _SAFETENSORS_INDEX
     if index.is_file():
         weight_map: dict[str, str] = json.loads(index.read_text())["weight_map"]
@@ -136,6 +154,19 @@ def _checkpoint_files(model: str) -> dict[str, Path]:
         raise ValueError(f"tensor-parallel loading needs safetensors weights; {model} has none")
     with safe_open(single, framework="pt") as checkpoint:
         return {name: single for name in checkpoint.keys()}
+
+
+def _download_checkpoint(hub_id: str) -> Path:
+    """The hub checkpoint's configs and the safetensors files its index names (a repository may
+    hold other copies of the weights, such as a consolidated file, which are not fetched)."""
+    from huggingface_hub import snapshot_download
+
+    directory = Path(snapshot_download(hub_id, allow_patterns=["*.json"]))
+    index = directory / _SAFETENSORS_INDEX
+    files = (
+        sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file() else [_SAFETENSORS_FILE]
+    )
+    return Path(snapshot_download(hub_id, allow_patterns=["*.json", *files]))
 
 
 def _load_slices(model: PreTrainedModel, files: dict[str, Path], split_dims: dict[str, int], group: ShardGroup) -> None:

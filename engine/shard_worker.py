@@ -7,7 +7,6 @@ keep them in lockstep. Rank 0 also samples, so only token ids leave the shards, 
 from __future__ import annotations
 
 import os
-import socket
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -37,8 +36,8 @@ class ShardLoadReport:
 
 
 class ShardWorker:
-    """Construct in the shard's process, call `rendezvous_address` on rank 0, then `load` on every
-    shard at once (they meet in torch.distributed), then `allocate_kv_cache`."""
+    """Construct in the shard's process, call `open_store` on rank 0, then `load` on every shard at
+    once (they meet at rank 0's store), then `allocate_kv_cache`."""
 
     def __init__(self, config: EngineConfig, rank: int, node_id: str) -> None:
         self.config = config
@@ -46,26 +45,32 @@ class ShardWorker:
         self.node_id = node_id
         self.runner: ModelRunner | None = None
         self.sampler = Sampler()
+        self.store: dist.TCPStore | None = None
         if config.device == "cpu":
             torch.set_num_threads(max(1, int(config.cpus_per_shard)))
 
-    @staticmethod
-    def rendezvous_address(host: str) -> str:
-        """A free TCP port on `host` (this node's address) for torch.distributed to meet at."""
-        with socket.socket() as probe:
-            probe.bind((host, 0))
-            port = probe.getsockname()[1]
-        return f"tcp://{host}:{port}"
+    def open_store(self, host: str) -> int:
+        """Rank 0: serve the shards' rendezvous store on `host` (this node's address); returns its
+        port. The store binds a port the system picks, so no two groups can race for one."""
+        self.store = dist.TCPStore(
+            host, 0, self.group.world_size, is_master=True, timeout=_COLLECTIVE_TIMEOUT, wait_for_workers=False
+        )
+        return self.store.port
 
-    def load(self, rendezvous: str) -> ShardLoadReport:
+    def load(self, host: str, port: int, shards_on_node: int) -> ShardLoadReport:
+        """Join the other shards at rank 0's store and load this shard's slice. `shards_on_node`
+        shards share this node's memory, so on CPU each plans its KV cache from that share."""
+        if self.store is None:
+            self.store = dist.TCPStore(host, port, self.group.world_size, is_master=False, timeout=_COLLECTIVE_TIMEOUT)
         dist.init_process_group(
             backend="nccl" if self.config.device.startswith("cuda") else "gloo",
-            init_method=rendezvous,
+            store=self.store,
             rank=self.group.rank,
             world_size=self.group.world_size,
             timeout=_COLLECTIVE_TIMEOUT,
         )
-        self.runner = ModelRunner(self.config, self.group)
+        on_gpu = self.config.device.startswith("cuda")  # each shard has a GPU of its own
+        self.runner = ModelRunner(self.config, self.group, memory_share=1.0 if on_gpu else 1.0 / shards_on_node)
         return ShardLoadReport(
             planned_kv_blocks=self.runner.planned_kv_blocks,
             max_model_len=self.runner.max_model_len,

@@ -110,6 +110,7 @@ class TinyModelSpec:
     vocab_size: int = 512  # tokenizer vocabulary == model vocabulary, exactly
     max_position_embeddings: int = 4096  # longest sequence the model and tokenizer accept
     seed: int = 0  # torch seed for the random weights
+    tie_word_embeddings: bool = False  # the LM head shares the input embedding's weights
 
     def __post_init__(self) -> None:
         if self.architecture not in ARCHITECTURES:
@@ -212,9 +213,7 @@ def _build_tokenizer(spec: TinyModelSpec) -> PreTrainedTokenizerFast:
     backend.decoder = decoders.ByteLevel()
     # Already in the vocabulary: this marks them special, so text containing them encodes them
     # as single tokens and `skip_special_tokens` drops them.
-    backend.add_special_tokens(
-        [AddedToken(token, special=True, normalized=False) for token in _SPECIAL_TOKENS]
-    )
+    backend.add_special_tokens([AddedToken(token, special=True, normalized=False) for token in _SPECIAL_TOKENS])
     return PreTrainedTokenizerFast(
         tokenizer_object=backend,
         bos_token=_BOS_TOKEN,
@@ -277,7 +276,7 @@ def _build_config(spec: TinyModelSpec) -> PreTrainedConfig:
         "bos_token_id": _BOS_ID,
         "eos_token_id": _EOS_ID,
         "pad_token_id": _PAD_ID,
-        "tie_word_embeddings": False,
+        "tie_word_embeddings": spec.tie_word_embeddings,
         "dtype": "float32",
     }
     # Sliding-window attention stays off, so attention is plain causal at every length.

@@ -59,8 +59,12 @@ class _ShardActor(ShardWorker):
     def __init__(self, config: EngineConfig, rank: int) -> None:
         super().__init__(config, rank, node_id=ray.get_runtime_context().get_node_id())
 
-    def node_rendezvous_address(self) -> str:
-        return self.rendezvous_address(ray.util.get_node_ip_address())
+    def node(self) -> tuple[str, str]:
+        """(Ray node id, node IP address) of this shard."""
+        return self.node_id, ray.util.get_node_ip_address()
+
+    def open_node_store(self) -> int:
+        return self.open_store(ray.util.get_node_ip_address())
 
     def ping(self) -> None:
         """Answers once the shard is between steps."""
@@ -82,8 +86,11 @@ class TensorParallelExecutor:
         try:
             group = self._placement_group()
             self._workers = [self._spawn(group, rank) for rank in range(config.tensor_parallel_size)]
-            rendezvous = ray.get(self._workers[0].node_rendezvous_address.remote())
-            reports: list[ShardLoadReport] = self._on_every_shard("load", rendezvous)
+            nodes: list[tuple[str, str]] = self._on_every_shard("node")
+            port = ray.get(self._workers[0].open_node_store.remote())
+            reports: list[ShardLoadReport] = self._on_every_shard_each(
+                "load", [(nodes[0][1], port, sum(node == nodes[rank] for node in nodes)) for rank in range(len(nodes))]
+            )
             # Every shard holds the same blocks (of its own heads): the smallest pool wins.
             self.num_kv_blocks = min(report.planned_kv_blocks for report in reports)
             self.max_model_len = reports[0].max_model_len
@@ -156,7 +163,11 @@ class TensorParallelExecutor:
 
     def _on_every_shard(self, method: str, *args: object) -> list[Any]:
         """Call `method` on every shard; results by rank. The first shard to fail raises at once."""
-        refs = [getattr(worker, method).remote(*args) for worker in self._workers]
+        return self._on_every_shard_each(method, [args] * len(self._workers))
+
+    def _on_every_shard_each(self, method: str, args_by_rank: list[tuple[Any, ...]]) -> list[Any]:
+        """Call `method` on every shard with its own arguments; results by rank."""
+        refs = [getattr(worker, method).remote(*args) for worker, args in zip(self._workers, args_by_rank)]
         rank_of = {ref: rank for rank, ref in enumerate(refs)}
         pending = list(refs)
         while pending:

@@ -13,6 +13,7 @@ from ray.cluster_utils import Cluster
 
 from deployments.planner import ModelDims, load_model_config, shard_weight_bytes
 from engine import AsyncLLMEngine, EngineConfig, EngineDeadError, LLMEngine, SamplingParams
+from engine.tiny_models import TinyModelSpec, write_tiny_model
 from tests.engine.hf_reference import hf_greedy
 
 PROMPTS = [[5, 6, 7, 8], [40, 41, 42, 43, 44, 45, 46], [300, 301]]
@@ -45,6 +46,22 @@ def test_two_shards_generate_what_hugging_face_generates(spread_engine: LLMEngin
         expected_tokens, expected_logprobs = hf_greedy(layered_dir, prompt, GREEDY.max_tokens)
         assert output.token_ids == expected_tokens
         assert max(abs(a - b) for a, b in zip(output.logprobs, expected_logprobs)) < 1e-3
+
+
+def test_tied_embeddings_and_qkv_biases_split_and_match_hugging_face(
+    two_node_cluster: Cluster, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    # Qwen2 has q/k/v biases; with tied embeddings the checkpoint stores no LM head of its own.
+    spec = TinyModelSpec(architecture="qwen2", tie_word_embeddings=True)
+    model_dir = write_tiny_model(tmp_path_factory.mktemp("tied-qwen2"), spec)
+    engine = LLMEngine(spread_config(model_dir))
+    try:
+        for prompt, output in zip(PROMPTS, engine.generate(PROMPTS, GREEDY)):
+            expected_tokens, expected_logprobs = hf_greedy(model_dir, prompt, GREEDY.max_tokens)
+            assert output.token_ids == expected_tokens
+            assert max(abs(a - b) for a, b in zip(output.logprobs, expected_logprobs)) < 1e-3
+    finally:
+        engine.close()
 
 
 def test_each_shard_holds_at_most_sixty_percent_of_the_weights(spread_engine: LLMEngine, layered_dir: Path) -> None:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-import pytest
-from transformers import LlamaConfig
+from pathlib import Path
 
-from engine.shard_loader import check_shardable
+import pytest
+import torch
+from transformers import LlamaConfig, Phi3Config
+
+from engine.shard_loader import check_shardable, load_shard
 from engine.tp_layers import ShardGroup
 
 
@@ -34,3 +37,18 @@ def test_a_model_the_shards_cannot_split_evenly_is_refused_naming_what(
     with pytest.raises(ValueError, match=rf"^tensor_parallel_size=4 must divide the model's {message}"):
         check_shardable(config, 4)
     check_shardable(config, 1)
+
+
+def test_fused_projections_are_refused_before_any_weight_is_read(tmp_path: Path) -> None:
+    # Phi-3 fuses q/k/v into qkv_proj and gate/up into gate_up_proj: slicing them by rows would mix heads.
+    Phi3Config(hidden_size=64, num_attention_heads=4, num_key_value_heads=4, intermediate_size=128).save_pretrained(
+        tmp_path
+    )
+    with pytest.raises(ValueError, match=r"^tensor-parallel shards support Llama-style decoder layers"):
+        load_shard(str(tmp_path), torch.float32, torch.device("cpu"), ShardGroup(0, 2))
+
+
+def test_a_model_directory_missing_on_the_shards_node_is_named(tmp_path: Path) -> None:
+    missing = tmp_path / "only-on-another-node"
+    with pytest.raises(ValueError, match=r"does not exist on this shard's node: .* shared storage, or a hub id"):
+        load_shard(str(missing), torch.float32, torch.device("cpu"), ShardGroup(0, 2))
