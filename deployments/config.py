@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from autoscaling import ScalingSettings
 from engine import EngineConfig
 
 __all__ = [
@@ -23,11 +24,16 @@ __all__ = [
     "ModelSource",
     "RayActorOptions",
     "RouterSettings",
+    "RoutingSettings",
 ]
 
 DemoModel = Literal["llama", "qwen2", "mistral"]
 
 # Model names travel in URLs' JSON bodies and in deployment names ("LLMServer:<name>").
+# Import paths Serve loads on its controller and in the handles.
+AUTOSCALING_POLICY = "autoscaling.serve_policy:LLMAutoscalingPolicy"
+REQUEST_ROUTER = "deployments.request_router:LLMRequestRouter"
+
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
 
 
@@ -124,21 +130,93 @@ class EngineSettings(_Strict):
 
 
 class AutoscalingSettings(_Strict):
-    """Serve autoscaling for a deployment, in place of a fixed `num_replicas`."""
+    """LLM-aware autoscaling of a deployment's replicas, in place of a fixed `num_replicas`.
 
-    min_replicas: int = Field(default=1, ge=0, description="Fewest replicas.")
-    max_replicas: int = Field(default=1, ge=1, description="Most replicas.")
-    target_ongoing_requests: float = Field(
-        default=16.0, gt=0, description="Ongoing requests per replica that autoscaling aims for."
+    The policy (`autoscaling.serve_policy`) reads each replica's engine queue and KV usage; it
+    applies the delays itself, so a request waiting while nothing runs scales up at once.
+    """
+
+    min_replicas: int = Field(
+        default=1, ge=0, description="Fewest replicas; 0 lets an idle model release its resources."
     )
-    upscale_delay_s: float = Field(default=5.0, ge=0, description="Seconds load must stay high before scaling up.")
+    max_replicas: int = Field(default=1, ge=1, description="Most replicas.")
+    target_queue_per_replica: float = Field(
+        default=16.0,
+        gt=0,
+        description="Engine requests (waiting + running) per replica that autoscaling aims for; requests held "
+        "for a replica count too.",
+    )
+    kv_usage_target: float = Field(
+        default=0.9,
+        gt=0,
+        le=1,
+        description="Mean share of KV blocks in use above which one more replica is added, whatever the queue.",
+    )
+    idle_timeout_s: float = Field(
+        default=300.0, gt=0, description="Seconds without any request before scaling down to min_replicas (0 included)."
+    )
+    upscale_delay_s: float = Field(
+        default=5.0, ge=0, description="Seconds load must stay high before scaling up (none when nothing runs)."
+    )
     downscale_delay_s: float = Field(default=60.0, ge=0, description="Seconds load must stay low before scaling down.")
+    metrics_interval_s: float = Field(
+        default=1.0, gt=0, description="How often replicas report their load to the autoscaler."
+    )
 
     @model_validator(mode="after")
     def _ordered(self) -> AutoscalingSettings:
         if self.min_replicas > self.max_replicas:
             raise ValueError(f"min_replicas ({self.min_replicas}) must be <= max_replicas ({self.max_replicas})")
+        ScalingSettings(**self.policy_kwargs())  # the policy's own checks, here rather than on the controller
         return self
+
+    def policy_kwargs(self) -> dict[str, Any]:
+        """The policy's settings (`autoscaling.ScalingSettings`), as Serve passes them to it."""
+        return self.model_dump(exclude={"metrics_interval_s"})
+
+    def to_serve(self) -> dict[str, Any]:
+        """Serve's autoscaling_config. Serve's own delays are 0: the policy applies ours."""
+        return {
+            "min_replicas": self.min_replicas,
+            "max_replicas": self.max_replicas,
+            "initial_replicas": self.min_replicas,
+            "upscale_delay_s": 0.0,
+            "downscale_delay_s": 0.0,
+            "downscale_to_zero_delay_s": 0.0,
+            "metrics_interval_s": self.metrics_interval_s,
+            "look_back_period_s": 2 * self.metrics_interval_s,
+            "policy": {
+                "policy_function": AUTOSCALING_POLICY,
+                "policy_kwargs": self.policy_kwargs(),
+            },
+        }
+
+
+class RoutingSettings(_Strict):
+    """How requests pick one of a deployment's replicas."""
+
+    prefix_affinity: bool = Field(
+        default=True, description="Send a prompt whose prefix a replica has cached to that replica."
+    )
+    imbalance_threshold: float = Field(
+        default=4.0,
+        ge=0,
+        description="Prefix affinity yields when its replica's load score exceeds the least loaded one's by more.",
+    )
+    stats_period_s: float = Field(
+        default=1.0, gt=0, description="How often each replica reports its engine load to the request router."
+    )
+
+    def to_serve(self) -> dict[str, Any]:
+        """Serve's request_router_config."""
+        return {
+            "request_router_class": REQUEST_ROUTER,
+            "request_router_kwargs": {
+                "prefix_affinity": self.prefix_affinity,
+                "imbalance_threshold": self.imbalance_threshold,
+            },
+            "request_routing_stats_period_s": self.stats_period_s,
+        }
 
 
 class RayActorOptions(_Strict):
@@ -171,6 +249,7 @@ class DeploymentSettings(_Strict):
     ray_actor_options: RayActorOptions = Field(
         default_factory=RayActorOptions, description="Resources each replica reserves."
     )
+    routing: RoutingSettings = Field(default_factory=RoutingSettings, description="How requests pick a replica.")
     health_check_period_s: float = Field(default=10.0, gt=0, description="Seconds between replica health checks.")
     health_check_timeout_s: float = Field(default=30.0, gt=0, description="Seconds a health check may take.")
     graceful_shutdown_timeout_s: float = Field(
@@ -190,7 +269,8 @@ class DeploymentSettings(_Strict):
         if self.autoscaling is None:
             options["num_replicas"] = self.num_replicas
         else:
-            options["autoscaling_config"] = self.autoscaling.model_dump()
+            options["autoscaling_config"] = self.autoscaling.to_serve()
+        options["request_router_config"] = self.routing.to_serve()
         return options
 
 
@@ -202,6 +282,12 @@ class ModelConfig(_Strict):
     engine: EngineSettings = Field(default_factory=EngineSettings, description="Engine settings.")
     deployment: DeploymentSettings = Field(
         default_factory=DeploymentSettings, description="Serve settings of this model's deployment."
+    )
+    cold_start_timeout_s: float = Field(
+        default=600.0,
+        gt=0,
+        description="Longest a request waits for its first token, a replica start included (a model scaled to "
+        "zero); beyond it the client gets 503 with Retry-After.",
     )
     stream_interval_ms: float = Field(
         default=100.0,
@@ -279,6 +365,12 @@ class RouterSettings(_Strict):
     num_replicas: int = Field(default=1, ge=1, description="Router replicas (they hold no model).")
     max_ongoing_requests: int = Field(default=1024, ge=1, description="Requests one router replica handles at once.")
     num_cpus: float = Field(default=0.5, ge=0, description="CPUs reserved per router replica.")
+    keepalive_interval_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="A streaming request still waiting for its first token (a replica starting) gets an SSE comment "
+        "this often, so proxies keep the connection open.",
+    )
 
 
 class AppConfig(_Strict):

@@ -66,3 +66,5 @@ class GenerationChunk:
     # Tokens in the prompt, and tokens this choice has generated so far (for usage).
     num_prompt_tokens: int
     num_generated_tokens: int
+    # Prompt tokens the replica's prefix cache supplied for this choice.
+    num_cached_tokens: int = 0

@@ -37,6 +37,9 @@ class LLMServer:
 
     async def __init__(self, model: ModelConfig) -> None:
         self.model = model
+        # Requests in this replica now, and since when it has had none (for idleness).
+        self._in_flight = 0
+        self._idle_since = time.monotonic()
         started = time.perf_counter()
         if model.engine.device == "cpu":
             torch.set_num_threads(cpu_threads(model))
@@ -71,6 +74,16 @@ class LLMServer:
         A request the model refuses (bad prompt, too long, bad token ids) ends its stream with an
         ApiError as a value: it is the client's problem, not a replica failure to log and raise.
         """
+        self._in_flight += 1
+        try:
+            async for item in self._generate(request):
+                yield item
+        finally:
+            self._in_flight -= 1
+            if not self._in_flight:
+                self._idle_since = time.monotonic()
+
+    async def _generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk | ApiError]:
         try:
             # Off the event loop: a long prompt or chat template would stall every stream.
             prompt_token_ids = await asyncio.to_thread(self.prompts.prompt_token_ids, request)
@@ -98,6 +111,25 @@ class LLMServer:
     async def stats(self) -> EngineStats:
         """The engine's load and counters, for the router and the autoscaler."""
         return await self.engine.stats()
+
+    async def load_signals(self) -> dict[str, float]:
+        """The replica's load as the router and the autoscaler read it: engine requests waiting and
+        running, the share of KV blocks in use, and seconds without any request (0 while busy)."""
+        stats = await self.engine.stats()
+        return {
+            "waiting": float(stats.num_waiting),
+            "running": float(stats.num_running),
+            "kv_usage": stats.kv_blocks_used / stats.kv_blocks_total,
+            "idle_s": 0.0 if self._in_flight else time.monotonic() - self._idle_since,
+        }
+
+    async def record_autoscaling_stats(self) -> dict[str, float]:
+        """Serve's autoscaler calls this on every replica; the policy reads the figures."""
+        return await self.load_signals()
+
+    async def record_routing_stats(self) -> dict[str, float]:
+        """Serve's request router calls this on every replica between fresh probes."""
+        return await self.load_signals()
 
     async def shards(self) -> list[ShardInfo]:
         """Where the model's shards run: rank, Ray node, device, weight bytes, process id."""
@@ -188,6 +220,7 @@ class LLMServer:
             finish_reason=output.finish_reason,
             num_prompt_tokens=len(output.prompt_token_ids),
             num_generated_tokens=len(output.token_ids),
+            num_cached_tokens=output.num_cached_tokens,
         )
 
 

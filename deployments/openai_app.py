@@ -2,15 +2,18 @@
 
 Every failure, whatever raised it, is answered by `_error_response` through `to_api_error`: an
 OpenAI-shaped body with the right status. Before a stream's first chunk that is the HTTP
-response; after it, an SSE `error` event followed by `data: [DONE]`.
+response; after it, an SSE `error` event followed by `data: [DONE]`. A stream whose first chunk
+takes longer than the keep-alive interval (a model starting from zero replicas) is answered 200
+at once and sent SSE comments until the chunk comes, so its failures are events too.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -21,11 +24,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from deployments.errors import ApiError, InvalidRequestError, ModelNotFoundError, to_api_error
 from deployments.generation import GenerationChunk, GenerationRequest
+from deployments.model_states import ModelState
 from deployments.protocol import ChatCompletionRequest, CompletionRequest, parse_body
 from deployments.responses import Endpoint, ResponseWriter
 from deployments.translate import chat_to_generation, completion_to_generation
 
-__all__ = ["ModelCard", "ModelClient", "build_openai_app", "model_card"]
+__all__ = ["KEEPALIVE", "ModelCard", "ModelClient", "StatesSource", "build_openai_app", "model_card"]
 
 
 class ModelClient(Protocol):
@@ -46,9 +50,27 @@ class ModelCard:
     created: int
 
 
-def build_openai_app(models: Mapping[str, ModelClient], cards: list[ModelCard]) -> FastAPI:
+StatesSource = Callable[[], Awaitable[Mapping[str, ModelState]]]
+
+# What a streaming client receives while its first token is awaited: an SSE comment, which
+# OpenAI clients ignore and which keeps proxies from closing an idle connection.
+KEEPALIVE = ": waiting for the model\n\n"
+
+
+def build_openai_app(
+    models: Mapping[str, ModelClient],
+    cards: list[ModelCard],
+    *,
+    states: StatesSource | None = None,
+    keepalive_interval_s: float = 5.0,
+) -> FastAPI:
+    """`states`: each model's replica state for /v1/models (none: the cards alone).
+    `keepalive_interval_s`: a stream whose first token takes longer starts with keep-alive comments."""
     app = FastAPI(title="Switchyard", summary="OpenAI-compatible API over many models")
     cards_by_id = {card.id: card for card in cards}
+
+    async def current_states() -> Mapping[str, ModelState]:
+        return {} if states is None else await states()
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, error: ApiError) -> JSONResponse:
@@ -71,27 +93,30 @@ def build_openai_app(models: Mapping[str, ModelClient], cards: list[ModelCard]) 
 
     @app.get("/v1/models")
     async def list_models() -> dict[str, Any]:
-        return {"object": "list", "data": [_model_json(card) for card in cards]}
+        now = await current_states()
+        return {"object": "list", "data": [_model_json(card, now.get(card.id)) for card in cards]}
 
     @app.get("/v1/models/{model_id:path}")
     async def get_model(model_id: str) -> dict[str, Any]:
         card = cards_by_id.get(model_id)
         if card is None:
             raise ModelNotFoundError.for_model(model_id, list(cards_by_id))
-        return _model_json(card)
+        return _model_json(card, (await current_states()).get(card.id))
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:
-        return await _answer("completion", await request.body(), models)
+        return await _answer("completion", await request.body(), models, keepalive_interval_s)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
-        return await _answer("chat", await request.body(), models)
+        return await _answer("chat", await request.body(), models, keepalive_interval_s)
 
     return app
 
 
-async def _answer(endpoint: Endpoint, raw_body: bytes, models: Mapping[str, ModelClient]) -> Response:
+async def _answer(
+    endpoint: Endpoint, raw_body: bytes, models: Mapping[str, ModelClient], keepalive_interval_s: float
+) -> Response:
     """Validate, pick the model, run the request; any failure becomes an OpenAI-shaped error."""
     model: str | None = None
     try:
@@ -109,31 +134,75 @@ async def _answer(endpoint: Endpoint, raw_body: bytes, models: Mapping[str, Mode
         if client is None:
             raise ModelNotFoundError.for_model(model, list(models))
         writer = ResponseWriter(endpoint, generation.request_id, model, generation.n, with_logprobs)
-        return await _respond(client, generation, writer, include_usage)
+        return await _respond(client, generation, writer, include_usage, keepalive_interval_s)
     except Exception as error:  # noqa: BLE001 - the one place failures become HTTP answers
         return _error_response(error, model)
 
 
 async def _respond(
-    client: ModelClient, generation: GenerationRequest, writer: ResponseWriter, include_usage: bool
+    client: ModelClient,
+    generation: GenerationRequest,
+    writer: ResponseWriter,
+    include_usage: bool,
+    keepalive_interval_s: float,
 ) -> Response:
     chunks = client.stream(generation)
+    first_chunk = asyncio.ensure_future(anext(chunks))
     try:
-        # Wait for the first chunk before answering, so a refused request gets its own status.
-        first = await anext(chunks)
+        # Wait for the first chunk before answering, so a refused request gets its own status. A
+        # stream whose first chunk is slow (a replica starting) is answered at once, kept alive.
+        if generation.stream:
+            await asyncio.wait({first_chunk}, timeout=keepalive_interval_s)
+            if not first_chunk.done():
+                return _event_stream(_sse_after_wait(first_chunk, chunks, writer, include_usage, keepalive_interval_s))
+        first = await first_chunk
         if not generation.stream:
             writer.add(first)
             async for chunk in chunks:
                 writer.add(chunk)
             return JSONResponse(writer.response())
     except BaseException:
-        await chunks.aclose()
+        await _close(first_chunk, chunks)
         raise
+    return _event_stream(_sse(first, chunks, writer, include_usage))
+
+
+def _event_stream(events: AsyncIterator[str]) -> StreamingResponse:
     return StreamingResponse(
-        _sse(first, chunks, writer, include_usage),
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        events, media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     )
+
+
+async def _close(first_chunk: asyncio.Future[GenerationChunk], chunks: AsyncGenerator[GenerationChunk, None]) -> None:
+    """Stop the model's stream, whether or not its first chunk is still being awaited."""
+    first_chunk.cancel()
+    await asyncio.gather(first_chunk, return_exceptions=True)  # the generator is no longer running
+    await chunks.aclose()
+
+
+async def _sse_after_wait(
+    first_chunk: asyncio.Future[GenerationChunk],
+    chunks: AsyncGenerator[GenerationChunk, None],
+    writer: ResponseWriter,
+    include_usage: bool,
+    keepalive_interval_s: float,
+) -> AsyncIterator[str]:
+    """Keep-alive comments until the first chunk, then the stream; a failure becomes an error event."""
+    try:
+        while not first_chunk.done():
+            yield KEEPALIVE
+            await asyncio.wait({first_chunk}, timeout=keepalive_interval_s)
+        first = first_chunk.result()
+    except Exception as error:  # noqa: BLE001 - the status is sent: report the failure in-stream
+        await _close(first_chunk, chunks)
+        yield _event(to_api_error(error, model=writer.model).body())
+        yield "data: [DONE]\n\n"
+        return
+    except BaseException:  # the client left while waiting
+        await _close(first_chunk, chunks)
+        raise
+    async for event in _sse(first, chunks, writer, include_usage):
+        yield event
 
 
 async def _sse(
@@ -168,8 +237,17 @@ def _http_error_as_api_error(error: StarletteHTTPException) -> ApiError:
     return api_error
 
 
-def _model_json(card: ModelCard) -> dict[str, Any]:
-    return {"id": card.id, "object": "model", "created": card.created, "owned_by": "switchyard", "root": card.root}
+def _model_json(card: ModelCard, state: ModelState | None) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "id": card.id,
+        "object": "model",
+        "created": card.created,
+        "owned_by": "switchyard",
+        "root": card.root,
+    }
+    if state is not None:
+        body["status"] = state.to_json()  # ready / starting / scaled_to_zero, with replica counts
+    return body
 
 
 def model_card(model_id: str, root: str) -> ModelCard:

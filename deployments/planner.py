@@ -273,7 +273,10 @@ def render(model: str, result: Plan, *, dtype: str, quantization: Quantization |
         return "\n".join(lines)
     lines += [
         f"  min tensor-parallel size  {result.min_tensor_parallel_size}",
-        f"  weights per GPU           {result.weight_bytes_per_gpu:>16,} bytes  {result.weight_bytes_per_gpu / gib:9.2f} GiB",
+        (
+            f"  weights per GPU           {result.weight_bytes_per_gpu:>16,} bytes"
+            f"  {result.weight_bytes_per_gpu / gib:9.2f} GiB"
+        ),
         (
             f"  chosen: tensor-parallel {result.tensor_parallel_size} x {result.num_replicas} replicas "
             f"= {result.num_gpus} GPUs, {result.sequences_per_replica} full-length sequences per replica"

@@ -39,6 +39,9 @@ class ResponseWriter:
         self.with_logprobs = with_logprobs
         self.choices = [_Choice() for _ in range(n)]
         self.num_prompt_tokens = 0
+        # Prompt tokens served from the prefix cache, as choice 0 reports them (later choices of
+        # the same prompt find it cached anyway).
+        self.num_cached_tokens = 0
 
     # ----- streaming ----------------------------------------------------------------------
 
@@ -88,6 +91,7 @@ class ResponseWriter:
             "prompt_tokens": self.num_prompt_tokens,
             "completion_tokens": num_generated,
             "total_tokens": self.num_prompt_tokens + num_generated,
+            "prompt_tokens_details": {"cached_tokens": self.num_cached_tokens},
         }
 
     # ----- pieces -------------------------------------------------------------------------
@@ -97,6 +101,8 @@ class ResponseWriter:
         choice.num_generated_tokens = chunk.num_generated_tokens
         choice.finish_reason = chunk.finish_reason or choice.finish_reason
         self.num_prompt_tokens = chunk.num_prompt_tokens
+        if chunk.index == 0:
+            self.num_cached_tokens = max(self.num_cached_tokens, chunk.num_cached_tokens)
         return choice
 
     def _envelope(self, *, stream: bool, choices: list[Json]) -> Json:

@@ -73,4 +73,5 @@ class OutputProcessor:
             delta_text=delta_text,
             finish_reason=seq.finish_reason,
             timing=RequestTiming(seq.arrival_time, seq.first_token_time, seq.finish_time),
+            num_cached_tokens=seq.num_cached_prompt_tokens or 0,
         )

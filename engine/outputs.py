@@ -46,6 +46,8 @@ class RequestOutput:
     top_logprobs: list[list[tuple[int, float]]] = field(default_factory=list)
     # Top logprobs of this step's new tokens (the delta of `top_logprobs`).
     new_top_logprobs: list[list[tuple[int, float]]] = field(default_factory=list)
+    # Prompt tokens served from the prefix cache when the request was admitted (0 before that).
+    num_cached_tokens: int = 0
 
     @property
     def finished(self) -> bool:

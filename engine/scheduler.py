@@ -177,6 +177,8 @@ class Scheduler:
             self.block_manager.admit(seq, cached_block_ids)
             self.prefix_cache_queried_tokens += seq.num_tokens
             self.prefix_cache_hit_tokens += num_cached
+            if seq.num_cached_prompt_tokens is None:
+                seq.num_cached_prompt_tokens = min(num_cached, seq.num_prompt_tokens)
             seq.status = SequenceStatus.RUNNING
             self.running.append(seq)
             if num_new > 0:

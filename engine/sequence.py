@@ -46,6 +46,9 @@ class Sequence:
     finish_reason: FinishReason | None = None
     first_token_time: float | None = None
     finish_time: float | None = None
+    # Prompt tokens whose KV the prefix cache supplied when the request was first admitted (None
+    # until then; a recompute after preemption does not change it).
+    num_cached_prompt_tokens: int | None = None
 
     @property
     def token_ids(self) -> list[int]:

@@ -24,13 +24,17 @@ def test_seeded_sampling_is_reproducible_and_independent_of_batch(engine: LLMEng
     assert run_alone(engine, [11, 12, 13, 14], params) == alone
     batch_mates = [[20 + i] * (5 + 7 * i) for i in range(5)]
     mates_params = SamplingParams(max_tokens=30, temperature=0.8, ignore_eos=True)
-    in_batch = engine.generate([*batch_mates[:2], [11, 12, 13, 14], *batch_mates[2:]], [mates_params] * 2 + [params] + [mates_params] * 3)
+    in_batch = engine.generate(
+        [*batch_mates[:2], [11, 12, 13, 14], *batch_mates[2:]], [mates_params] * 2 + [params] + [mates_params] * 3
+    )
     assert in_batch[2].token_ids == alone
 
 
 def test_different_seeds_give_different_samples(engine: LLMEngine) -> None:
     outputs = {
-        tuple(run_alone(engine, [30, 31, 32], SamplingParams(max_tokens=16, temperature=1.5, seed=seed, ignore_eos=True)))
+        tuple(
+            run_alone(engine, [30, 31, 32], SamplingParams(max_tokens=16, temperature=1.5, seed=seed, ignore_eos=True))
+        )
         for seed in range(4)
     }
     assert len(outputs) == 4
@@ -47,7 +51,9 @@ def test_stop_string_cuts_text_and_finishes(engine: LLMEngine) -> None:
     full = engine.generate(["The quick brown fox"], greedy)[0]
     stop = full.text[5:8]
     assert stop and stop not in full.text[:5]
-    stopped = engine.generate(["The quick brown fox"], SamplingParams(max_tokens=24, temperature=0.0, ignore_eos=True, stop=[stop]))[0]
+    stopped = engine.generate(
+        ["The quick brown fox"], SamplingParams(max_tokens=24, temperature=0.0, ignore_eos=True, stop=[stop])
+    )[0]
     assert stopped.finish_reason == "stop"
     assert stopped.text == full.text[: full.text.index(stop)]
     assert len(stopped.token_ids) < len(full.token_ids)
@@ -57,7 +63,9 @@ def test_stop_token_id_finishes_with_the_token_kept(engine: LLMEngine) -> None:
     greedy_tokens = run_alone(engine, [50, 51, 52], SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True))
     stop_token = greedy_tokens[4]
     first_index = greedy_tokens.index(stop_token)
-    output = engine.generate([[50, 51, 52]], SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True, stop_token_ids=[stop_token]))[0]
+    output = engine.generate(
+        [[50, 51, 52]], SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True, stop_token_ids=[stop_token])
+    )[0]
     assert output.finish_reason == "stop"
     assert output.token_ids == greedy_tokens[: first_index + 1]
 
@@ -116,13 +124,23 @@ def test_abort_frees_every_block(engine: LLMEngine) -> None:
         # 64 blocks x 8 tokens = 512 slots, but max_model_len 256 caps it first; see the pool test.
     ],
 )
-def test_bad_input_is_rejected_naming_the_field(engine: LLMEngine, prompt: object, params: SamplingParams, field: str) -> None:
+def test_bad_input_is_rejected_naming_the_field(
+    engine: LLMEngine, prompt: object, params: SamplingParams, field: str
+) -> None:
     with pytest.raises(ValueError, match=field):
         engine.add_request("bad", prompt, params)  # type: ignore[arg-type]
     assert not engine.has_unfinished_requests()
 
 
-@pytest.mark.parametrize(("field", "kwargs"), [("max_tokens", {"max_tokens": 0}), ("temperature", {"temperature": -0.5}), ("top_p", {"top_p": 0.0}), ("top_p", {"top_p": 1.5})])
+@pytest.mark.parametrize(
+    ("field", "kwargs"),
+    [
+        ("max_tokens", {"max_tokens": 0}),
+        ("temperature", {"temperature": -0.5}),
+        ("top_p", {"top_p": 0.0}),
+        ("top_p", {"top_p": 1.5}),
+    ],
+)
 def test_bad_sampling_params_are_rejected_naming_the_field(field: str, kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError, match=field):
         SamplingParams(**kwargs)
@@ -203,3 +221,13 @@ def test_top_k_beyond_the_vocabulary_keeps_every_token(engine: LLMEngine) -> Non
     params = SamplingParams(max_tokens=6, temperature=1.0, seed=3, ignore_eos=True)
     huge_top_k = SamplingParams(max_tokens=6, temperature=1.0, seed=3, ignore_eos=True, top_k=10**20)
     assert run_alone(engine, [5, 6, 7], huge_top_k) == run_alone(engine, [5, 6, 7], params)
+
+
+def test_each_output_reports_the_prompt_tokens_served_from_the_prefix_cache(llama_dir: Path) -> None:
+    engine = LLMEngine(EngineConfig(model=str(llama_dir), num_kv_blocks=64, block_size=8))
+    prompt = list(range(10, 31))  # 21 tokens: two full blocks of 8, then 5 more
+    params = SamplingParams(max_tokens=4, temperature=0.0, ignore_eos=True)
+    (first,) = engine.generate([prompt], params)
+    (again,) = engine.generate([prompt], params)
+    (other,) = engine.generate([[40, 41, *prompt[2:]]], params)  # a different first block
+    assert (first.num_cached_tokens, again.num_cached_tokens, other.num_cached_tokens) == (0, 16, 0)

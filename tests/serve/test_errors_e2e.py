@@ -13,7 +13,7 @@ from ray import serve
 
 from deployments.app import build_app
 from deployments.openai_app import model_card
-from deployments.router import Router
+from deployments.router import ModelRoute, Router
 from tests.serve.conftest import ServeCluster
 from tests.serve.fault_servers import CrashingServer, DeadEngineServer
 
@@ -45,7 +45,9 @@ def faults_app(serve_cluster: ServeCluster) -> Iterator[str]:
         "crashing": serve.deployment(CrashingServer).options(name="LLMServer:crashing").bind(),
     }
     cards = [model_card(name, "test") for name in handles]
-    url = serve_cluster.deploy("faults", serve.deployment(Router).options(name="Router").bind(handles, cards))
+    routes = {name: ModelRoute(f"LLMServer:{name}", cold_start_timeout_s=60) for name in handles}
+    router = serve.deployment(Router).options(name="Router")
+    url = serve_cluster.deploy("faults", router.bind(handles, routes, cards, keepalive_interval_s=5.0))
     yield url
     serve.delete("faults")
 

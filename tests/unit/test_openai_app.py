@@ -6,6 +6,7 @@ No Ray cluster and no weights: the FastAPI app is driven in process through http
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from collections.abc import AsyncGenerator, Callable
 from typing import Any
@@ -17,8 +18,9 @@ from ray.exceptions import ActorDiedError, RayTaskError
 from ray.serve._private.common import DeploymentID
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
 
-from deployments.errors import ContextLengthExceededError, InvalidRequestError, invalid_request
+from deployments.errors import ContextLengthExceededError, InvalidRequestError, ModelUnavailableError, invalid_request
 from deployments.generation import GenerationChunk, GenerationRequest, TokenLogprob
+from deployments.model_states import ModelState
 from deployments.openai_app import ModelCard, build_openai_app
 from engine import ContextLengthError, EngineDeadError
 
@@ -164,7 +166,12 @@ def test_completion_response_has_the_openai_shape() -> None:
     body = response.json()
     assert body["id"].startswith("cmpl-") and body["object"] == "text_completion" and body["model"] == MODEL
     assert body["choices"] == [{"index": 0, "text": TEXT, "logprobs": None, "finish_reason": "stop"}]
-    assert body["usage"] == {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}
+    assert body["usage"] == {
+        "prompt_tokens": 5,
+        "completion_tokens": 3,
+        "total_tokens": 8,
+        "prompt_tokens_details": {"cached_tokens": 0},
+    }
 
 
 def test_chat_completion_response_has_the_openai_shape() -> None:
@@ -173,7 +180,12 @@ def test_chat_completion_response_has_the_openai_shape() -> None:
     assert body["choices"] == [
         {"index": 0, "message": {"role": "assistant", "content": TEXT}, "logprobs": None, "finish_reason": "stop"}
     ]
-    assert body["usage"] == {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}
+    assert body["usage"] == {
+        "prompt_tokens": 5,
+        "completion_tokens": 3,
+        "total_tokens": 8,
+        "prompt_tokens_details": {"cached_tokens": 0},
+    }
 
 
 # ----- streams ----------------------------------------------------------------------------------
@@ -202,7 +214,12 @@ def test_stream_with_include_usage_ends_with_a_usage_only_event(endpoint: str) -
     events = sse_events(post(endpoint, stream=True, stream_options={"include_usage": True}))
     *content, last = events
     assert last["choices"] == []
-    assert last["usage"] == {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}
+    assert last["usage"] == {
+        "prompt_tokens": 5,
+        "completion_tokens": 3,
+        "total_tokens": 8,
+        "prompt_tokens_details": {"cached_tokens": 0},
+    }
     assert len(content) == len(CHUNKS) and not any("usage" in event for event in content)
 
 
@@ -217,7 +234,12 @@ def test_two_choices_whole_response_sums_their_tokens_in_usage() -> None:
     body = post("completion", FakeModelClient(TWO_CHOICES), n=2).json()
     choices = body["choices"]
     assert [(c["index"], c["text"], c["finish_reason"]) for c in choices] == [(0, "ab", "length"), (1, "xyz", "stop")]
-    assert body["usage"] == {"prompt_tokens": 5, "completion_tokens": 4, "total_tokens": 9}
+    assert body["usage"] == {
+        "prompt_tokens": 5,
+        "completion_tokens": 4,
+        "total_tokens": 9,
+        "prompt_tokens_details": {"cached_tokens": 0},
+    }
 
 
 # ----- logprobs ---------------------------------------------------------------------------------
@@ -518,3 +540,69 @@ def test_model_stream_is_closed_after_a_finished_request(endpoint: str, stream: 
     client = FakeModelClient()
     assert post(endpoint, client, stream=stream).status_code == 200
     assert (len(client.requests), client.num_closed) == (1, 1)
+
+
+class SlowStartClient(FakeModelClient):
+    """A model whose first chunk comes after `delay_s` (a replica starting from zero)."""
+
+    def __init__(self, delay_s: float, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.delay_s = delay_s
+
+    async def stream(self, request: GenerationRequest) -> AsyncGenerator[GenerationChunk, None]:
+        await asyncio.sleep(self.delay_s)
+        async for item in super().stream(request):
+            yield item
+
+
+def slow_app(client: FakeModelClient) -> FastAPI:
+    return build_openai_app({MODEL: client}, CARDS[:1], keepalive_interval_s=0.05)
+
+
+def test_a_stream_waiting_for_its_first_token_gets_keepalive_comments_then_the_stream() -> None:
+    client = SlowStartClient(0.3)
+    response = call(slow_app(client), "POST", PATHS["completion"], BODIES["completion"] | {"stream": True})
+    assert response.status_code == 200
+    frames = response.text.split("\n\n")[:-1]
+    keepalives = [frame for frame in frames if frame.startswith(":")]
+    assert len(keepalives) >= 3 and frames[: len(keepalives)] == keepalives  # comments only before the data
+    data = [json.loads(frame.removeprefix("data: ")) for frame in frames[len(keepalives) : -1]]
+    assert "".join(event["choices"][0]["text"] for event in data) == TEXT
+    assert frames[-1] == "data: [DONE]"
+    assert client.num_closed == 1
+
+
+def test_a_failure_while_waiting_for_the_first_token_is_an_error_event_after_keepalives() -> None:
+    unavailable = ModelUnavailableError("The model 'tiny' gave no first token within 1s", retry_after_s=1)
+    client = SlowStartClient(0.2, error=unavailable)
+    response = call(slow_app(client), "POST", PATHS["chat"], BODIES["chat"] | {"stream": True})
+    frames = response.text.split("\n\n")[:-1]
+    assert response.status_code == 200 and frames[0].startswith(":")
+    error = json.loads(frames[-2].removeprefix("data: "))["error"]
+    assert error["type"] == "service_unavailable_error" and frames[-1] == "data: [DONE]"
+
+
+def test_a_fast_first_token_gets_no_keepalive_and_a_slow_whole_answer_is_still_json() -> None:
+    fast = call(make_app(), "POST", PATHS["completion"], BODIES["completion"] | {"stream": True})
+    assert not fast.text.startswith(":")
+    whole = call(slow_app(SlowStartClient(0.2)), "POST", PATHS["completion"], BODIES["completion"])
+    assert whole.status_code == 200 and whole.json()["choices"][0]["text"] == TEXT
+
+
+def test_models_list_each_models_replica_state() -> None:
+    async def states() -> dict[str, ModelState]:
+        return {MODEL: ModelState("scaled_to_zero", 0, 0), "org/other-7b": ModelState("ready", 2, 1)}
+
+    app = build_openai_app({MODEL: FakeModelClient()}, CARDS, states=states)
+    listed = {model["id"]: model["status"] for model in call(app, "GET", "/v1/models").json()["data"]}
+    assert listed == {
+        MODEL: {"state": "scaled_to_zero", "running_replicas": 0, "starting_replicas": 0},
+        "org/other-7b": {"state": "ready", "running_replicas": 2, "starting_replicas": 1},
+    }
+    assert call(app, "GET", f"/v1/models/{MODEL}").json()["status"]["state"] == "scaled_to_zero"
+
+
+def test_usage_reports_the_prompt_tokens_served_from_the_prefix_cache() -> None:
+    cached = [dataclasses.replace(item, num_cached_tokens=4) for item in CHUNKS]
+    body = post("completion", FakeModelClient(cached)).json()
+    assert body["usage"]["prompt_tokens_details"] == {"cached_tokens": 4}

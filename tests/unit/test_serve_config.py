@@ -136,16 +136,35 @@ def test_serve_options_have_a_fixed_replica_count_without_autoscaling() -> None:
     assert options["ray_actor_options"] == {"num_cpus": 1.0, "num_gpus": 0.0, "resources": {}}
 
 
-def test_serve_options_have_an_autoscaling_config_instead_of_a_replica_count() -> None:
-    autoscaling = AutoscalingSettings(min_replicas=0, max_replicas=4, target_ongoing_requests=8)
+def test_serve_options_have_an_llm_autoscaling_policy_instead_of_a_replica_count() -> None:
+    autoscaling = AutoscalingSettings(min_replicas=0, max_replicas=4, target_queue_per_replica=8, idle_timeout_s=30)
     options = DeploymentSettings(num_replicas=3, autoscaling=autoscaling).to_serve_options()
     assert "num_replicas" not in options
-    assert options["autoscaling_config"] == {
-        "min_replicas": 0,
-        "max_replicas": 4,
-        "target_ongoing_requests": 8.0,
-        "upscale_delay_s": 5.0,
-        "downscale_delay_s": 60.0,
+    serve_config = options["autoscaling_config"]
+    assert (serve_config["min_replicas"], serve_config["initial_replicas"], serve_config["max_replicas"]) == (0, 0, 4)
+    # Serve's own delays are off: the policy applies ours, and skips them when nothing runs.
+    assert serve_config["upscale_delay_s"] == serve_config["downscale_delay_s"] == 0
+    assert serve_config["downscale_to_zero_delay_s"] == 0
+    assert serve_config["policy"] == {
+        "policy_function": "autoscaling.serve_policy:LLMAutoscalingPolicy",
+        "policy_kwargs": {
+            "min_replicas": 0,
+            "max_replicas": 4,
+            "target_queue_per_replica": 8.0,
+            "kv_usage_target": 0.9,
+            "idle_timeout_s": 30.0,
+            "upscale_delay_s": 5.0,
+            "downscale_delay_s": 60.0,
+        },
+    }
+
+
+def test_every_deployment_routes_with_the_llm_request_router() -> None:
+    routing = DeploymentSettings(routing={"imbalance_threshold": 2, "stats_period_s": 0.5}).to_serve_options()
+    assert routing["request_router_config"] == {
+        "request_router_class": "deployments.request_router:LLMRequestRouter",
+        "request_router_kwargs": {"prefix_affinity": True, "imbalance_threshold": 2.0},
+        "request_routing_stats_period_s": 0.5,
     }
 
 

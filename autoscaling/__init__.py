@@ -1,0 +1,31 @@
+"""LLM-aware autoscaling: pure policies over engine signals, plus the Serve adapter.
+
+The Serve adapter, `autoscaling.serve_policy:LLMAutoscalingPolicy`, is what a deployment's
+`autoscaling_config.policy.policy_function` names; it is not imported here, so the pure policy
+stays importable (and testable) without Ray.
+"""
+
+from autoscaling.policy import (
+    Direction,
+    PendingScale,
+    ScalingDecision,
+    ScalingSettings,
+    decide,
+    desired_num_replicas,
+    is_idle_past_timeout,
+    is_starved,
+)
+from autoscaling.signals import ReplicaLoad, ScalingSignals
+
+__all__ = [
+    "Direction",
+    "PendingScale",
+    "ReplicaLoad",
+    "ScalingDecision",
+    "ScalingSettings",
+    "ScalingSignals",
+    "decide",
+    "desired_num_replicas",
+    "is_idle_past_timeout",
+    "is_starved",
+]

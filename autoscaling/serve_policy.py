@@ -1,0 +1,89 @@
+"""The adapter Serve's `autoscaling_config.policy` points at: AutoscalingContext -> `decide` -> Serve.
+
+    autoscaling_config:
+      policy:
+        policy_function: autoscaling.serve_policy:LLMAutoscalingPolicy
+        policy_kwargs: {min_replicas: 0, max_replicas: 4, target_queue_per_replica: 8, ...}
+
+Serve passes `policy_kwargs` only to a class (it builds one instance per deployment config, in the
+controller), so the policy is a class. Serve wraps whatever the policy returns with its own bounds,
+scaling factors and delays; the deployment sets Serve's delays to 0 and this policy keeps its own,
+so that a starved model scales up at once while a busy one waits out `upscale_delay_s`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from autoscaling.policy import PendingScale, ScalingSettings, decide
+from autoscaling.signals import ReplicaLoad, ScalingSignals
+
+if TYPE_CHECKING:
+    from ray.serve.config import AutoscalingContext
+
+__all__ = ["METRIC_NAMES", "PENDING_STATE_KEY", "LLMAutoscalingPolicy", "signals_from_context"]
+
+# The policy runs in the Serve controller; its decisions belong in the controller's log.
+logger = logging.getLogger("ray.serve")
+
+# The metrics every LLMServer replica returns from `record_autoscaling_stats()`.
+METRIC_NAMES = ("waiting", "running", "kv_usage", "idle_s")
+
+# Our entry in Serve's policy_state, which also holds Serve's own delay counters (keys "__decision_*").
+# Value: {"direction": "up" | "down", "since": seconds}, or absent when no move is pending.
+PENDING_STATE_KEY = "switchyard_pending_scale"
+
+
+class LLMAutoscalingPolicy:
+    """A Serve custom autoscaling policy over LLMServer's engine signals."""
+
+    def __init__(self, **policy_kwargs: Any) -> None:
+        # Raises ValueError (or TypeError for an unknown name) here, in the controller, when the
+        # deployment is created; validate the same kwargs at the config edge to fail at `serve run`.
+        self.settings = ScalingSettings(**policy_kwargs)
+
+    def __call__(self, ctx: AutoscalingContext) -> tuple[int, dict[str, Any]]:
+        now = ctx.current_time if ctx.current_time is not None else time.time()
+        decision = decide(signals_from_context(ctx), self.settings, _read_pending(ctx.policy_state), now)
+        if decision.num_replicas != ctx.target_num_replicas:
+            logger.info("autoscaling %s: %s", ctx.deployment_id, decision.reason)
+        # Start from the state Serve handed in so that its own keys survive the round trip.
+        state = dict(ctx.policy_state)
+        state.pop(PENDING_STATE_KEY, None)
+        if decision.pending is not None:
+            state[PENDING_STATE_KEY] = {"direction": decision.pending.direction, "since": decision.pending.since}
+        return decision.num_replicas, state
+
+
+def signals_from_context(ctx: AutoscalingContext) -> ScalingSignals:
+    """The policy's view of a Serve AutoscalingContext.
+
+    A running replica missing any of METRIC_NAMES (Serve has no report from it yet, or
+    `aggregated_metrics` is None) is counted in `num_replicas_missing_metrics`, not guessed at.
+    """
+    metrics = ctx.aggregated_metrics or {}
+    replicas: list[ReplicaLoad] = []
+    num_missing = 0
+    for replica_id in ctx.running_replicas:
+        waiting, running, kv_usage, idle_s = (metrics.get(name, {}).get(replica_id) for name in METRIC_NAMES)
+        if waiting is None or running is None or kv_usage is None or idle_s is None:
+            num_missing += 1
+            continue
+        replicas.append(ReplicaLoad(num_waiting=waiting, num_running=running, kv_usage=kv_usage, idle_s=idle_s))
+    return ScalingSignals(
+        num_running_replicas=ctx.current_num_replicas,
+        target_num_replicas=ctx.target_num_replicas,
+        # Typed optional by Serve, which always fills it; None reads as nothing queued.
+        num_queued_requests=ctx.total_queued_requests or 0.0,
+        replicas=tuple(replicas),
+        num_replicas_missing_metrics=num_missing,
+    )
+
+
+def _read_pending(policy_state: dict[str, Any]) -> PendingScale | None:
+    entry = policy_state.get(PENDING_STATE_KEY)
+    if entry is None:
+        return None
+    return PendingScale(direction=entry["direction"], since=entry["since"])
