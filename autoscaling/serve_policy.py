@@ -13,6 +13,7 @@ so that a starved model scales up at once while a busy one waits out `upscale_de
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from typing import TYPE_CHECKING, Any
@@ -34,6 +35,9 @@ METRIC_NAMES = ("waiting", "running", "kv_usage", "idle_s")
 # Our entry in Serve's policy_state, which also holds Serve's own delay counters (keys "__decision_*").
 # Value: {"direction": "up" | "down", "since": seconds}, or absent when no move is pending.
 PENDING_STATE_KEY = "switchyard_pending_scale"
+# When the deployment last had a request on any replica (seconds, Serve's clock), so that idleness
+# counts from it even after the replica that served it was scaled away.
+LAST_REQUEST_STATE_KEY = "switchyard_last_request_at"
 
 
 class LLMAutoscalingPolicy:
@@ -46,7 +50,11 @@ class LLMAutoscalingPolicy:
 
     def __call__(self, ctx: AutoscalingContext) -> tuple[int, dict[str, Any]]:
         now = ctx.current_time if ctx.current_time is not None else time.time()
-        decision = decide(signals_from_context(ctx), self.settings, _read_pending(ctx.policy_state), now)
+        signals = signals_from_context(ctx)
+        last_request_at = _last_request_at(signals, ctx.policy_state.get(LAST_REQUEST_STATE_KEY), now)
+        if last_request_at is not None:
+            signals = dataclasses.replace(signals, since_last_request_s=now - last_request_at)
+        decision = decide(signals, self.settings, _read_pending(ctx.policy_state), now)
         if decision.num_replicas != ctx.target_num_replicas:
             logger.info("autoscaling %s: %s", ctx.deployment_id, decision.reason)
         # Start from the state Serve handed in so that its own keys survive the round trip.
@@ -54,6 +62,7 @@ class LLMAutoscalingPolicy:
         state.pop(PENDING_STATE_KEY, None)
         if decision.pending is not None:
             state[PENDING_STATE_KEY] = {"direction": decision.pending.direction, "since": decision.pending.since}
+        state[LAST_REQUEST_STATE_KEY] = last_request_at
         return decision.num_replicas, state
 
 
@@ -80,6 +89,17 @@ def signals_from_context(ctx: AutoscalingContext) -> ScalingSignals:
         replicas=tuple(replicas),
         num_replicas_missing_metrics=num_missing,
     )
+
+
+def _last_request_at(signals: ScalingSignals, remembered: float | None, now: float) -> float | None:
+    """The latest time any replica had a request: now while any request is in, else what the
+    replicas report, never earlier than what was remembered."""
+    if signals.num_requests > 0:
+        return now
+    if not signals.replicas:
+        return remembered
+    seen = now - signals.min_idle_s
+    return seen if remembered is None else max(remembered, seen)
 
 
 def _read_pending(policy_state: dict[str, Any]) -> PendingScale | None:

@@ -39,6 +39,10 @@ class ScalingSignals:
     replicas: tuple[ReplicaLoad, ...]
     # Running replicas with at least one metric not yet reported (a replica that just started).
     num_replicas_missing_metrics: int
+    # Seconds since the deployment last had a request on any replica, remembered across decisions
+    # (a replica stopped by a scale-down takes its recent requests out of `replicas`); None when
+    # not known.
+    since_last_request_s: float | None = None
 
     @property
     def num_waiting_requests(self) -> float:
@@ -67,4 +71,7 @@ class ScalingSignals:
         0.0 when no replica reports, since idleness that nobody measured is not idleness."""
         if not self.replicas:
             return 0.0
-        return min(replica.idle_s for replica in self.replicas)
+        replica_idle_s = min(replica.idle_s for replica in self.replicas)
+        if self.since_last_request_s is None:
+            return replica_idle_s
+        return min(replica_idle_s, self.since_last_request_s)

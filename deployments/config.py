@@ -253,7 +253,10 @@ class DeploymentSettings(_Strict):
     health_check_period_s: float = Field(default=10.0, gt=0, description="Seconds between replica health checks.")
     health_check_timeout_s: float = Field(default=30.0, gt=0, description="Seconds a health check may take.")
     graceful_shutdown_timeout_s: float = Field(
-        default=30.0, ge=0, description="Seconds a stopping replica waits for its in-flight requests to finish."
+        default=300.0,
+        ge=0,
+        description="Seconds a stopping replica (scaled down, or replaced) waits for its in-flight requests to "
+        "finish; long generations need long enough.",
     )
 
     def to_serve_options(self) -> dict[str, Any]:
@@ -286,8 +289,8 @@ class ModelConfig(_Strict):
     cold_start_timeout_s: float = Field(
         default=600.0,
         gt=0,
-        description="Longest a request waits for its first token, a replica start included (a model scaled to "
-        "zero); beyond it the client gets 503 with Retry-After.",
+        description="Longest a request that arrives while the model has no running replica (scaled to zero, or "
+        "starting) waits for its first token; beyond it the client gets 503 with Retry-After.",
     )
     stream_interval_ms: float = Field(
         default=100.0,

@@ -39,8 +39,11 @@ class LLMServer:
         self.model = model
         # Requests in this replica now, and since when it has had none (for idleness).
         self._in_flight = 0
-        self._idle_since = time.monotonic()
-        started = time.perf_counter()
+        # The replica's start, for the cold-start log of its first token.
+        self._created = time.perf_counter()
+        self._ready_after_s: float | None = None
+        self._first_token_logged = False
+        started = self._created
         if model.engine.device == "cpu":
             torch.set_num_threads(cpu_threads(model))
         source = await asyncio.to_thread(resolve_model_source, model.source)
@@ -54,11 +57,13 @@ class LLMServer:
         # pool when that is smaller (the last token is never fed back, so takes no slot).
         context_len = min(loaded.max_model_len, stats.kv_blocks_total * stats.block_size + 1)
         self.prompts = PromptBuilder(loaded.tokenizer, context_len, model.name)
+        self._idle_since = time.monotonic()  # idle from now on: the load time is not idleness
+        self._ready_after_s = time.perf_counter() - started
         logger.info(
             "%s: engine ready in %.1fs (weights loaded in %.1fs from %s: %s; max_model_len %d; %d KV blocks of %d "
             "tokens; %d torch threads)",
             model.deployment_name,
-            time.perf_counter() - started,
+            self._ready_after_s,
             self.engine.load_seconds or 0.0,
             source,
             describe_weights(shards),
@@ -77,6 +82,14 @@ class LLMServer:
         self._in_flight += 1
         try:
             async for item in self._generate(request):
+                if not self._first_token_logged:
+                    self._first_token_logged = True
+                    logger.info(
+                        "%s: first token %.1fs after the replica was created (engine ready after %.1fs)",
+                        self.model.deployment_name,
+                        time.perf_counter() - self._created,
+                        self._ready_after_s or 0.0,
+                    )
                 yield item
         finally:
             self._in_flight -= 1
@@ -119,7 +132,7 @@ class LLMServer:
         return {
             "waiting": float(stats.num_waiting),
             "running": float(stats.num_running),
-            "kv_usage": stats.kv_blocks_used / stats.kv_blocks_total,
+            "kv_usage": stats.kv_blocks_used / max(stats.kv_blocks_total, 1),
             "idle_s": 0.0 if self._in_flight else time.monotonic() - self._idle_since,
         }
 

@@ -142,7 +142,7 @@ class CompletionRequest(SamplingFields):
     """POST /v1/completions."""
 
     # Text, token ids, or a one-element list of either.
-    prompt: str | list[int] | list[str] | list[list[int]]
+    prompt: str | list[Annotated[int, Field(ge=0)]] | list[str] | list[list[Annotated[int, Field(ge=0)]]]
     max_tokens: int | None = Field(default=16, ge=1)
     # Chosen token's logprob plus this many alternatives per position.
     logprobs: int | None = Field(default=None, ge=0, le=20)

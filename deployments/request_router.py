@@ -141,7 +141,8 @@ def prompt_bytes(request: GenerationRequest) -> bytes:
     if isinstance(request.prompt, str):
         return b"text:" + request.prompt.encode()
     token_ids = request.prompt or []
-    return b"ids:" + b"".join(token_id.to_bytes(4, "little") for token_id in token_ids)
+    # Masked to 32 bits so any int packs (ids out of the vocabulary are refused later, by the engine).
+    return b"ids:" + b"".join((token_id & 0xFFFFFFFF).to_bytes(4, "little") for token_id in token_ids)
 
 
 def prompt_chunk_hashes(data: bytes, chunk_bytes: int) -> list[bytes]:
@@ -223,10 +224,13 @@ class LLMRequestRouter(RequestRouter):
         # Fresh counts for all replicas (Serve's probe also refreshes its queue-length cache, which it
         # checks again before sending, and drops replicas whose actor died).
         probed = await self._probe_queue_lens(candidate_replicas, 0)
+        # Requests routed at the same instant probe the same counts; Serve's cache counts the ones it
+        # sent since, so the larger of the two keeps a burst from piling onto one replica.
+        cached = self.replica_queue_len_cache
         loads = [
             ReplicaLoad(
                 replica.replica_id.unique_id,
-                num_ongoing,
+                max(num_ongoing, cached.get(replica.replica_id) or 0),
                 replica.max_ongoing_requests,
                 kv_usage_of(replica.routing_stats),
             )

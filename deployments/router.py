@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import AsyncGenerator
@@ -19,7 +20,8 @@ from deployments.openai_app import ModelCard, build_openai_app
 
 __all__ = ["HandleModelClient", "ModelRoute", "Router"]
 
-logger = logging.getLogger(__name__)
+# Serve's logger: a replica's records go to its log file and console with the request id.
+logger = logging.getLogger("ray.serve")
 
 
 @dataclass(frozen=True)
@@ -34,7 +36,8 @@ class HandleModelClient:
     """Reaches a model's replicas through its (cached) deployment handle, streaming.
 
     A model scaled to zero holds the request in its handle's queue while Serve starts a replica;
-    the wait for the first token is bounded by the model's cold-start timeout.
+    then, and only then, the wait for the first token is bounded by the model's cold-start timeout
+    (a request queued behind busy replicas waits as long as it takes: it was accepted).
     """
 
     def __init__(self, name: str, handle: DeploymentHandle, route: ModelRoute, states: ServeModelStates) -> None:
@@ -45,17 +48,18 @@ class HandleModelClient:
 
     async def stream(self, request: GenerationRequest) -> AsyncGenerator[GenerationChunk, None]:
         queued = time.monotonic()
-        cold = (await self.states.states()).get(self.name)
+        state = (await self.states.states()).get(self.name)
+        cold = state is not None and state.running_replicas == 0
         responses = self.handle.generate.remote(request)
         finished = False
         try:
-            item = await self._first(responses)
-            if cold is not None and cold.running_replicas == 0:
+            item = await (self._first_after_start(responses) if cold else anext(responses))
+            if cold:
                 logger.info(
                     "%s: cold start: the request waited %.1fs for its first token (%s at arrival)",
                     self.name,
                     time.monotonic() - queued,
-                    cold.state,
+                    state.state,
                 )
             while True:
                 if isinstance(item, ApiError):
@@ -71,7 +75,9 @@ class HandleModelClient:
             if not finished:
                 responses.cancel()  # the replica's generator is cancelled: its engine requests abort
 
-    async def _first(self, responses: AsyncGenerator[GenerationChunk | ApiError, None]) -> GenerationChunk | ApiError:
+    async def _first_after_start(
+        self, responses: AsyncGenerator[GenerationChunk | ApiError, None]
+    ) -> GenerationChunk | ApiError:
         try:
             return await asyncio.wait_for(anext(responses), self.cold_start_timeout_s)
         except TimeoutError:
@@ -103,5 +109,8 @@ class Router:
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         return build_openai_app(
-            self.clients, self.cards, states=self.states.states, keepalive_interval_s=self.keepalive_interval_s
+            self.clients,
+            self.cards,
+            states=functools.partial(self.states.states, fresh=True),
+            keepalive_interval_s=self.keepalive_interval_s,
         )

@@ -205,3 +205,17 @@ def test_serve_answers_for_us_at_zero_replicas_and_keeps_our_state(policy: LLMAu
     num_replicas, returned = wrapped(context(None, [], target=0, queued=2, policy_state=state))
     assert num_replicas == 1
     assert returned == state
+
+
+def test_idleness_counts_from_the_last_request_even_on_a_replica_since_scaled_away(
+    policy: LLMAutoscalingPolicy,
+) -> None:
+    busy_elsewhere = reports(r1=(0, 0, 0, 400), r2=(0, 1, 0.1, 0))
+    _, state = policy(context(busy_elsewhere, [R1, R2], target=2, now=1000.0))
+    # r2 (which served that request) is gone; r1 alone reports a long idleness, but the model's
+    # last request was only 290 s ago, under the 300 s idle timeout.
+    long_idle = reports(r1=(0, 0, 0, 690))
+    early, state = policy(context(long_idle, [R1], target=1, policy_state=state, now=1290.0))
+    assert early == 1
+    late, _ = policy(context(reports(r1=(0, 0, 0, 701)), [R1], target=1, policy_state=state, now=1301.0))
+    assert late == 0

@@ -580,6 +580,7 @@ def test_a_failure_while_waiting_for_the_first_token_is_an_error_event_after_kee
     assert response.status_code == 200 and frames[0].startswith(":")
     error = json.loads(frames[-2].removeprefix("data: "))["error"]
     assert error["type"] == "service_unavailable_error" and frames[-1] == "data: [DONE]"
+    assert client.num_closed == 1
 
 
 def test_a_fast_first_token_gets_no_keepalive_and_a_slow_whole_answer_is_still_json() -> None:
@@ -606,3 +607,10 @@ def test_usage_reports_the_prompt_tokens_served_from_the_prefix_cache() -> None:
     cached = [dataclasses.replace(item, num_cached_tokens=4) for item in CHUNKS]
     body = post("completion", FakeModelClient(cached)).json()
     assert body["usage"]["prompt_tokens_details"] == {"cached_tokens": 4}
+
+
+def test_negative_token_ids_are_refused_before_any_replica_sees_them() -> None:
+    client = FakeModelClient()
+    response = post("completion", client, prompt=[5, -1])
+    assert response.status_code == 400 and "prompt" in response.json()["error"]["message"]
+    assert client.requests == []

@@ -1,0 +1,87 @@
+"""The Router's client for one model: the cold-start bound on the first token, and states that fail."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from deployments.errors import ModelUnavailableError
+from deployments.generation import GenerationChunk
+from deployments.model_states import ModelState
+from deployments.router import HandleModelClient, ModelRoute
+
+CHUNKS = [GenerationChunk(0, text, [7], None, None, 3, i + 1) for i, text in enumerate("abc")]
+
+
+class SlowResponses:
+    """A streaming response whose first chunk comes after `delay_s`, the rest at once."""
+
+    def __init__(self, delay_s: float) -> None:
+        self.delay_s = delay_s
+        self.cancelled = False
+        self._chunks = self._generate()
+
+    async def _generate(self) -> AsyncIterator[GenerationChunk]:
+        await asyncio.sleep(self.delay_s)
+        for chunk in CHUNKS:
+            yield chunk
+
+    def __aiter__(self) -> SlowResponses:
+        return self
+
+    async def __anext__(self) -> GenerationChunk:
+        return await anext(self._chunks)
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class FakeHandle:
+    """Stands in for a DeploymentHandle: `options(stream=True).generate.remote(request)`."""
+
+    def __init__(self, delay_s: float) -> None:
+        self.delay_s = delay_s
+        self.responses: list[SlowResponses] = []
+        self.generate = self
+
+    def options(self, **_: Any) -> FakeHandle:
+        return self
+
+    def remote(self, _request: object) -> SlowResponses:
+        self.responses.append(SlowResponses(self.delay_s))
+        return self.responses[-1]
+
+
+class FixedStates:
+    def __init__(self, states: dict[str, ModelState]) -> None:
+        self._states = states
+
+    async def states(self) -> dict[str, ModelState]:
+        return self._states
+
+
+def client(handle: FakeHandle, state: ModelState | None, timeout_s: float) -> HandleModelClient:
+    states = FixedStates({} if state is None else {"m": state})
+    return HandleModelClient("m", handle, ModelRoute("LLMServer:m", timeout_s), states)  # type: ignore[arg-type]
+
+
+async def collect(model: HandleModelClient) -> list[str]:
+    return [chunk.text async for chunk in model.stream(object())]  # type: ignore[arg-type]
+
+
+def test_a_model_at_zero_replicas_bounds_the_wait_for_its_first_token() -> None:
+    handle = FakeHandle(delay_s=0.5)
+    with pytest.raises(ModelUnavailableError, match=r"no first token within 0s") as raised:
+        asyncio.run(collect(client(handle, ModelState("scaled_to_zero", 0, 0), timeout_s=0.1)))
+    assert raised.value.retry_after_s == 1
+    assert handle.responses[0].cancelled  # the held request leaves the queue
+
+
+@pytest.mark.parametrize("state", [ModelState("ready", 1, 0), None], ids=["running-replica", "states-unknown"])
+def test_a_request_accepted_by_a_running_model_waits_as_long_as_it_takes(state: ModelState | None) -> None:
+    handle = FakeHandle(delay_s=0.3)
+    assert asyncio.run(collect(client(handle, state, timeout_s=0.1))) == ["a", "b", "c"]
+    assert not handle.responses[0].cancelled
