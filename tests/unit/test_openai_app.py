@@ -560,12 +560,13 @@ def slow_app(client: FakeModelClient) -> FastAPI:
 
 
 def test_a_stream_waiting_for_its_first_token_gets_keepalive_comments_then_the_stream() -> None:
-    client = SlowStartClient(0.3)
+    client = SlowStartClient(0.5)  # ten keep-alive intervals of 0.05 s
     response = call(slow_app(client), "POST", PATHS["completion"], BODIES["completion"] | {"stream": True})
     assert response.status_code == 200
     frames = response.text.split("\n\n")[:-1]
     keepalives = [frame for frame in frames if frame.startswith(":")]
-    assert len(keepalives) >= 3 and frames[: len(keepalives)] == keepalives  # comments only before the data
+    # Repeated (a slow event loop may merge a few), and only before the data.
+    assert len(keepalives) >= 2 and frames[: len(keepalives)] == keepalives
     data = [json.loads(frame.removeprefix("data: ")) for frame in frames[len(keepalives) : -1]]
     assert "".join(event["choices"][0]["text"] for event in data) == TEXT
     assert frames[-1] == "data: [DONE]"
