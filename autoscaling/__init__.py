@@ -15,12 +15,13 @@ from autoscaling.policy import (
     is_idle_past_timeout,
     is_starved,
 )
-from autoscaling.signals import ReplicaLoad, ScalingSignals
+from autoscaling.signals import METRIC_NAMES, LoadSignals, ScalingSignals
 
 __all__ = [
+    "METRIC_NAMES",
     "Direction",
+    "LoadSignals",
     "PendingScale",
-    "ReplicaLoad",
     "ScalingDecision",
     "ScalingSettings",
     "ScalingSignals",

@@ -40,15 +40,15 @@ class ScalingSettings:
     # Most replicas.
     max_replicas: int
     # Engine requests (waiting + running) one replica should carry; more load adds replicas.
-    target_queue_per_replica: float = 8.0
+    target_queue_per_replica: float = 16.0
     # Mean KV usage (0..1) above which replicas need help even with a short queue: a full cache
     # preempts and stalls requests before the queue shows it.
-    kv_usage_target: float = 0.85
+    kv_usage_target: float = 0.9
     # Seconds without any request anywhere before scaling to min_replicas (zero, typically).
     idle_timeout_s: float = 300.0
     # Seconds a wish to scale up must persist, so a burst does not start a replica (minutes of
     # weight loading) it will not need.
-    upscale_delay_s: float = 10.0
+    upscale_delay_s: float = 5.0
     # Seconds a wish to scale down must persist, so a lull does not drop a replica that is needed again.
     downscale_delay_s: float = 60.0
 

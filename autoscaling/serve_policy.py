@@ -19,18 +19,15 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from autoscaling.policy import PendingScale, ScalingSettings, decide
-from autoscaling.signals import ReplicaLoad, ScalingSignals
+from autoscaling.signals import METRIC_NAMES, LoadSignals, ScalingSignals
 
 if TYPE_CHECKING:
     from ray.serve.config import AutoscalingContext
 
-__all__ = ["METRIC_NAMES", "PENDING_STATE_KEY", "LLMAutoscalingPolicy", "signals_from_context"]
+__all__ = ["PENDING_STATE_KEY", "LLMAutoscalingPolicy", "signals_from_context"]
 
 # The policy runs in the Serve controller; its decisions belong in the controller's log.
 logger = logging.getLogger("ray.serve")
-
-# The metrics every LLMServer replica returns from `record_autoscaling_stats()`.
-METRIC_NAMES = ("waiting", "running", "kv_usage", "idle_s")
 
 # Our entry in Serve's policy_state, which also holds Serve's own delay counters (keys "__decision_*").
 # Value: {"direction": "up" | "down", "since": seconds}, or absent when no move is pending.
@@ -69,18 +66,18 @@ class LLMAutoscalingPolicy:
 def signals_from_context(ctx: AutoscalingContext) -> ScalingSignals:
     """The policy's view of a Serve AutoscalingContext.
 
-    A running replica missing any of METRIC_NAMES (Serve has no report from it yet, or
+    A running replica missing any of the LoadSignals metrics (Serve has no report from it yet, or
     `aggregated_metrics` is None) is counted in `num_replicas_missing_metrics`, not guessed at.
     """
     metrics = ctx.aggregated_metrics or {}
-    replicas: list[ReplicaLoad] = []
+    replicas: list[LoadSignals] = []
     num_missing = 0
     for replica_id in ctx.running_replicas:
-        waiting, running, kv_usage, idle_s = (metrics.get(name, {}).get(replica_id) for name in METRIC_NAMES)
-        if waiting is None or running is None or kv_usage is None or idle_s is None:
+        signals = LoadSignals.from_metrics({name: metrics.get(name, {}).get(replica_id) for name in METRIC_NAMES})
+        if signals is None:
             num_missing += 1
             continue
-        replicas.append(ReplicaLoad(num_waiting=waiting, num_running=running, kv_usage=kv_usage, idle_s=idle_s))
+        replicas.append(signals)
     return ScalingSignals(
         num_running_replicas=ctx.current_num_replicas,
         target_num_replicas=ctx.target_num_replicas,

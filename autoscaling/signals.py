@@ -1,19 +1,25 @@
 """What the autoscaling policy sees of one deployment: plain numbers, no Ray types.
 
-Replica figures come from `LLMServer.record_autoscaling_stats()` after Serve has reduced each over
-its look-back window (a mean by default), so counts arrive as floats.
+`LoadSignals` is the one seam from an LLMServer replica to both the autoscaler and the request
+router: the replica builds it from its engine, Serve carries it as the `dict[str, float]` its
+metric hooks must return (`to_metrics`), and the readers rebuild it (`from_metrics`). The metric
+names are the field names, written nowhere else. Figures the autoscaler reads have been reduced
+by Serve over its look-back window (a mean by default), so counts arrive as floats.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
-__all__ = ["ReplicaLoad", "ScalingSignals"]
+__all__ = ["METRIC_NAMES", "LoadSignals", "ScalingSignals"]
 
 
 @dataclass(frozen=True)
-class ReplicaLoad:
-    """One running replica's engine load, as it reported it."""
+class LoadSignals:
+    """One replica's engine load, as it reports it."""
 
     # Engine requests waiting to be scheduled.
     num_waiting: float
@@ -23,6 +29,28 @@ class ReplicaLoad:
     kv_usage: float
     # Seconds since the replica last had any request in flight; 0.0 while one runs or waits.
     idle_s: float
+
+    @property
+    def num_sequences(self) -> float:
+        """Engine sequences waiting or running: a request with n choices counts n times."""
+        return self.num_waiting + self.num_running
+
+    def to_metrics(self) -> dict[str, float]:
+        """The form Serve's `record_autoscaling_stats` / `record_routing_stats` hooks return."""
+        return {name: float(getattr(self, name)) for name in METRIC_NAMES}
+
+    @classmethod
+    def from_metrics(cls, metrics: Mapping[str, object]) -> LoadSignals | None:
+        """The signals in a replica's reported metrics; None unless every one is a finite number
+        (a replica that has not reported yet)."""
+        values = [metrics.get(name) for name in METRIC_NAMES]
+        if not all(isinstance(value, (int, float)) and math.isfinite(value) for value in values):
+            return None
+        return cls(*(float(value) for value in values))  # type: ignore[arg-type]
+
+
+# The metric names a replica reports, in field order.
+METRIC_NAMES: tuple[str, ...] = tuple(field.name for field in dataclasses.fields(LoadSignals))
 
 
 @dataclass(frozen=True)
@@ -36,7 +64,7 @@ class ScalingSignals:
     # Requests queued at handles, waiting for a replica: the only load a model at zero replicas shows.
     num_queued_requests: float
     # One entry per running replica that reported every metric.
-    replicas: tuple[ReplicaLoad, ...]
+    replicas: tuple[LoadSignals, ...]
     # Running replicas with at least one metric not yet reported (a replica that just started).
     num_replicas_missing_metrics: int
     # Seconds since the deployment last had a request on any replica, remembered across decisions

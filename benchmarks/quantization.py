@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from engine import EngineConfig, LLMEngine, SamplingParams
-from engine.tiny_models import TinyModelSpec, write_tiny_model
+from engine.demo.tiny_models import TinyModelSpec, write_tiny_model
 
 # Decoder layers dominate its weights, as in real models (the embeddings are a small share).
 MODEL = TinyModelSpec(

@@ -35,8 +35,8 @@ from ray import serve
 from benchmarks.load_generator import LoadConfig, build_requests, run_load
 from deployments.app import build_app
 from deployments.config import AppConfig, ModelConfig
-from deployments.llm_server import cpu_threads
-from deployments.model_source import resolve_model_source
+from deployments.replica.llm_server import cpu_threads
+from deployments.replica.model_source import resolve_model_source
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 NUM_BATCHING_REQUESTS = 16

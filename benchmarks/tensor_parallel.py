@@ -24,7 +24,7 @@ import torch
 from ray.cluster_utils import Cluster
 
 from engine import EngineConfig, LLMEngine, SamplingParams
-from engine.tiny_models import TinyModelSpec, write_tiny_model
+from engine.demo.tiny_models import TinyModelSpec, write_tiny_model
 
 # Decoder layers dominate (about 100M parameters, 0.4 GB in float32), so the forward, not the
 # per-step messaging, sets the pace, as it does for real models.

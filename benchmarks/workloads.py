@@ -9,7 +9,7 @@ from pathlib import Path
 
 from transformers import AutoTokenizer
 
-from engine.tiny_models import BENCHMARK_LLAMA, write_tiny_model
+from engine.demo.tiny_models import BENCHMARK_LLAMA, write_tiny_model
 
 __all__ = [
     "Request",

@@ -8,9 +8,9 @@ from ray import serve
 from ray.serve import Application
 
 from deployments.config import AppConfig, ModelConfig, ModelSource
-from deployments.llm_server import LLMServer
-from deployments.openai_app import model_card
-from deployments.router import ModelRoute, Router
+from deployments.replica.llm_server import LLMServer
+from deployments.ingress.openai_app import model_card
+from deployments.ingress.router import ModelRoute, Router
 
 __all__ = ["build_app"]
 
@@ -19,7 +19,10 @@ def build_app(args: dict[str, Any]) -> Application:
     """One LLMServer deployment per model behind one Router. A bad config raises, naming the field."""
     config = AppConfig.model_validate(args)
     handles = {model.name: _model_deployment(model) for model in config.models}
-    routes = {model.name: ModelRoute(model.deployment_name, model.cold_start_timeout_s) for model in config.models}
+    routes = {
+        model.name: ModelRoute(model.deployment_name, model.cold_start_timeout_s, model.first_token_timeout_s)
+        for model in config.models
+    }
     cards = [model_card(model.name, _describe(model.source)) for model in config.models]
     router = serve.deployment(Router).options(
         name="Router",
@@ -27,7 +30,7 @@ def build_app(args: dict[str, Any]) -> Application:
         max_ongoing_requests=config.router.max_ongoing_requests,
         ray_actor_options={"num_cpus": config.router.num_cpus},
     )
-    return router.bind(handles, routes, cards, config.router.keepalive_interval_s)
+    return router.bind(handles, routes, cards, config.router.keepalive_interval_s, config.router.limits)
 
 
 def _model_deployment(model: ModelConfig) -> Application:

@@ -5,6 +5,7 @@
     │   └── ContextLengthExceededError
     │                              400 code=context_length_exceeded (prompt + output > the model's context)
     ├── ModelNotFoundError         404 the `model` names no deployed model
+    ├── RequestTooLargeError       413 the body is larger than the router's max_body_bytes
     ├── OverloadedError            429 too many requests queued; Retry-After
     ├── ModelUnavailableError      503 no replica can take the request now (or its engine is
     │                              shutting down); Retry-After
@@ -23,7 +24,7 @@ from ray.exceptions import RayActorError, RayTaskError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
 
 from engine import ContextLengthError as EngineContextLengthError
-from engine import EngineError, EngineStoppedError
+from engine import EngineError, EngineStoppedError, InvalidPromptError
 
 __all__ = [
     "ApiError",
@@ -33,6 +34,7 @@ __all__ = [
     "ModelNotFoundError",
     "ModelUnavailableError",
     "OverloadedError",
+    "RequestTooLargeError",
     "invalid_request",
     "to_api_error",
 ]
@@ -99,6 +101,11 @@ class ModelNotFoundError(ApiError):
         )
 
 
+class RequestTooLargeError(ApiError):
+    status_code = 413
+    error_type = "invalid_request_error"
+
+
 class OverloadedError(ApiError):
     status_code = 429
     error_type = "rate_limit_error"
@@ -114,23 +121,24 @@ class InternalServerError(ApiError):
     error_type = "server_error"
 
 
-def invalid_request(error: ValueError, prompt_param: str) -> InvalidRequestError:
-    """The engine refused a request (its ValueErrors are about the input, and name what is wrong)."""
+def invalid_request(error: InvalidPromptError, prompt_param: str) -> InvalidRequestError:
+    """The engine refused a request's prompt (its message names what is wrong)."""
     if isinstance(error, EngineContextLengthError):
         return ContextLengthExceededError(str(error), param=prompt_param)
     return InvalidRequestError(str(error))
 
 
-def to_api_error(error: BaseException, *, model: str | None = None) -> ApiError:
-    """The client-facing form of any failure. Unexpected failures are logged here, once."""
+def to_api_error(error: BaseException, *, model: str | None = None, user: str | None = None) -> ApiError:
+    """The client-facing form of any failure. Unexpected failures are logged here, once, naming the
+    model and the client's end user (OpenAI's `user`) when known."""
     if isinstance(error, RayTaskError) and error.cause is not None:
         error = error.cause
     if isinstance(error, ApiError):
         return error
-    return _map_foreign(error, model)
+    return _map_foreign(error, model, user)
 
 
-def _map_foreign(error: BaseException, model: str | None) -> ApiError:
+def _map_foreign(error: BaseException, model: str | None, user: str | None) -> ApiError:
     subject = f"model {model!r}" if model else "the model"
     if isinstance(error, BackPressureError):
         return OverloadedError(
@@ -145,7 +153,7 @@ def _map_foreign(error: BaseException, model: str | None) -> ApiError:
             retry_after_s=DEFAULT_RETRY_AFTER_S,
         )
     if isinstance(error, EngineError):
-        logger.error("engine failure for %s: %r", subject, error)
+        logger.error("engine failure for %s (user %s): %r", subject, user, error)
         return InternalServerError(f"The engine serving {subject} failed; the request was not completed.")
-    logger.error("unexpected failure for %s", subject, exc_info=error)
+    logger.error("unexpected failure for %s (user %s)", subject, user, exc_info=error)
     return InternalServerError("The server had an error while processing the request.")

@@ -18,6 +18,8 @@ __all__ = ["ChatMessage", "GenerationChunk", "GenerationRequest", "TokenLogprob"
 class ChatMessage:
     role: str
     content: str
+    # The participant's name, handed to the chat template (templates that know it render it).
+    name: str | None = None
 
 
 @dataclass
@@ -36,6 +38,8 @@ class GenerationRequest:
     n: int = 1
     # False: the replica sends each choice once, whole, when it finishes.
     stream: bool = True
+    # The client's end-user id (OpenAI's `user`), named in the logs of a request that failed.
+    user: str | None = None
 
     @property
     def prompt_param(self) -> Literal["messages", "prompt"]:

@@ -2,17 +2,29 @@
 
 engine = LLMEngine(EngineConfig(model="path/or/hub-id"))
 outputs = engine.generate(["Hello"], SamplingParams(max_tokens=32, temperature=0))
+
+Configs, sampling params, outputs, errors and the sizing helpers import without torch (a router
+or a config check holds no model); `LLMEngine` and `AsyncLLMEngine` load torch and transformers
+when first used.
 """
 
-from engine.async_engine import AsyncLLMEngine
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 from engine.config import EngineConfig
-from engine.errors import ContextLengthError, EngineDeadError, EngineError, EngineStoppedError
-from engine.executor import ShardInfo
-from engine.llm_engine import LLMEngine
-from engine.outputs import EngineStats, RequestOutput, RequestTiming
+from engine.errors import ContextLengthError, EngineDeadError, EngineError, EngineStoppedError, InvalidPromptError
+from engine.model.kv_cache import DTYPE_BYTES, KVCacheShape, kv_cache_shape
+from engine.outputs import EngineStats, RequestOutput, RequestTiming, ShardInfo
+from engine.parallel.placement import shard_bundles, tensor_parallel_problem
 from engine.sampling_params import SamplingParams
 
+if TYPE_CHECKING:
+    from engine.core.async_engine import AsyncLLMEngine
+    from engine.core.llm_engine import LLMEngine
+
 __all__ = [
+    "DTYPE_BYTES",
     "AsyncLLMEngine",
     "ContextLengthError",
     "EngineConfig",
@@ -20,9 +32,27 @@ __all__ = [
     "EngineError",
     "EngineStats",
     "EngineStoppedError",
+    "InvalidPromptError",
+    "KVCacheShape",
     "LLMEngine",
     "RequestOutput",
     "RequestTiming",
     "SamplingParams",
     "ShardInfo",
+    "kv_cache_shape",
+    "shard_bundles",
+    "tensor_parallel_problem",
 ]
+
+# The engines, imported on first use: they pull in torch and transformers.
+_LAZY = {"AsyncLLMEngine": "engine.core.async_engine", "LLMEngine": "engine.core.llm_engine"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'engine' has no attribute {name!r}")

@@ -3,16 +3,30 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
-__all__ = ["DTYPES", "PLACEMENT_STRATEGIES", "QUANTIZATIONS", "SCHEDULING_POLICIES", "EngineConfig"]
+__all__ = [
+    "DTYPES",
+    "PLACEMENT_STRATEGIES",
+    "QUANTIZATIONS",
+    "SCHEDULING_POLICIES",
+    "DType",
+    "EngineConfig",
+    "PlacementStrategy",
+    "Quantization",
+    "Scheduling",
+]
 
-SCHEDULING_POLICIES = ("continuous", "static", "request")
-DTYPES = ("float32", "bfloat16", "float16")
-QUANTIZATIONS = (None, "int8", "nf4")
-PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
-
+# The allowed values of the choice fields, once: the serve config's engine settings use these types.
+DType = Literal["float32", "bfloat16", "float16"]
 Scheduling = Literal["continuous", "static", "request"]
+Quantization = Literal["int8", "nf4"]
+PlacementStrategy = Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"]
+
+DTYPES: tuple[DType, ...] = get_args(DType)
+SCHEDULING_POLICIES: tuple[Scheduling, ...] = get_args(Scheduling)
+QUANTIZATIONS: tuple[Quantization | None, ...] = (None, *get_args(Quantization))
+PLACEMENT_STRATEGIES: tuple[PlacementStrategy, ...] = get_args(PlacementStrategy)
 
 
 @dataclass
@@ -27,7 +41,7 @@ class EngineConfig:
     # Tokenizer directory or hub id; None means the model's own.
     tokenizer: str | None = None
     # Weights and KV cache dtype.
-    dtype: str = "float32"
+    dtype: DType = "float32"
     # "cpu", "cuda" or "cuda:N".
     device: str = "cpu"
     # Tokens per KV block. Smaller blocks waste less memory per sequence, larger ones mean
@@ -53,13 +67,13 @@ class EngineConfig:
     # bitsandbytes weight quantization of the decoder layers' projections: "int8" (LLM.int8 without
     # outlier columns, so a request's tokens do not depend on its batch) or "nf4" (4-bit
     # NormalFloat, computing in `dtype`). Embeddings, norms and the LM head stay in `dtype`.
-    quantization: str | None = None
+    quantization: Quantization | None = None
     # Tensor-parallel shards of the model. 1 runs in this process; N > 1 runs one Ray actor per
     # shard (each holding 1/N of the attention heads, MLP and vocabulary) in a placement group.
     tensor_parallel_size: int = 1
     # How the shards' placement group spreads over nodes: "PACK" (fewest nodes, best effort),
     # "SPREAD", "STRICT_PACK" (one node) or "STRICT_SPREAD" (one shard per node).
-    placement_strategy: str = "PACK"
+    placement_strategy: PlacementStrategy = "PACK"
     # CPUs each shard actor reserves (and its torch threads on CPU). On CUDA each shard also
     # reserves one GPU.
     cpus_per_shard: float = 1.0

@@ -1,7 +1,8 @@
 """The engine's exceptions.
 
-ValueError              bad input: a config field, a sampling parameter, a prompt (builtin)
-└── ContextLengthError  prompt + max_tokens exceed max_model_len, or need more than the KV pool
+ValueError                  bad input: a config field, a sampling parameter (builtin)
+└── InvalidPromptError      a request the engine refuses: empty prompt, token ids outside the vocabulary
+    └── ContextLengthError  prompt + max_tokens exceed max_model_len, or need more than the KV pool
 EngineError             the engine could not serve a valid request
 ├── EngineDeadError     a step failed; the engine refuses work until it is replaced
 └── EngineStoppedError  the engine was shut down (or never started); it refuses work
@@ -9,14 +10,19 @@ EngineError             the engine could not serve a valid request
 
 from __future__ import annotations
 
-__all__ = ["ContextLengthError", "EngineDeadError", "EngineError", "EngineStoppedError"]
+__all__ = ["ContextLengthError", "EngineDeadError", "EngineError", "EngineStoppedError", "InvalidPromptError"]
 
 
-class ContextLengthError(ValueError):
+class InvalidPromptError(ValueError):
+    """`add_request` refused a request's prompt or length: the client's input is at fault, so a front
+    end answers it as a bad request. Any other ValueError from the engine is a bug, not bad input."""
+
+
+class ContextLengthError(InvalidPromptError):
     """The request can never run: prompt + max_tokens exceed max_model_len or the whole KV pool.
 
-    A ValueError, because the input is at fault; its own type so a front end can tell a too-long
-    request (OpenAI's `context_length_exceeded`) from other bad input.
+    Its own type so a front end can tell a too-long request (OpenAI's `context_length_exceeded`)
+    from other bad input.
     """
 
 

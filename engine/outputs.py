@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Literal
 
-__all__ = ["EngineStats", "FinishReason", "RequestOutput", "RequestTiming"]
+__all__ = ["EngineStats", "FinishReason", "OutputHistory", "RequestOutput", "RequestTiming", "ShardInfo"]
 
 FinishReason = Literal["stop", "length", "abort"]
 
@@ -20,38 +20,72 @@ class RequestTiming:
     finish: float | None = None
 
 
+@dataclass(frozen=True)
+class OutputHistory:
+    """A request's output so far, in lists the engine only ever appends to: an output reads the
+    first `num_generated_tokens` entries (and `num_text_pieces` pieces) of them, so no step copies a
+    request's whole history."""
+
+    # Generated token ids, and (when asked for) their logprobs and top logprobs.
+    token_ids: list[int]
+    logprobs: list[float]
+    top_logprobs: list[list[tuple[int, float]]]
+    # The text released so far, one piece per output that released any.
+    text_pieces: list[str]
+
+
 @dataclass
 class RequestOutput:
-    """One step's news for one request: the tokens it gained, plus everything so far."""
+    """One step's news for one request: the tokens it gained, and (read on demand) all so far."""
 
     request_id: str
     prompt_token_ids: list[int]
-    # All generated tokens so far.
-    token_ids: list[int]
-    # Tokens generated in this step (the delta).
+    # Tokens generated in this step (the delta), and their logprobs (empty unless
+    # SamplingParams.logprobs).
     new_token_ids: list[int]
-    # Logprob of each generated token so far (empty unless SamplingParams.logprobs).
-    logprobs: list[float]
-    # Generated text so far, and this step's part of it; empty when the engine has no tokenizer.
-    text: str
+    new_logprobs: list[float]
+    # Per new token, the SamplingParams.top_logprobs most likely (token id, logprob) pairs at that
+    # step under the model's unmodified distribution, most likely first; empty unless
+    # SamplingParams.top_logprobs > 0.
+    new_top_logprobs: list[list[tuple[int, float]]]
+    # This step's part of the generated text; empty when the engine has no tokenizer.
     delta_text: str
     # None while the request runs.
     finish_reason: FinishReason | None
     timing: RequestTiming
-    # Logprobs of this step's new tokens (the delta of `logprobs`).
-    new_logprobs: list[float] = field(default_factory=list)
-    # Per generated token so far, the SamplingParams.top_logprobs most likely (token id, logprob)
-    # pairs at that step under the model's unmodified distribution, most likely first; empty
-    # unless SamplingParams.top_logprobs > 0.
-    top_logprobs: list[list[tuple[int, float]]] = field(default_factory=list)
-    # Top logprobs of this step's new tokens (the delta of `top_logprobs`).
-    new_top_logprobs: list[list[tuple[int, float]]] = field(default_factory=list)
+    # Tokens generated so far, this step's included.
+    num_generated_tokens: int
     # Prompt tokens served from the prefix cache when the request was admitted (0 before that).
     num_cached_tokens: int = 0
+    # Where `token_ids`, `logprobs`, `top_logprobs` and `text` are read from; pieces of text so far.
+    history: OutputHistory = field(
+        default_factory=lambda: OutputHistory([], [], [], []), repr=False, compare=False
+    )
+    num_text_pieces: int = 0
 
     @property
     def finished(self) -> bool:
         return self.finish_reason is not None
+
+    @property
+    def token_ids(self) -> list[int]:
+        """All generated tokens so far."""
+        return self.history.token_ids[: self.num_generated_tokens]
+
+    @property
+    def logprobs(self) -> list[float]:
+        """Logprob of each generated token so far (empty unless SamplingParams.logprobs)."""
+        return self.history.logprobs[: self.num_generated_tokens]
+
+    @property
+    def top_logprobs(self) -> list[list[tuple[int, float]]]:
+        """Top logprobs of each generated token so far (empty unless SamplingParams.top_logprobs)."""
+        return self.history.top_logprobs[: self.num_generated_tokens]
+
+    @property
+    def text(self) -> str:
+        """The generated text so far (empty when the engine has no tokenizer)."""
+        return "".join(self.history.text_pieces[: self.num_text_pieces])
 
     def following(self, earlier: RequestOutput) -> RequestOutput:
         """This output as the delta since the step before `earlier` (two consecutive deltas as one)."""
@@ -92,3 +126,17 @@ class EngineStats:
     def kv_waste(self) -> float:
         capacity = self.kv_blocks_used * self.block_size
         return 1.0 - self.kv_tokens_stored / capacity if capacity else 0.0
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    """Where one shard of the model lives and what it holds."""
+
+    rank: int
+    # Ray node id; None for an engine running in process outside Ray.
+    node_id: str | None
+    device: str
+    # Weight bytes as stored on the device (quantized weights count their real size).
+    weight_bytes: int
+    # Process id on its node (for a profiler, or to find the shard among the node's processes).
+    pid: int

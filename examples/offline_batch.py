@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from engine import AsyncLLMEngine, EngineConfig, LLMEngine, SamplingParams
-from engine.tiny_models import DEMO_LLAMA, write_tiny_model
+from engine.demo.tiny_models import DEMO_LLAMA, write_tiny_model
 
 DEMO_MODEL_DIR = Path.home() / ".cache" / "switchyard" / "demo-llama"
 

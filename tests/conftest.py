@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine.tiny_models import ARCHITECTURES, TinyModelSpec, write_tiny_model
+from engine.demo.tiny_models import ARCHITECTURES, TinyModelSpec, write_tiny_model
 
 # Two threads match the CI machine; more only adds contention there.
 torch.set_num_threads(2)

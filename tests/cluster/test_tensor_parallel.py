@@ -11,9 +11,9 @@ import pytest
 import ray
 from ray.cluster_utils import Cluster
 
-from deployments.planner import ModelDims, load_model_config, shard_weight_bytes
+from deployments.tools.planner import ModelDims, load_model_config, shard_weight_bytes
 from engine import AsyncLLMEngine, EngineConfig, EngineDeadError, LLMEngine, SamplingParams
-from engine.tiny_models import TinyModelSpec, write_tiny_model
+from engine.demo.tiny_models import TinyModelSpec, write_tiny_model
 from tests.engine.hf_reference import hf_greedy
 
 PROMPTS = [[5, 6, 7, 8], [40, 41, 42, 43, 44, 45, 46], [300, 301]]

@@ -13,7 +13,7 @@ import pytest
 from deployments.config import ModelConfig
 from deployments.errors import ApiError, ContextLengthExceededError, InvalidRequestError
 from deployments.generation import ChatMessage, GenerationChunk, GenerationRequest
-from deployments.llm_server import LLMServer, describe_weights
+from deployments.replica.llm_server import LLMServer, describe_weights
 from engine import SamplingParams, ShardInfo
 
 T = TypeVar("T")

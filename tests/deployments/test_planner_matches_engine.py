@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from deployments.planner import ModelDims, load_model_config, plan, weight_bytes
+from deployments.tools.planner import ModelDims, load_model_config, plan, weight_bytes
 from engine import EngineConfig, LLMEngine
 
 

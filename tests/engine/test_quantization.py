@@ -8,9 +8,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from deployments.planner import ModelDims, load_model_config, weight_bytes
+from deployments.tools.planner import ModelDims, load_model_config, weight_bytes
 from engine import EngineConfig, LLMEngine, SamplingParams
-from engine.model_runner import quantization_config
+from engine.model.model_runner import quantization_config
 
 PROMPTS = [[5, 6, 7, 8], [40, 41, 42, 43, 44, 45, 46], [300, 301]]
 GREEDY = SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True)

@@ -12,8 +12,8 @@ import pytest
 from ray import serve
 
 from deployments.app import build_app
-from deployments.openai_app import model_card
-from deployments.router import ModelRoute, Router
+from deployments.ingress.openai_app import model_card
+from deployments.ingress.router import ModelRoute, Router
 from tests.serve.conftest import ServeCluster
 from tests.serve.fault_servers import CrashingServer, DeadEngineServer
 

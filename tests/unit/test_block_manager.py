@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from engine.block_manager import BlockManager, hash_block_tokens
+from engine.core.block_manager import BlockManager, hash_block_tokens
 from engine.sampling_params import SamplingParams
-from engine.sequence import Sequence
+from engine.core.sequence import Sequence
 
 BLOCK_SIZE = 4
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from deployments import cli
+from deployments.tools import cli
 
 MANIFESTS = Path(__file__).resolve().parents[2] / "manifests"
 

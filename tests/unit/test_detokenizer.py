@@ -8,12 +8,13 @@ import pytest
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from engine.config import EngineConfig
-from engine.detokenizer import IncrementalDetokenizer
-from engine.output_processor import OutputProcessor
+from engine.core.detokenizer import IncrementalDetokenizer
+from engine.core.output_processor import OutputProcessor
 from engine.outputs import RequestOutput
 from engine.sampling_params import SamplingParams
-from engine.scheduler import SampledTokens, Scheduler
-from engine.sequence import Sequence
+from engine.core.scheduler import Scheduler
+from engine.step_data import SampledTokens
+from engine.core.sequence import Sequence
 
 PROMPT = "User: say something.\nAssistant:"
 

@@ -10,8 +10,8 @@ import pytest
 
 from deployments.errors import ModelUnavailableError
 from deployments.generation import GenerationChunk
-from deployments.model_states import ModelState
-from deployments.router import HandleModelClient, ModelRoute
+from deployments.ingress.model_states import ModelState
+from deployments.ingress.router import HandleModelClient, ModelRoute
 
 CHUNKS = [GenerationChunk(0, text, [7], None, None, 3, i + 1) for i, text in enumerate("abc")]
 

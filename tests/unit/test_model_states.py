@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from ray.serve.schema import ReplicaState
 
-from deployments.model_states import ModelState, model_state
+from deployments.ingress.model_states import ModelState, model_state
 
 
 @pytest.mark.parametrize(

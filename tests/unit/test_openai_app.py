@@ -20,8 +20,8 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, 
 
 from deployments.errors import ContextLengthExceededError, InvalidRequestError, ModelUnavailableError, invalid_request
 from deployments.generation import GenerationChunk, GenerationRequest, TokenLogprob
-from deployments.model_states import ModelState
-from deployments.openai_app import ModelCard, build_openai_app
+from deployments.ingress.model_states import ModelState
+from deployments.ingress.openai_app import ModelCard, build_openai_app
 from engine import ContextLengthError, EngineDeadError
 
 MODEL = "tiny"

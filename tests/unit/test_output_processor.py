@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from engine.config import EngineConfig
-from engine.output_processor import OutputProcessor
+from engine.core.output_processor import OutputProcessor
 from engine.outputs import RequestOutput
 from engine.sampling_params import SamplingParams
-from engine.scheduler import SampledTokens, Scheduler
-from engine.sequence import Sequence
+from engine.core.scheduler import Scheduler
+from engine.step_data import SampledTokens
+from engine.core.sequence import Sequence
 
 
 def top_of(token_id: int) -> list[tuple[int, float]]:

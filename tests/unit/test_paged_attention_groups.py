@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from engine.paged_attention import split_by_context
+from engine.model.paged_attention import split_by_context
 
 
 def test_every_decode_lands_in_exactly_one_group() -> None:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from deployments import cli, planner
-from deployments.planner import KNOWN_MODELS, ModelDims, load_model_config, plan, shard_weight_bytes, weight_bytes
+from deployments.tools import cli, planner
+from deployments.tools.planner import KNOWN_MODELS, ModelDims, load_model_config, plan, shard_weight_bytes, weight_bytes
 
 GB = 10**9
 

@@ -11,7 +11,7 @@ from ray.serve._private.common import DeploymentHandleSource, DeploymentID, Requ
 from ray.serve.request_router import PendingRequest, ReplicaID
 
 from deployments.generation import ChatMessage, GenerationRequest
-from deployments.request_router import (
+from deployments.routing.serve_router import (
     LLMRequestRouter,
     PrefixIndex,
     ReplicaLoad,

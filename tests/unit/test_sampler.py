@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from engine.sampler import Sampler, SamplingRow, apply_penalties, output_token_counts
+from engine.model.sampler import Sampler, SamplingRow, apply_penalties, output_token_counts
 from engine.sampling_params import SamplingParams
 
 GREEDY = SamplingParams(temperature=0.0)

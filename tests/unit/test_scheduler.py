@@ -7,8 +7,9 @@ import pytest
 from engine.config import EngineConfig
 from engine.outputs import FinishReason
 from engine.sampling_params import SamplingParams
-from engine.scheduler import SampledTokens, Scheduler, SchedulerOutput
-from engine.sequence import Sequence, SequenceStatus
+from engine.core.scheduler import Scheduler
+from engine.step_data import SampledTokens, SchedulerOutput
+from engine.core.sequence import Sequence, SequenceStatus
 
 BLOCK_SIZE = 4
 EOS = 2

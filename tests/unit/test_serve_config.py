@@ -162,7 +162,7 @@ def test_serve_options_have_an_llm_autoscaling_policy_instead_of_a_replica_count
 def test_every_deployment_routes_with_the_llm_request_router() -> None:
     routing = DeploymentSettings(routing={"imbalance_threshold": 2, "stats_period_s": 0.5}).to_serve_options()
     assert routing["request_router_config"] == {
-        "request_router_class": "deployments.request_router:LLMRequestRouter",
+        "request_router_class": "deployments.routing.serve_router:LLMRequestRouter",
         "request_router_kwargs": {"prefix_affinity": True, "imbalance_threshold": 2.0},
         "request_routing_stats_period_s": 0.5,
     }

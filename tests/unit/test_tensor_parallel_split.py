@@ -8,8 +8,8 @@ import pytest
 import torch
 from transformers import LlamaConfig, Phi3Config
 
-from engine.shard_loader import check_shardable, load_shard
-from engine.tp_layers import ShardGroup
+from engine.parallel.shard_loader import check_shardable, load_shard
+from engine.parallel.tp_layers import ShardGroup
 
 
 def test_shards_take_consecutive_equal_parts() -> None:

@@ -17,7 +17,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from engine.tiny_models import ARCHITECTURES, TinyModelSpec, write_tiny_model
+from engine.demo.tiny_models import ARCHITECTURES, TinyModelSpec, write_tiny_model
 
 PROMPTS = ("Hello, my name is", "The quick brown fox jumps over", "1 2 3 4 5")
 ASCII_TEXT = "Hello, world!  a , b .\n\tdon't   stop\r\n<|im_start|> ~`{}[]"

@@ -1,0 +1,268 @@
+"""The OpenAI-compatible HTTP surface, as a FastAPI app over one `ModelClient` per model.
+
+Every failure, whatever raised it, is answered by `_error_response` through `to_api_error`: an
+OpenAI-shaped body with the right status. Before a stream's first chunk that is the HTTP
+response; after it, an SSE `error` event followed by `data: [DONE]`. A stream whose first chunk
+takes longer than the keep-alive interval (a model starting from zero replicas) is answered 200
+at once and sent SSE comments until the chunk comes, so its failures are events too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from deployments.config import RequestLimits
+from deployments.errors import ApiError, InvalidRequestError, ModelNotFoundError, to_api_error
+from deployments.generation import GenerationChunk, GenerationRequest
+from deployments.ingress.limits import check_request_limits, read_body
+from deployments.ingress.model_states import ModelState
+from deployments.ingress.protocol import ChatCompletionRequest, CompletionRequest, parse_body
+from deployments.ingress.responses import Endpoint, ResponseWriter
+from deployments.ingress.translate import chat_to_generation, completion_to_generation
+
+__all__ = ["KEEPALIVE", "ModelCard", "ModelClient", "StatesSource", "build_openai_app", "model_card"]
+
+
+class ModelClient(Protocol):
+    """How the app reaches one model's replicas (a Serve handle in production, a fake in tests)."""
+
+    def stream(self, request: GenerationRequest) -> AsyncGenerator[GenerationChunk, None]:
+        """The request's chunks; closing the generator cancels the request."""
+        ...
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """What /v1/models says about a model."""
+
+    id: str
+    # Where the weights come from (a directory, a hub id, or "demo:<architecture>").
+    root: str
+    created: int
+
+
+StatesSource = Callable[[], Awaitable[Mapping[str, ModelState]]]
+
+# What a streaming client receives while its first token is awaited: an SSE comment, which
+# OpenAI clients ignore and which keeps proxies from closing an idle connection.
+KEEPALIVE = ": waiting for the model\n\n"
+
+
+def build_openai_app(
+    models: Mapping[str, ModelClient],
+    cards: list[ModelCard],
+    *,
+    states: StatesSource | None = None,
+    keepalive_interval_s: float = 5.0,
+    limits: RequestLimits | None = None,
+) -> FastAPI:
+    """`states`: each model's replica state for /v1/models (none: the cards alone).
+    `keepalive_interval_s`: a stream whose first token takes longer starts with keep-alive comments.
+    `limits`: what one request may ask for (default: `RequestLimits()`)."""
+    limits = limits or RequestLimits()
+    app = FastAPI(title="Switchyard", summary="OpenAI-compatible API over many models")
+    cards_by_id = {card.id: card for card in cards}
+
+    async def current_states() -> Mapping[str, ModelState]:
+        return {} if states is None else await states()
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, error: ApiError) -> JSONResponse:
+        return _error_response(error)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+        # Unknown paths and wrong methods, in the OpenAI error shape (keeping headers such as Allow).
+        response = _error_response(_http_error_as_api_error(error))
+        response.headers.update(error.headers or {})
+        return response
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
+        return _error_response(InvalidRequestError(str(error)))
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/v1/models")
+    async def list_models() -> dict[str, Any]:
+        now = await current_states()
+        return {"object": "list", "data": [_model_json(card, now.get(card.id)) for card in cards]}
+
+    @app.get("/v1/models/{model_id:path}")
+    async def get_model(model_id: str) -> dict[str, Any]:
+        card = cards_by_id.get(model_id)
+        if card is None:
+            raise ModelNotFoundError.for_model(model_id, list(cards_by_id))
+        return _model_json(card, (await current_states()).get(card.id))
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Response:
+        return await _answer("completion", request, models, keepalive_interval_s, limits)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Response:
+        return await _answer("chat", request, models, keepalive_interval_s, limits)
+
+    return app
+
+
+async def _answer(
+    endpoint: Endpoint,
+    request: Request,
+    models: Mapping[str, ModelClient],
+    keepalive_interval_s: float,
+    limits: RequestLimits,
+) -> Response:
+    """Validate, pick the model, run the request; any failure becomes an OpenAI-shaped error."""
+    model: str | None = None
+    user: str | None = None
+    try:
+        raw_body = await read_body(request, limits.max_body_bytes)
+        if endpoint == "completion":
+            completion = parse_body(CompletionRequest, raw_body)
+            check_request_limits(completion, limits)
+            model, include_usage = completion.model, completion.include_usage
+            generation = completion_to_generation(completion, f"cmpl-{uuid.uuid4().hex}")
+            with_logprobs = completion.logprobs is not None
+        else:
+            chat = parse_body(ChatCompletionRequest, raw_body)
+            check_request_limits(chat, limits)
+            model, include_usage = chat.model, chat.include_usage
+            generation = chat_to_generation(chat, f"chatcmpl-{uuid.uuid4().hex}")
+            with_logprobs = chat.logprobs
+        user = generation.user
+        client = models.get(model)
+        if client is None:
+            raise ModelNotFoundError.for_model(model, list(models))
+        writer = ResponseWriter(endpoint, generation.request_id, model, generation.n, with_logprobs)
+        return await _respond(client, generation, writer, include_usage, keepalive_interval_s)
+    except Exception as error:  # noqa: BLE001 - the one place failures become HTTP answers
+        return _error_response(error, model, user)
+
+
+async def _respond(
+    client: ModelClient,
+    generation: GenerationRequest,
+    writer: ResponseWriter,
+    include_usage: bool,
+    keepalive_interval_s: float,
+) -> Response:
+    chunks = client.stream(generation)
+    first_chunk = asyncio.ensure_future(anext(chunks))
+    try:
+        # Wait for the first chunk before answering, so a refused request gets its own status. A
+        # stream whose first chunk is slow (a replica starting) is answered at once, kept alive.
+        if generation.stream:
+            await asyncio.wait({first_chunk}, timeout=keepalive_interval_s)
+            if not first_chunk.done():
+                return _event_stream(_sse_after_wait(first_chunk, chunks, writer, include_usage, keepalive_interval_s))
+        first = await first_chunk
+        if not generation.stream:
+            writer.add(first)
+            async for chunk in chunks:
+                writer.add(chunk)
+            return JSONResponse(writer.response())
+    except BaseException:
+        await _close(first_chunk, chunks)
+        raise
+    return _event_stream(_sse(first, chunks, writer, include_usage))
+
+
+def _event_stream(events: AsyncIterator[str]) -> StreamingResponse:
+    return StreamingResponse(
+        events, media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    )
+
+
+async def _close(first_chunk: asyncio.Future[GenerationChunk], chunks: AsyncGenerator[GenerationChunk, None]) -> None:
+    """Stop the model's stream, whether or not its first chunk is still being awaited."""
+    first_chunk.cancel()
+    await asyncio.gather(first_chunk, return_exceptions=True)  # the generator is no longer running
+    await chunks.aclose()
+
+
+async def _sse_after_wait(
+    first_chunk: asyncio.Future[GenerationChunk],
+    chunks: AsyncGenerator[GenerationChunk, None],
+    writer: ResponseWriter,
+    include_usage: bool,
+    keepalive_interval_s: float,
+) -> AsyncIterator[str]:
+    """Keep-alive comments until the first chunk, then the stream; a failure becomes an error event."""
+    try:
+        while not first_chunk.done():
+            yield KEEPALIVE
+            await asyncio.wait({first_chunk}, timeout=keepalive_interval_s)
+        first = first_chunk.result()
+    except Exception as error:  # noqa: BLE001 - the status is sent: report the failure in-stream
+        await _close(first_chunk, chunks)
+        yield _event(to_api_error(error, model=writer.model).body())
+        yield "data: [DONE]\n\n"
+        return
+    except BaseException:  # the client left while waiting
+        await _close(first_chunk, chunks)
+        raise
+    async for event in _sse(first, chunks, writer, include_usage):
+        yield event
+
+
+async def _sse(
+    first: GenerationChunk, chunks: AsyncGenerator[GenerationChunk, None], writer: ResponseWriter, include_usage: bool
+) -> AsyncIterator[str]:
+    """Server-sent events; closing this iterator (the client left) closes the model's stream."""
+    try:
+        yield _event(writer.stream_chunk(first))
+        async for chunk in chunks:
+            yield _event(writer.stream_chunk(chunk))
+        if include_usage:
+            yield _event(writer.usage_chunk())
+    except Exception as error:  # noqa: BLE001 - the status is sent: report the failure in-stream
+        yield _event(to_api_error(error, model=writer.model).body())
+    finally:
+        await chunks.aclose()
+    yield "data: [DONE]\n\n"
+
+
+def _event(body: dict[str, Any]) -> str:
+    return f"data: {json.dumps(body, separators=(',', ':'))}\n\n"
+
+
+def _error_response(error: BaseException, model: str | None = None, user: str | None = None) -> JSONResponse:
+    api_error = to_api_error(error, model=model, user=user)
+    return JSONResponse(api_error.body(), status_code=api_error.status_code, headers=api_error.headers())
+
+
+def _http_error_as_api_error(error: StarletteHTTPException) -> ApiError:
+    api_error = InvalidRequestError(str(error.detail))
+    api_error.status_code = error.status_code
+    return api_error
+
+
+def _model_json(card: ModelCard, state: ModelState | None) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "id": card.id,
+        "object": "model",
+        "created": card.created,
+        "owned_by": "switchyard",
+        "root": card.root,
+    }
+    if state is not None:
+        body["status"] = state.to_json()  # ready / starting / scaled_to_zero, with replica counts
+    return body
+
+
+def model_card(model_id: str, root: str) -> ModelCard:
+    return ModelCard(id=model_id, root=root, created=int(time.time()))

@@ -1,0 +1,78 @@
+"""Prompts as token ids: chat messages through the model's chat template, text through its tokenizer."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import TYPE_CHECKING
+
+from jinja2 import TemplateError
+
+from deployments.errors import ContextLengthExceededError, InvalidRequestError
+from deployments.generation import ChatMessage, GenerationRequest
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+__all__ = ["PromptBuilder"]
+
+
+class PromptBuilder:
+    """Tokenizes requests for one model and decides how many tokens each may generate."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase | None, context_len: int, model_name: str) -> None:
+        self.tokenizer = tokenizer
+        self.context_len = context_len
+        self.model_name = model_name
+        self.token_text = lru_cache(maxsize=65536)(self._decode_one)
+
+    def prompt_token_ids(self, request: GenerationRequest) -> list[int]:
+        if request.messages is not None:
+            return self._chat_token_ids(request)
+        if isinstance(request.prompt, list):
+            return request.prompt  # the engine checks the ids against the vocabulary
+        if self.tokenizer is None:
+            raise InvalidRequestError(
+                f"model {self.model_name!r} has no tokenizer: send the prompt as token ids", param="prompt"
+            )
+        assert request.prompt is not None
+        return self.tokenizer.encode(request.prompt)
+
+    def max_tokens(self, request: GenerationRequest, num_prompt_tokens: int) -> int:
+        """The request's max_tokens, or all the context the prompt leaves; refuses what cannot fit."""
+        room = self.context_len - num_prompt_tokens
+        wanted = request.max_tokens if request.max_tokens is not None else room
+        if wanted < 1 or num_prompt_tokens + wanted > self.context_len:
+            where = "messages" if request.messages is not None else "prompt"
+            raise ContextLengthExceededError(
+                f"This model's maximum context length is {self.context_len} tokens. However, you requested "
+                f"{num_prompt_tokens + max(wanted, 1)} tokens ({num_prompt_tokens} in the {where}, "
+                f"{max(wanted, 1)} in the completion). Please reduce the length of the {where} or completion.",
+                param=request.prompt_param,
+            )
+        return wanted
+
+    def _chat_token_ids(self, request: GenerationRequest) -> list[int]:
+        tokenizer = self.tokenizer
+        if tokenizer is None or not tokenizer.chat_template:
+            raise InvalidRequestError(
+                f"model {self.model_name!r} has no chat template: use /v1/completions", param="messages"
+            )
+        assert request.messages is not None
+        conversation = [_template_message(message) for message in request.messages]
+        try:
+            text = tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
+        except TemplateError as error:
+            raise InvalidRequestError(f"messages do not fit the model's chat template: {error}", param="messages")
+        # The template writes any special tokens (BOS included) itself.
+        return tokenizer.encode(text, add_special_tokens=False)
+
+    def _decode_one(self, token_id: int) -> str:
+        return self.tokenizer.decode([token_id]) if self.tokenizer is not None else ""
+
+
+def _template_message(message: ChatMessage) -> dict[str, str]:
+    """A message as chat templates read it; `name` only when given."""
+    rendered = {"role": message.role, "content": message.content}
+    if message.name is not None:
+        rendered["name"] = message.name
+    return rendered

@@ -1,0 +1,198 @@
+"""The synchronous engine: add requests, step, read outputs."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from typing import TYPE_CHECKING
+
+from engine.config import EngineConfig
+from engine.errors import ContextLengthError, InvalidPromptError
+from engine.parallel.executor import create_executor
+from engine.core.output_processor import OutputProcessor
+from engine.outputs import EngineStats, RequestOutput, ShardInfo
+from engine.sampling_params import SamplingParams
+from engine.seeds import derive_seed
+from engine.core.scheduler import Scheduler
+from engine.core.sequence import Sequence
+from engine.core.tokenizer import eos_token_ids, load_tokenizer
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+__all__ = ["LLMEngine", "Prompt"]
+
+logger = logging.getLogger(__name__)
+
+Prompt = str | list[int]
+
+
+class LLMEngine:
+    """Continuous batching over a paged KV cache. One step = schedule -> execute -> update."""
+
+    def __init__(self, config: EngineConfig) -> None:
+        self.config = config
+        self.executor = create_executor(config)
+        try:
+            model_config = self.executor.model_config
+            self.vocab_size: int = model_config.get_text_config().vocab_size
+            self.tokenizer: PreTrainedTokenizerBase | None = load_tokenizer(config.tokenizer or config.model)
+            self.max_model_len = self.executor.max_model_len
+            self.scheduler = Scheduler(
+                config,
+                num_kv_blocks=self.executor.num_kv_blocks,
+                max_model_len=self.max_model_len,
+                eos_token_ids=eos_token_ids(self.executor.generation_config, model_config, self.tokenizer),
+            )
+            self.output_processor = OutputProcessor(self.scheduler, self.tokenizer)
+        except BaseException:
+            self.executor.close()  # tensor-parallel shards outlive a failed engine otherwise
+            raise
+        self._generate_ids = itertools.count()
+
+    # ----- requests -----------------------------------------------------------------------
+
+    def add_request(self, request_id: str, prompt: Prompt, params: SamplingParams | None = None) -> None:
+        """Queue a request. A prompt the engine refuses raises InvalidPromptError naming the problem
+        (ContextLengthError when prompt + max_tokens can never fit); nothing is queued then. A
+        request id already in use raises ValueError: a caller's bug, not bad input."""
+        params = params or SamplingParams()
+        if request_id in self.scheduler.sequences:
+            raise ValueError(f"request_id must be unique, {request_id!r} is already running")
+        prompt_token_ids = self._tokenize(prompt)
+        self._check_fits(prompt_token_ids, params)
+        seq = Sequence(
+            request_id=request_id,
+            prompt_token_ids=prompt_token_ids,
+            params=params,
+            seed=params.seed if params.seed is not None else self._default_seed(request_id),
+        )
+        self.scheduler.add(seq)
+        self.output_processor.add(seq)
+
+    def abort_request(self, request_id: str) -> bool:
+        """End a request and free its KV blocks. False if it is not running or waiting."""
+        self.output_processor.discard(request_id)
+        return self.scheduler.finish(request_id, "abort") is not None
+
+    def has_unfinished_requests(self) -> bool:
+        return self.scheduler.has_unfinished()
+
+    def step(self) -> list[RequestOutput]:
+        batch = self.scheduler.schedule()
+        if batch.is_empty:
+            return []
+        sampled = self.executor.execute(batch)
+        updated = self.scheduler.update(batch, sampled)
+        return self.output_processor.process(updated)
+
+    def generate(
+        self, prompts: list[Prompt], params: SamplingParams | list[SamplingParams] | None = None
+    ) -> list[RequestOutput]:
+        """Run prompts to completion; outputs in prompt order. `params`: one for all, or one each."""
+        params_list = self._params_per_prompt(prompts, params)
+        batch_id = next(self._generate_ids)
+        request_ids = [f"generate-{batch_id}-{i}" for i in range(len(prompts))]
+        for request_id, prompt, prompt_params in zip(request_ids, prompts, params_list):
+            try:
+                self.add_request(request_id, prompt, prompt_params)
+            except ValueError:
+                for queued_id in request_ids:
+                    self.abort_request(queued_id)
+                raise
+        finished: dict[str, RequestOutput] = {}
+        while len(finished) < len(request_ids):
+            for output in self.step():
+                if output.finished:
+                    finished[output.request_id] = output
+        return [finished[request_id] for request_id in request_ids]
+
+    @property
+    def context_limit(self) -> int:
+        """The most tokens (prompt + max_tokens) one request can ever have: the model's context, or
+        the whole KV pool when that is smaller (the last sampled token is never fed back, so it
+        takes no cache slot)."""
+        block_manager = self.scheduler.block_manager
+        return min(self.max_model_len, block_manager.num_blocks * block_manager.block_size + 1)
+
+    def shards(self) -> list[ShardInfo]:
+        """Each shard's rank, Ray node, device and stored weight bytes (one entry when TP=1)."""
+        return self.executor.shards()
+
+    def check_health(self) -> None:
+        """Raise EngineDeadError if a part of the model (a tensor-parallel shard) is gone."""
+        self.executor.check_health()
+
+    def close(self) -> None:
+        """Release the model's shards (tensor-parallel actors); the engine serves no more."""
+        self.executor.close()
+
+    def stats(self) -> EngineStats:
+        scheduler = self.scheduler
+        block_manager = scheduler.block_manager
+        return EngineStats(
+            num_running=len(scheduler.running),
+            num_waiting=len(scheduler.waiting),
+            num_preemptions=scheduler.num_preemptions,
+            kv_blocks_total=block_manager.num_blocks,
+            kv_blocks_used=block_manager.num_used_blocks,
+            kv_tokens_stored=block_manager.num_tokens_stored(scheduler.running),
+            block_size=block_manager.block_size,
+            prefix_cache_queried_tokens=scheduler.prefix_cache_queried_tokens,
+            prefix_cache_hit_tokens=scheduler.prefix_cache_hit_tokens,
+            num_prompt_tokens_computed=scheduler.num_prompt_tokens_computed,
+            num_generation_tokens=scheduler.num_generation_tokens,
+        )
+
+    # ----- validation ---------------------------------------------------------------------
+
+    def _tokenize(self, prompt: Prompt) -> list[int]:
+        if isinstance(prompt, str):
+            if not prompt:
+                raise InvalidPromptError("prompt must not be empty")
+            if self.tokenizer is None:
+                raise InvalidPromptError("prompt must be token ids: this model has no tokenizer")
+            token_ids = self.tokenizer.encode(prompt)
+        elif isinstance(prompt, list):
+            token_ids = prompt
+        else:
+            raise InvalidPromptError(f"prompt must be a string or a list of token ids, got {type(prompt).__name__}")
+        if not token_ids:
+            raise InvalidPromptError("prompt must not be empty")
+        for token_id in token_ids:
+            if isinstance(token_id, bool) or not isinstance(token_id, int) or not 0 <= token_id < self.vocab_size:
+                raise InvalidPromptError(
+                    f"prompt token ids must be integers in [0, {self.vocab_size}), got {token_id!r}"
+                )
+        return list(token_ids)
+
+    def _check_fits(self, prompt_token_ids: list[int], params: SamplingParams) -> None:
+        """Raise ContextLengthError for a request that could never run, even on an idle engine."""
+        num_tokens = len(prompt_token_ids) + params.max_tokens
+        if num_tokens > self.max_model_len:
+            raise ContextLengthError(
+                f"prompt ({len(prompt_token_ids)} tokens) + max_tokens ({params.max_tokens}) must be "
+                f"<= max_model_len ({self.max_model_len})"
+            )
+        if num_tokens > self.context_limit:
+            block_manager = self.scheduler.block_manager
+            raise ContextLengthError(
+                f"prompt ({len(prompt_token_ids)} tokens) + max_tokens ({params.max_tokens}) needs "
+                f"{block_manager.blocks_needed(num_tokens - 1)} KV blocks, more than the pool's "
+                f"{block_manager.num_blocks}"
+            )
+
+    def _default_seed(self, request_id: str) -> int:
+        return derive_seed(self.config.seed, request_id)
+
+    @staticmethod
+    def _params_per_prompt(
+        prompts: list[Prompt], params: SamplingParams | list[SamplingParams] | None
+    ) -> list[SamplingParams]:
+        if isinstance(params, list):
+            if len(params) != len(prompts):
+                raise ValueError(
+                    f"params must be one SamplingParams or one per prompt ({len(prompts)}), got {len(params)}"
+                )
+            return params
+        return [params or SamplingParams()] * len(prompts)

@@ -1,0 +1,152 @@
+"""Loads a Hugging Face causal LM, owns its paged KV cache and runs one packed forward per step."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import torch
+from transformers import AutoModelForCausalLM, PreTrainedModel
+
+from engine.config import EngineConfig
+from engine.model.kv_cache import kv_cache_shape
+from engine.model.memory import available_memory_bytes
+from engine.model.weights import TORCH_DTYPES, quantization_config, stored_weight_bytes
+from engine.model.paged_attention import PAGED_ATTENTION, build_metadata, register_paged_attention
+from engine.step_data import SchedulerOutput
+from engine.parallel.shard_loader import load_shard
+from engine.parallel.tp_layers import ShardGroup
+
+__all__ = ["ModelRunner", "plan_num_kv_blocks"]
+
+logger = logging.getLogger(__name__)
+
+
+def plan_num_kv_blocks(config: EngineConfig, bytes_per_block: int, max_model_len: int, free_bytes: int) -> int:
+    """KV blocks for a runner that may use `free_bytes` of memory: `num_kv_blocks` when set, else
+    `kv_cache_memory_fraction` of it, capped at what `max_num_seqs` full-length sequences use."""
+    if config.num_kv_blocks is not None:
+        return config.num_kv_blocks
+    fits = int(free_bytes * config.kv_cache_memory_fraction // bytes_per_block)
+    # More blocks than every sequence at full length can use only buys prefix-cache room.
+    useful = config.max_num_seqs * -(-max_model_len // config.block_size)
+    num_blocks = min(fits, useful)
+    if num_blocks < 1:
+        raise ValueError(
+            f"kv_cache_memory_fraction={config.kv_cache_memory_fraction} leaves no room for one KV block of "
+            f"{bytes_per_block} bytes in {free_bytes} free bytes"
+        )
+    return num_blocks
+
+
+class ModelRunner:
+    """The model (or one tensor-parallel shard of it) and its KV cache on one device.
+
+    Construction loads the weights and plans how many KV blocks fit; `allocate_kv_cache` then
+    allocates the pool, whose size the shards of one model must agree on.
+    """
+
+    def __init__(self, config: EngineConfig, shard: ShardGroup | None = None, memory_share: float = 1.0) -> None:
+        """`memory_share`: the part of the device's free memory this runner may plan for (shards
+        sharing one node's memory each take theirs)."""
+        self.config = config
+        self.memory_share = memory_share
+        self.shard = shard or ShardGroup(rank=0, world_size=1)
+        self.device = torch.device(config.device)
+        self.dtype = TORCH_DTYPES[config.dtype]
+        self.block_size = config.block_size
+        start = time.perf_counter()
+        self.model = self._load_model()
+        self.weight_bytes = stored_weight_bytes(self.model)
+        self.kv_shape = kv_cache_shape(self.model.config, config.dtype, self.shard.world_size)
+        self.max_model_len = self._resolve_max_model_len()
+        self.planned_kv_blocks = plan_num_kv_blocks(
+            config,
+            self.kv_shape.bytes_per_block(self.block_size),
+            self.max_model_len,
+            int(available_memory_bytes(self.device) * memory_share),
+        )
+        self.num_kv_blocks = 0
+        self.kv_caches: list[tuple[torch.Tensor, torch.Tensor]] = []
+        logger.info(
+            "loaded %s%s in %.1fs: weights %.1f MiB on %s",
+            config.model,
+            f" shard {self.shard.rank}/{self.shard.world_size}" if self.shard.world_size > 1 else "",
+            time.perf_counter() - start,
+            self.weight_bytes / 2**20,
+            self.device,
+        )
+
+    def allocate_kv_cache(self, num_blocks: int) -> None:
+        self.num_kv_blocks = num_blocks
+        self.kv_caches = self._allocate_kv_caches()
+        logger.info(
+            "KV cache %d blocks x %d tokens (%.1f MiB) on %s",
+            num_blocks,
+            self.block_size,
+            num_blocks * self.kv_shape.bytes_per_block(self.block_size) / 2**20,
+            self.device,
+        )
+
+    def _load_model(self) -> PreTrainedModel:
+        if self.shard.world_size > 1:
+            return load_shard(self.config.model, self.dtype, self.device, self.shard)
+        register_paged_attention()
+        model = AutoModelForCausalLM.from_pretrained(
+            self.config.model,
+            dtype=self.dtype,
+            attn_implementation=PAGED_ATTENTION,
+            device_map={"": self.device},
+            quantization_config=quantization_config(self.config.quantization, self.dtype),
+        )
+        return model.eval()
+
+    def _resolve_max_model_len(self) -> int:
+        model_limit = int(self.model.config.get_text_config().max_position_embeddings)
+        if self.config.max_model_len is None:
+            return model_limit
+        if self.config.max_model_len > model_limit:
+            raise ValueError(
+                f"max_model_len must be <= the model's max_position_embeddings ({model_limit}), "
+                f"got {self.config.max_model_len}"
+            )
+        return self.config.max_model_len
+
+    def _allocate_kv_caches(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        # Zeroed, not empty: padded context slots are masked, but 0 * NaN would still poison sums.
+        shape = (self.num_kv_blocks * self.block_size, self.kv_shape.num_kv_heads, self.kv_shape.head_dim)
+        return [
+            (
+                torch.zeros(shape, dtype=self.dtype, device=self.device),
+                torch.zeros(shape, dtype=self.dtype, device=self.device),
+            )
+            for _ in range(self.kv_shape.num_layers)
+        ]
+
+    @torch.inference_mode()
+    def forward(self, batch: SchedulerOutput) -> torch.Tensor:
+        """Run every scheduled chunk; return logits (N, V) for the N chunks that sample."""
+        chunks = batch.chunks
+        metadata, positions = build_metadata(
+            chunk_lengths=[len(chunk.token_ids) for chunk in chunks],
+            start_positions=[chunk.start_position for chunk in chunks],
+            block_tables=[chunk.block_ids for chunk in chunks],
+            block_size=self.block_size,
+            kv_caches=self.kv_caches,
+            device=self.device,
+        )
+        input_ids: list[int] = []
+        sample_index: list[int] = []  # packed index of the last token of each sampling chunk
+        for chunk in chunks:
+            input_ids.extend(chunk.token_ids)
+            if chunk.sampling is not None:
+                sample_index.append(len(input_ids) - 1)
+        outputs = self.model(
+            input_ids=torch.tensor([input_ids], device=self.device),  # (1, T)
+            position_ids=positions[None, :].to(self.device),  # (1, T)
+            use_cache=False,
+            # long even when empty: a step of prompt chunks that do not sample keeps no logits
+            logits_to_keep=torch.tensor(sample_index, dtype=torch.long, device=self.device),
+            paged_metadata=metadata,
+        )
+        return outputs.logits[0]  # (N, V)

@@ -1,0 +1,153 @@
+"""Per-request token choice inside one batch: penalties, greedy, temperature, top-k, top-p, seeded
+noise; and the logprobs to report.
+
+A random choice inverts the row's cumulative distribution, in token-id order, at one uniform number
+per row: `u = derive_seed(request seed, n) / 2**53`-ish for the request's output position n. So a
+request draws the same tokens whatever else shares its batch and however often it was preempted
+and recomputed; the uniform follows the token (raising the drawn token's probability keeps the
+draw); and a step costs a cumulative sum per row rather than a vocabulary of random numbers.
+
+Reported logprobs (of the chosen token and the top alternatives) are always those of the model's
+unmodified distribution: penalties, temperature, top-k and top-p only steer the choice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from engine.sampling_params import SamplingParams
+from engine.seeds import derive_seed
+from engine.step_data import SampledTokens
+
+__all__ = ["Sampler", "SamplingRow", "apply_penalties", "output_token_counts", "uniform_for"]
+
+
+@dataclass(frozen=True)
+class SamplingRow:
+    """What the sampler knows of the request behind one logits row."""
+
+    # The request's sampling settings.
+    params: SamplingParams
+    # Seed of the request's random choices.
+    seed: int
+    # Tokens the request generated before this one: selects this output position's uniform.
+    num_output_tokens: int
+    # Those tokens' ids, for the presence and frequency penalties; empty when the request has no
+    # penalty (nothing reads them then, so the scheduler does not copy them).
+    output_token_ids: list[int] = field(default_factory=list)
+
+
+def uniform_for(request_seed: int, output_position: int) -> float:
+    """The uniform number in [0, 1) that picks a request's token at one output position."""
+    return (derive_seed(request_seed, output_position) >> 10) / 2.0**53  # 53 bits: exact in float64
+
+
+def output_token_counts(token_id_lists: list[list[int]], vocab_size: int, device: torch.device) -> torch.Tensor:
+    """R lists of token ids -> (R, V) float32 counts: [r, t] = occurrences of t in list r."""
+    num_rows = len(token_id_lists)
+    lengths = torch.tensor([len(token_ids) for token_ids in token_id_lists], device=device)  # (R,)
+    row_index = torch.repeat_interleave(torch.arange(num_rows, device=device), lengths)  # (L,) all lists packed
+    token_ids = torch.tensor([t for token_ids in token_id_lists for t in token_ids], dtype=torch.long, device=device)
+    counts = torch.zeros(num_rows * vocab_size, device=device)
+    counts.scatter_add_(0, row_index * vocab_size + token_ids, torch.ones(len(token_ids), device=device))
+    return counts.view(num_rows, vocab_size)
+
+
+def apply_penalties(logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
+    """logits (N, V) -> logits less each row's presence and frequency penalties.
+
+    With c = counts of the row's generated tokens: logits - frequency_penalty * c -
+    presence_penalty * (c > 0). Rows without a penalty keep their logits bit for bit; the input
+    is never modified.
+    """
+    penalized = [i for i, row in enumerate(rows) if row.params.has_penalties]
+    if not penalized:
+        return logits
+    device = logits.device
+    counts = output_token_counts([rows[i].output_token_ids for i in penalized], logits.shape[-1], device)  # (R, V)
+    frequency = torch.tensor([rows[i].params.frequency_penalty for i in penalized], device=device)  # (R,)
+    presence = torch.tensor([rows[i].params.presence_penalty for i in penalized], device=device)  # (R,)
+    penalties = frequency[:, None] * counts + presence[:, None] * (counts > 0)  # (R, V)
+    return logits.index_add(0, torch.tensor(penalized, device=device), penalties, alpha=-1)
+
+
+class Sampler:
+    def sample(self, logits: torch.Tensor, rows: list[SamplingRow]) -> SampledTokens:
+        """logits (N, V), one row per entry of `rows` -> the chosen tokens with their logprobs and,
+        for rows that asked, the top logprobs; all under the model's unmodified distribution."""
+        logits = logits.float()
+        logprobs = torch.log_softmax(logits, dim=-1)  # (N, V) reported, before any penalty
+        logits = apply_penalties(logits, rows)
+        chosen = logits.argmax(dim=-1)  # (N,) greedy choice for every row
+        random_rows = [i for i, row in enumerate(rows) if not row.params.is_greedy]
+        if random_rows:
+            index = torch.tensor(random_rows, device=logits.device)
+            chosen[index] = self._sample_random(logits[index], [rows[i] for i in random_rows])
+        chosen_logprobs = logprobs.gather(-1, chosen[:, None]).squeeze(-1)
+        return SampledTokens(
+            token_ids=chosen.tolist(),
+            logprobs=chosen_logprobs.tolist(),
+            top_logprobs=self._top_logprobs(logprobs, rows),
+        )
+
+    @staticmethod
+    def _top_logprobs(logprobs: torch.Tensor, rows: list[SamplingRow]) -> list[list[tuple[int, float]]]:
+        """logprobs (N, V) -> per row, its `top_logprobs` most likely (token id, logprob), most
+        likely first; [] for rows that asked for none. One topk over the rows that asked."""
+        top: list[list[tuple[int, float]]] = [[] for _ in rows]
+        asking = [i for i, row in enumerate(rows) if row.params.top_logprobs > 0]
+        if not asking:
+            return top
+        k = min(max(rows[i].params.top_logprobs for i in asking), logprobs.shape[-1])
+        values, token_ids = logprobs[torch.tensor(asking, device=logprobs.device)].topk(k, dim=-1)  # (R, k)
+        for i, row_token_ids, row_values in zip(asking, token_ids.tolist(), values.tolist()):
+            num_wanted = rows[i].params.top_logprobs
+            top[i] = list(zip(row_token_ids[:num_wanted], row_values[:num_wanted]))
+        return top
+
+    def _sample_random(self, logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
+        """logits (R, V) of rows with temperature > 0 -> (R,) sampled token ids."""
+        device = logits.device
+        temperatures = torch.tensor([row.params.temperature for row in rows], device=device)
+        scaled = _keep_top_k_top_p(logits / temperatures[:, None], rows)  # (R, V), dropped tokens -inf
+        probs = torch.softmax(scaled, dim=-1, dtype=torch.float64)  # float64: cumulative sums stay exact
+        cumulative = probs.cumsum(dim=-1)  # (R, V)
+        total = cumulative[:, -1:]  # (R, 1), 1 up to rounding
+        uniforms = torch.tensor(
+            [uniform_for(row.seed, row.num_output_tokens) for row in rows], dtype=torch.float64, device=device
+        )
+        # Below the total, so the first cumulative sum above it is a token with probability > 0.
+        targets = torch.minimum(uniforms[:, None] * total, torch.nextafter(total, torch.zeros_like(total)))
+        return torch.searchsorted(cumulative, targets, right=True).squeeze(-1)
+
+
+def _keep_top_k_top_p(scaled: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
+    """scaled logits (R, V) -> the same with tokens outside each row's top-k and top-p set to -inf.
+
+    Only rows with a top-k or top-p < 1 are sorted; the others are returned as they are.
+    """
+    vocab_size = scaled.shape[-1]
+    limited = [i for i, row in enumerate(rows) if row.params.top_k or row.params.top_p < 1.0]
+    if not limited:
+        return scaled
+    device = scaled.device
+    index = torch.tensor(limited, device=device)
+    sorted_logits, sorted_ids = scaled[index].sort(dim=-1, descending=True)  # (L, V)
+
+    # top-k: drop ranks >= k (k = 0 keeps all).
+    top_k = torch.tensor([min(rows[i].params.top_k or vocab_size, vocab_size) for i in limited], device=device)
+    ranks = torch.arange(vocab_size, device=device)[None, :]
+    sorted_logits = sorted_logits.masked_fill(ranks >= top_k[:, None], float("-inf"))
+
+    # top-p: drop a token when the mass before it already reaches top_p (the top one stays).
+    # top_p = 1 keeps everything: float rounding can push the running sum past 1.
+    top_p = torch.tensor([rows[i].params.top_p if rows[i].params.top_p < 1.0 else float("inf") for i in limited])
+    sorted_probs = torch.softmax(sorted_logits, dim=-1)
+    mass_before = torch.cumsum(sorted_probs, dim=-1) - sorted_probs
+    sorted_logits = sorted_logits.masked_fill(mass_before >= top_p.to(device)[:, None], float("-inf"))
+
+    kept = scaled.clone()
+    kept[index] = torch.empty_like(sorted_logits).scatter_(-1, sorted_ids, sorted_logits)  # back to token order
+    return kept

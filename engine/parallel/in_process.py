@@ -1,0 +1,57 @@
+"""The model in this process (tensor_parallel_size == 1), and the forward-then-sample every
+executor's rank 0 runs."""
+
+from __future__ import annotations
+
+import os
+
+from transformers import GenerationConfig, PretrainedConfig
+
+from engine.config import EngineConfig
+from engine.model.model_runner import ModelRunner
+from engine.model.sampler import Sampler, SamplingRow
+from engine.outputs import ShardInfo
+from engine.step_data import SampledTokens, SchedulerOutput
+
+__all__ = ["InProcessExecutor", "sample_batch"]
+
+
+def sample_batch(runner: ModelRunner, sampler: Sampler, batch: SchedulerOutput) -> SampledTokens:
+    """Run the batch's forward and sample the chunks that end a sequence's known tokens."""
+    logits = runner.forward(batch)  # (N, V), one row per sampling chunk
+    rows = [
+        SamplingRow(chunk.sampling, chunk.seed, chunk.num_output_tokens, chunk.output_token_ids)
+        for chunk in batch.chunks
+        if chunk.sampling is not None
+    ]
+    if not rows:
+        return SampledTokens(token_ids=[], logprobs=[], top_logprobs=[])
+    return sampler.sample(logits, rows)
+
+
+class InProcessExecutor:
+    """The model in this process (tensor_parallel_size == 1)."""
+
+    def __init__(self, config: EngineConfig) -> None:
+        self.runner = ModelRunner(config)
+        self.runner.allocate_kv_cache(self.runner.planned_kv_blocks)
+        self.sampler = Sampler()
+        self.model_config: PretrainedConfig = self.runner.model.config
+        self.generation_config: GenerationConfig | None = self.runner.model.generation_config
+        self.num_kv_blocks = self.runner.num_kv_blocks
+        self.max_model_len = self.runner.max_model_len
+
+    def execute(self, batch: SchedulerOutput) -> SampledTokens:
+        return sample_batch(self.runner, self.sampler, batch)
+
+    def shards(self) -> list[ShardInfo]:
+        runner = self.runner
+        return [
+            ShardInfo(0, node_id=None, device=str(runner.device), weight_bytes=runner.weight_bytes, pid=os.getpid())
+        ]
+
+    def check_health(self) -> None:
+        """Nothing to check: the model lives and dies with this process."""
+
+    def close(self) -> None:
+        """Nothing to release beyond what garbage collection frees."""

@@ -1,0 +1,68 @@
+"""The plain data crossing one engine step: schedule -> execute -> update.
+
+    Scheduler.schedule() ──SchedulerOutput──▶ Executor.execute() ──SampledTokens──▶ Scheduler.update()
+
+Lists of ints and floats only (no torch), since a batch crosses to tensor-parallel shard processes
+and back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from engine.sampling_params import SamplingParams
+
+__all__ = ["SampledTokens", "ScheduledChunk", "SchedulerOutput"]
+
+
+@dataclass
+class ScheduledChunk:
+    """Tokens of one sequence to run in this step."""
+
+    request_id: str
+    # The tokens to compute: the sequence's tokens [start_position, start_position + len).
+    token_ids: list[int]
+    # Tokens already in the KV cache before this chunk (== position of token_ids[0]).
+    start_position: int
+    # The sequence's block table, long enough for start_position + len(token_ids) tokens.
+    block_ids: list[int]
+    # Sampling settings when this chunk ends at the sequence's last token (it then samples the
+    # next token); None for a prompt chunk that is not the last.
+    sampling: SamplingParams | None
+    # Seed of this request's sampling noise, and how many tokens it generated before this step
+    # (so each position draws its own noise, independent of batch and preemption).
+    seed: int
+    num_output_tokens: int
+    # The tokens it generated before this step, counted by the presence and frequency penalties
+    # (generated tokens survive preemption, so recompute sees the same counts). Filled only for a
+    # sampling chunk of a request with a penalty; empty otherwise, to spare the copy.
+    output_token_ids: list[int] = field(default_factory=list)
+
+
+@dataclass
+class SchedulerOutput:
+    """One step's batch, in the order the runner packs it."""
+
+    chunks: list[ScheduledChunk] = field(default_factory=list)
+    # Sequences evicted in this step to free KV blocks.
+    preempted_ids: list[str] = field(default_factory=list)
+
+    @property
+    def num_batched_tokens(self) -> int:
+        return sum(len(chunk.token_ids) for chunk in self.chunks)
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.chunks
+
+
+@dataclass
+class SampledTokens:
+    """What the executor sampled: one entry per chunk whose `sampling` is set, in chunk order."""
+
+    token_ids: list[int]
+    # Logprob of each sampled token under the model's unmodified distribution.
+    logprobs: list[float]
+    # Per sampled token, the `params.top_logprobs` most likely (token id, logprob) pairs under the
+    # same distribution, most likely first; [] where the request asked for none.
+    top_logprobs: list[list[tuple[int, float]]]
