@@ -11,7 +11,6 @@ from engine import EngineConfig, EngineStats, LLMEngine, SamplingParams
 
 __all__ = [
     "engine_config",
-    "kv_waste",
     "drive_engine",
     "run_engine",
     "run_continuous",
@@ -35,12 +34,8 @@ def engine_config(settings: BenchSettings, scheduling: str, prefix_caching: bool
     )
 
 
-def kv_waste(stats: EngineStats, block_size: int) -> float:
-    return 1.0 - stats.kv_tokens_stored / (stats.kv_blocks_used * block_size)
-
-
 def drive_engine(
-    engine: LLMEngine, requests: list[Request], id_prefix: str, block_size: int
+    engine: LLMEngine, requests: list[Request], id_prefix: str
 ) -> tuple[list[list[int]], list[float]]:
     """Runs the requests to completion; returns their tokens and the KV waste after each step that held KV."""
     request_ids = [f"{id_prefix}{index}" for index in range(len(requests))]
@@ -55,7 +50,7 @@ def drive_engine(
                 generated[output.request_id] = output.token_ids
         stats = engine.stats()
         if stats.kv_blocks_used:
-            wastes.append(kv_waste(stats, block_size))
+            wastes.append(stats.kv_waste)
     return [generated[request_id] for request_id in request_ids], wastes
 
 
@@ -67,10 +62,10 @@ def run_engine(
     prefix_caching: bool,
 ) -> RunResult:
     engine = LLMEngine(engine_config(settings, scheduling, prefix_caching))
-    drive_engine(engine, warmup, "warmup-", settings.block_size)
+    drive_engine(engine, warmup, "warmup-")
     before = engine.stats()
     start = time.perf_counter()
-    generated, wastes = drive_engine(engine, workload.requests, "request-", settings.block_size)
+    generated, wastes = drive_engine(engine, workload.requests, "request-")
     seconds = time.perf_counter() - start
     after = engine.stats()
     check_lengths(workload.requests, generated, f"engine ({scheduling})")

@@ -1,8 +1,11 @@
-"""Session-wide fixtures: tiny random-weight models written once per test session."""
+"""Session-wide fixtures: tiny random-weight models written once per test session; and the test
+order: tests/cluster first, whatever order the paths are given in."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Protocol, TypeVar
 
 import pytest
 import torch
@@ -11,6 +14,32 @@ from engine.demo.tiny_models import ARCHITECTURES, TinyModelSpec, write_tiny_mod
 
 # Two threads match the CI machine; more only adds contention there.
 torch.set_num_threads(2)
+
+CLUSTER_TESTS_DIR = Path(__file__).parent / "cluster"
+
+
+class _HasPath(Protocol):
+    @property
+    def path(self) -> Path: ...
+
+
+_Item = TypeVar("_Item", bound=_HasPath)
+
+
+def cluster_tests_first(items: Sequence[_Item], cluster_dir: Path = CLUSTER_TESTS_DIR) -> list[_Item]:
+    """`items` with every test under `cluster_dir` moved before all others; a stable partition, so
+    the order within each part (and so any fixture grouping pytest made) stays as it was."""
+    cluster = [item for item in items if item.path.is_relative_to(cluster_dir)]
+    rest = [item for item in items if not item.path.is_relative_to(cluster_dir)]
+    return cluster + rest
+
+
+@pytest.hookimpl(trylast=True)  # after pytest groups the items by fixture scope
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # tests/cluster starts its own two-node Ray cluster and needs a process where Ray has not been
+    # initialized yet; tests/serve starts a session-wide single-node Ray that stays up until the
+    # session ends. Running the cluster tests first makes e.g. `pytest tests/serve tests/cluster` work.
+    items[:] = cluster_tests_first(items)
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,8 @@ releases it on `close()`.
 The engine (scheduler) stays in the caller's process; each step's batch goes to every shard, the
 shards run the forward in lockstep, and rank 0 returns the sampled tokens. A shard that dies
 fails the step at once (the executor waits on all shards, first failure first, rather than on
-rank 0, which would block in a collective); `check_health` pings every shard.
+rank 0, which would block in a collective); `check_health` pings every shard, on a thread of its
+own, so a long step or load never makes a live shard look dead.
 """
 
 from __future__ import annotations
@@ -35,14 +36,16 @@ from engine.step_data import SampledTokens, SchedulerOutput
 from engine.parallel.placement import check_shardable, shard_bundles
 from engine.parallel.shard_worker import ShardLoadReport, ShardWorker
 
-__all__ = ["TensorParallelExecutor"]
+__all__ = ["TensorParallelExecutor", "spawn_shard"]
 
 logger = logging.getLogger(__name__)
 
 # How long to wait for the cluster to place the shards before giving up.
 PLACEMENT_TIMEOUT_S = 300.0
-# How long every shard may take to answer a health ping (it answers between steps).
+# How long every shard may take to answer a health ping (it answers even mid-step: see below).
 HEALTH_PING_TIMEOUT_S = 20.0
+# The shard actors' concurrency group for `ping`, with a thread of its own.
+_HEALTH_GROUP = "health"
 
 
 class _ShardActor(ShardWorker):
@@ -58,11 +61,27 @@ class _ShardActor(ShardWorker):
     def open_node_store(self) -> int:
         return self.open_store(ray.util.get_node_ip_address())
 
+    # A shard actor runs one method at a time, so a ping in the default group would queue behind a
+    # step (or `load`) that runs longer than HEALTH_PING_TIMEOUT_S and a live replica would be
+    # reported dead. `ping` therefore runs in a concurrency group of its own (one thread), and it
+    # touches no shard state, so it is safe beside a step. Every other method stays in the default
+    # group, of one thread, so steps, loads and allocations remain serialized in submission order.
+    @ray.method(concurrency_group=_HEALTH_GROUP)
     def ping(self) -> None:
-        """Answers once the shard is between steps."""
+        """Answers while the actor's process is alive and serving calls, even in the middle of a step."""
 
 
-_RemoteShard = ray.remote(_ShardActor)
+# `concurrency_groups` can only be given to `ray.remote`, not to `.options()`.
+_RemoteShard = ray.remote(concurrency_groups={_HEALTH_GROUP: 1})(_ShardActor)
+
+
+def spawn_shard(config: EngineConfig, group: PlacementGroup, rank: int) -> Any:
+    """Start shard `rank`'s actor in bundle `rank` of `group`: its CPUs, and on CUDA one GPU."""
+    return _RemoteShard.options(
+        num_cpus=config.cpus_per_shard,
+        num_gpus=1 if config.device.startswith("cuda") else 0,
+        scheduling_strategy=PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=rank),
+    ).remote(config, rank)
 
 
 class TensorParallelExecutor:
@@ -77,7 +96,7 @@ class TensorParallelExecutor:
         self._workers: list[Any] = []
         try:
             group = self._placement_group()
-            self._workers = [self._spawn(group, rank) for rank in range(config.tensor_parallel_size)]
+            self._workers = [spawn_shard(config, group, rank) for rank in range(config.tensor_parallel_size)]
             nodes: list[tuple[str, str]] = self._on_every_shard("node")
             port = ray.get(self._workers[0].open_node_store.remote())
             reports: list[ShardLoadReport] = self._on_every_shard_each(
@@ -145,13 +164,6 @@ class TensorParallelExecutor:
                 f"{ray.cluster_resources()}"
             ) from error
         return group
-
-    def _spawn(self, group: PlacementGroup, rank: int) -> Any:
-        return _RemoteShard.options(
-            num_cpus=self.config.cpus_per_shard,
-            num_gpus=1 if self.config.device.startswith("cuda") else 0,
-            scheduling_strategy=PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=rank),
-        ).remote(self.config, rank)
 
     def _on_every_shard(self, method: str, *args: object) -> list[Any]:
         """Call `method` on every shard; results by rank. The first shard to fail raises at once."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,8 @@ from ray.cluster_utils import Cluster
 from deployments.tools.planner import ModelDims, load_model_config, shard_weight_bytes
 from engine import AsyncLLMEngine, EngineConfig, EngineDeadError, LLMEngine, SamplingParams
 from engine.demo.tiny_models import TinyModelSpec, write_tiny_model
+from engine.parallel.placement import shard_bundles
+from engine.parallel.tp_executor import spawn_shard
 from tests.engine.hf_reference import hf_greedy
 
 PROMPTS = [[5, 6, 7, 8], [40, 41, 42, 43, 44, 45, 46], [300, 301]]
@@ -93,3 +96,28 @@ def test_a_killed_shard_ends_the_request_in_flight_and_fails_health(two_node_clu
             await engine.shutdown()
 
     asyncio.run(scenario())
+
+
+def test_a_shard_answers_health_pings_while_a_long_call_blocks_it(two_node_cluster: Cluster, llama_dir: Path) -> None:
+    # Rank 0's `load` blocks in torch.distributed's init, waiting for rank 1, which never loads: a
+    # stand-in for a step longer than the health timeout. The ping must not queue behind it.
+    config = spread_config(llama_dir)
+    group = ray.util.placement_group(shard_bundles(config), strategy=config.placement_strategy)
+    ray.get(group.ready(), timeout=120)
+    shards = [spawn_shard(config, group, rank) for rank in range(config.tensor_parallel_size)]
+    try:
+        host = ray.get(shards[0].node.remote(), timeout=120)[1]
+        port = ray.get(shards[0].open_node_store.remote(), timeout=60)
+        loading = shards[0].load.remote(host, port, 1)
+        ready, _ = ray.wait([loading], timeout=3)
+        assert not ready, "rank 0 loaded alone; the test needs a call that blocks"
+        for _ in range(3):
+            started = time.monotonic()
+            ray.get(shards[0].ping.remote(), timeout=5)
+            assert time.monotonic() - started < 5
+        ready, _ = ray.wait([loading], timeout=0)
+        assert not ready  # the ping really ran beside the blocked call
+    finally:
+        for shard in shards:
+            ray.kill(shard, no_restart=True)
+        ray.util.remove_placement_group(group)

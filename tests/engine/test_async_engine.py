@@ -201,6 +201,37 @@ def test_stream_interval_merges_steps_and_still_ends_at_once(sync_engine: LLMEng
     assert seconds < 30.0
 
 
+def test_no_stream_interval_yields_only_the_final_output(sync_engine: LLMEngine) -> None:
+    expected = sync_engine.generate([[7, 8, 9]], GREEDY)[0]
+
+    async def scenario() -> list[RequestOutput]:
+        engine = AsyncLLMEngine.from_engine(sync_engine)
+        await engine.start()
+        try:
+            return [delta async for delta in engine.generate("whole", [7, 8, 9], GREEDY, stream_interval_s=None)]
+        finally:
+            await engine.shutdown()
+
+    (only,) = asyncio.run(scenario())
+    assert only.finished
+    assert only.new_token_ids == only.token_ids == expected.token_ids
+    assert only.delta_text == only.text == expected.text
+
+
+def test_the_started_engine_exposes_its_tokenizer_and_context_limit(sync_engine: LLMEngine) -> None:
+    async def scenario() -> tuple[object, int]:
+        engine = AsyncLLMEngine.from_engine(sync_engine)
+        await engine.start()
+        try:
+            return engine.tokenizer, engine.context_limit
+        finally:
+            await engine.shutdown()
+
+    tokenizer, context_limit = asyncio.run(scenario())
+    assert tokenizer is sync_engine.tokenizer
+    assert context_limit == sync_engine.context_limit
+
+
 def test_cancelling_a_request_whose_add_is_still_queued_keeps_the_engine_serving(sync_engine: LLMEngine) -> None:
     async def scenario() -> None:
         engine = AsyncLLMEngine.from_engine(sync_engine)

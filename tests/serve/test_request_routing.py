@@ -19,6 +19,7 @@ import pytest
 from ray import serve
 from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
+from autoscaling import LoadSignals
 from deployments.app import build_app
 from deployments.generation import GenerationChunk, GenerationRequest
 from engine import SamplingParams
@@ -90,7 +91,7 @@ async def stop(llm: DeploymentHandle, streams: list[DeploymentResponseGenerator]
     deadline = time.monotonic() + IDLE_TIMEOUT_S
     while True:
         signals = await llm.broadcast("load_signals").results_async(timeout_s=IDLE_TIMEOUT_S)
-        if all(signal["idle_s"] > 0 and not signal["running"] + signal["waiting"] for signal in signals):
+        if all(signal.idle_s > 0 and not signal.num_sequences for signal in signals):
             return
         if time.monotonic() > deadline:
             raise TimeoutError(f"replicas still busy {IDLE_TIMEOUT_S}s after cancelling: {signals}")
@@ -109,7 +110,7 @@ def test_new_requests_avoid_the_replica_kept_busy(llm: DeploymentHandle) -> None
     # under one hashed chunk, so only load decides where they go.
     busy_prefix = "Write a very long story about a lighthouse keeper. " * 4
 
-    async def scenario() -> tuple[list[str], list[str], list[dict[str, float]]]:
+    async def scenario() -> tuple[list[str], list[str], list[LoadSignals]]:
         busy = [await start(llm, generation(busy_prefix + f"Story {i}.", LONG_TOKENS)) for i in range(3)]
         try:
             served = [await run(llm, generation(f"short {i}", SHORT_TOKENS)) for i in range(20)]
@@ -122,7 +123,7 @@ def test_new_requests_avoid_the_replica_kept_busy(llm: DeploymentHandle) -> None
     busy_replica, num_busy = Counter(busy_ids).most_common(1)[0]
     assert num_busy >= 2, f"the long generations were not kept together: {busy_ids}"
     # They were still generating when the last short request was routed.
-    assert max(signal["running"] for signal in signals) >= num_busy
+    assert max(signal.num_running for signal in signals) >= num_busy
     num_elsewhere = sum(replica_id != busy_replica for replica_id in served)
     assert num_elsewhere >= 16, f"only {num_elsewhere} of 20 short requests avoided the busy replica"
 

@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import pytest
 
-from autoscaling import PendingScale, ReplicaLoad, ScalingSettings, ScalingSignals, decide
+from autoscaling import PendingScale, LoadSignals, ScalingSettings, ScalingSignals, decide
 
 SETTINGS = ScalingSettings(
     min_replicas=0,
@@ -19,12 +19,12 @@ SETTINGS = ScalingSettings(
 )
 
 
-def replica(waiting: float = 0.0, running: float = 0.0, kv_usage: float = 0.1, idle_s: float = 0.0) -> ReplicaLoad:
-    return ReplicaLoad(num_waiting=waiting, num_running=running, kv_usage=kv_usage, idle_s=idle_s)
+def replica(waiting: float = 0.0, running: float = 0.0, kv_usage: float = 0.1, idle_s: float = 0.0) -> LoadSignals:
+    return LoadSignals(num_waiting=waiting, num_running=running, kv_usage=kv_usage, idle_s=idle_s)
 
 
 def fleet(
-    *replicas: ReplicaLoad, queued: float = 0.0, target: int | None = None, num_missing: int = 0
+    *replicas: LoadSignals, queued: float = 0.0, target: int | None = None, num_missing: int = 0
 ) -> ScalingSignals:
     """A deployment whose running replicas are `replicas` plus `num_missing` silent ones; the target
     defaults to the running count (a fleet at rest)."""

@@ -10,6 +10,7 @@ from ray.serve._private.common import DeploymentID, ReplicaID
 from ray.serve.autoscaling_policy import _apply_autoscaling_config
 from ray.serve.config import AutoscalingConfig, AutoscalingContext, AutoscalingPolicy
 
+from autoscaling import METRIC_NAMES, LoadSignals
 from autoscaling.serve_policy import PENDING_STATE_KEY, LLMAutoscalingPolicy
 
 IMPORT_PATH = "autoscaling.serve_policy:LLMAutoscalingPolicy"
@@ -49,7 +50,7 @@ def context(
 ) -> AutoscalingContext:
     """A context as Serve's controller builds one for a deployment."""
     # Serve's count of ongoing requests: queued at handles plus running at replicas.
-    ongoing = queued + sum((metrics or {}).get("running", {}).values())
+    ongoing = queued + sum((metrics or {}).get("num_running", {}).values())
     return AutoscalingContext(
         deployment_id=DEPLOYMENT,
         deployment_name=DEPLOYMENT.name,
@@ -73,12 +74,11 @@ def context(
 
 def reports(**per_replica: tuple[float, float, float, float]) -> dict[str, dict[ReplicaID, float]]:
     """Aggregated metrics from (waiting, running, kv_usage, idle_s) per replica name."""
-    metrics: dict[str, dict[ReplicaID, float]] = {"waiting": {}, "running": {}, "kv_usage": {}, "idle_s": {}}
+    metrics: dict[str, dict[ReplicaID, float]] = {name: {} for name in METRIC_NAMES}
     for name, (waiting, running, kv_usage, idle_s) in per_replica.items():
-        metrics["waiting"][replica_id(name)] = waiting
-        metrics["running"][replica_id(name)] = running
-        metrics["kv_usage"][replica_id(name)] = kv_usage
-        metrics["idle_s"][replica_id(name)] = idle_s
+        signals = LoadSignals(num_waiting=waiting, num_running=running, kv_usage=kv_usage, idle_s=idle_s)
+        for metric, value in signals.to_metrics().items():
+            metrics[metric][replica_id(name)] = value
     return metrics
 
 

@@ -63,3 +63,15 @@ def test_requests_that_asked_for_no_top_logprobs_report_empty_lists() -> None:
     assert final["r0"].top_logprobs == [top_of(40), top_of(50)]
     assert (final["r1"].logprobs, final["r1"].top_logprobs, final["r1"].new_top_logprobs) == ([-0.25, -0.25], [], [])
     assert (final["r2"].logprobs, final["r2"].top_logprobs, final["r2"].new_top_logprobs) == ([], [], [])
+
+
+def test_outputs_share_the_requests_history_instead_of_copying_it_each_step() -> None:
+    params = SamplingParams(max_tokens=3, logprobs=True)
+    outputs = [step[0] for step in run_steps([params], [40, 50, 60])]
+
+    # One history, appended to by the engine: each output reads its own prefix of it.
+    assert all(output.history.token_ids is outputs[0].history.token_ids for output in outputs)
+    assert [output.num_generated_tokens for output in outputs] == [1, 2, 3]
+    assert [output.token_ids for output in outputs] == [[40], [40, 50], [40, 50, 60]]
+    assert [output.new_token_ids for output in outputs] == [[40], [50], [60]]
+    assert outputs[0].logprobs == [-0.25]

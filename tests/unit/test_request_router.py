@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 from typing import Any
 
@@ -10,29 +11,36 @@ import pytest
 from ray.serve._private.common import DeploymentHandleSource, DeploymentID, RequestMetadata
 from ray.serve.request_router import PendingRequest, ReplicaID
 
+from autoscaling import LoadSignals
 from deployments.generation import ChatMessage, GenerationRequest
-from deployments.routing.serve_router import (
-    LLMRequestRouter,
+from deployments.routing import serve_router
+from deployments.routing.policy import (
     PrefixIndex,
-    ReplicaLoad,
+    ReplicaCandidate,
     RoutingPolicy,
     choose_replica,
-    kv_usage_of,
     load_score,
     prompt_bytes,
     prompt_chunk_hashes,
 )
+from deployments.routing.serve_router import LLMRequestRouter
 from engine import SamplingParams
 
 POLICY = RoutingPolicy(imbalance_threshold=2.0, kv_usage_weight=4.0)
 DEPLOYMENT = DeploymentID(name="LLMServer:tiny", app_name="routing")
 
 
-def load(replica_id: str, num_ongoing: int, kv_usage: float = 0.0, max_ongoing: int = 8) -> ReplicaLoad:
-    return ReplicaLoad(replica_id, num_ongoing, max_ongoing, kv_usage)
+def signals(kv_usage: float = 0.0, num_sequences: float = 0.0) -> LoadSignals:
+    return LoadSignals(num_waiting=0.0, num_running=num_sequences, kv_usage=kv_usage, idle_s=0.0)
 
 
-def choose(loads: list[ReplicaLoad], affine: str | None = None, seed: int = 0) -> str | None:
+def load(
+    replica_id: str, num_ongoing: int, kv_usage: float = 0.0, max_ongoing: int = 8, num_sequences: float = 0.0
+) -> ReplicaCandidate:
+    return ReplicaCandidate(replica_id, num_ongoing, max_ongoing, signals(kv_usage, num_sequences))
+
+
+def choose(loads: list[ReplicaCandidate], affine: str | None = None, seed: int = 0) -> str | None:
     return choose_replica(loads, affine, POLICY, random.Random(seed))
 
 
@@ -42,8 +50,8 @@ def completion(prompt: str | list[int]) -> GenerationRequest:
     )
 
 
-def chat(*contents: str) -> GenerationRequest:
-    messages = [ChatMessage(role="user", content=content) for content in contents]
+def chat(*contents: str, name: str | None = None) -> GenerationRequest:
+    messages = [ChatMessage(role="user", content=content, name=name) for content in contents]
     return GenerationRequest(
         request_id="r", prompt=None, messages=messages, params=SamplingParams(max_tokens=4), max_tokens=4
     )
@@ -55,6 +63,29 @@ def chat(*contents: str) -> GenerationRequest:
 def test_score_is_ongoing_requests_plus_weighted_kv_usage() -> None:
     assert load_score(load("a", 3, kv_usage=0.5), kv_usage_weight=4.0) == 5.0
     assert load_score(load("a", 3, kv_usage=0.5), kv_usage_weight=0.0) == 3.0
+
+
+def test_score_counts_a_requests_n_choices_from_the_engines_sequences() -> None:
+    # One ongoing request with n=4 choices: four engine sequences.
+    assert load_score(load("a", 1, num_sequences=4.0), kv_usage_weight=4.0) == 4.0
+    # The fresh probe still counts when the stats are a period old and show fewer.
+    assert load_score(load("a", 3, num_sequences=1.0), kv_usage_weight=4.0) == 3.0
+    engine = LoadSignals(num_waiting=2.0, num_running=3.0, kv_usage=0.0, idle_s=0.0)
+    waiting_and_running = ReplicaCandidate("a", 1, 8, engine)
+    assert load_score(waiting_and_running, kv_usage_weight=0.0) == 5.0
+
+
+def test_a_replica_running_more_sequences_than_its_ongoing_requests_loses() -> None:
+    # Both probe two ongoing requests; "a"'s engine runs eight sequences (requests with n=4).
+    assert choose([load("a", 2, num_sequences=8.0), load("b", 2, num_sequences=2.0)]) == "b"
+    # Enough to outweigh "a"'s prefix affinity too.
+    assert choose([load("a", 2, num_sequences=8.0), load("b", 2, num_sequences=2.0)], affine="a") == "b"
+
+
+def test_a_replica_without_stats_scores_by_its_ongoing_requests() -> None:
+    fresh = ReplicaCandidate("new", 2, 8, None)
+    assert load_score(fresh, kv_usage_weight=4.0) == 2.0
+    assert choose([fresh, load("old", 2, kv_usage=0.5)]) == "new"
 
 
 def test_lowest_score_wins() -> None:
@@ -105,15 +136,30 @@ def test_affine_replica_unknown_to_the_loads_is_ignored() -> None:
     assert choose([load("a", 2), load("b", 1)], affine="gone") == "b"
 
 
+def kv_usage_from_stats(stats: dict[str, Any]) -> float:
+    """The KV usage routing sees for a replica whose last routing stats are `stats`."""
+    return ReplicaCandidate("a", 0, 8, LoadSignals.from_metrics(stats)).kv_usage
+
+
+def full_stats(kv_usage: Any) -> dict[str, Any]:
+    return {**signals().to_metrics(), "kv_usage": kv_usage}
+
+
 def test_missing_or_malformed_stats_count_as_an_empty_kv_pool() -> None:
-    assert kv_usage_of({}) == 0.0
-    assert kv_usage_of({"waiting": 3.0}) == 0.0
-    assert kv_usage_of({"kv_usage": None}) == 0.0
-    assert kv_usage_of({"kv_usage": "full"}) == 0.0
-    assert kv_usage_of({"kv_usage": float("nan")}) == 0.0
-    assert kv_usage_of({"kv_usage": 0.25}) == 0.25
-    assert kv_usage_of({"kv_usage": 1.5}) == 1.0
-    assert kv_usage_of({"kv_usage": -1}) == 0.0
+    assert kv_usage_from_stats({}) == 0.0
+    assert kv_usage_from_stats({"num_waiting": 3.0}) == 0.0
+    assert kv_usage_from_stats({"kv_usage": 0.5}) == 0.0  # the other signals not reported
+    assert kv_usage_from_stats(full_stats(None)) == 0.0
+    assert kv_usage_from_stats(full_stats("full")) == 0.0
+    assert kv_usage_from_stats(full_stats(float("nan"))) == 0.0
+    assert kv_usage_from_stats(full_stats(0.25)) == 0.25
+
+
+def test_kv_usage_is_clamped_to_zero_to_one() -> None:
+    assert kv_usage_from_stats(full_stats(1.5)) == 1.0
+    assert kv_usage_from_stats(full_stats(-1)) == 0.0
+    assert load("a", 0, kv_usage=7.0).kv_usage == 1.0
+    assert load_score(load("a", 0, kv_usage=7.0), kv_usage_weight=4.0) == 4.0
 
 
 @pytest.mark.parametrize(
@@ -158,6 +204,16 @@ def test_a_growing_conversation_keeps_its_earlier_chunks() -> None:
     later = prompt_chunk_hashes(prompt_bytes(chat(system, "Bonjour", "Comment ça va ? " * 5)), 64)
     assert len(earlier) >= 3
     assert later[: len(earlier)] == earlier
+
+
+def test_a_chat_messages_name_is_part_of_its_prefix() -> None:
+    text = "hello " * 30
+    anonymous = prompt_chunk_hashes(prompt_bytes(chat(text, text)), 64)
+    named = prompt_chunk_hashes(prompt_bytes(chat(text, text, name="alice")), 64)
+    other = prompt_chunk_hashes(prompt_bytes(chat(text, text, name="bob")), 64)
+    assert prompt_bytes(chat(text, name="alice")) != prompt_bytes(chat(text))
+    assert len({anonymous[-1], named[-1], other[-1]}) == 3
+    assert named == prompt_chunk_hashes(prompt_bytes(chat(text, text, name="alice")), 64)
 
 
 def test_text_token_ids_and_chat_never_share_a_prefix() -> None:
@@ -221,11 +277,14 @@ def test_prefixes_of_replicas_that_are_gone_are_forgotten() -> None:
 class FakeReplica:
     """What the router reads from a RunningReplica: id, capacity, routing stats and a queue probe."""
 
-    def __init__(self, unique_id: str, num_ongoing: int | None, kv_usage: float | None = None) -> None:
+    def __init__(
+        self, unique_id: str, num_ongoing: int | None, kv_usage: float | None = None, num_sequences: float = 0.0
+    ) -> None:
         self.replica_id = ReplicaID(unique_id=unique_id, deployment_id=DEPLOYMENT)
         self.num_ongoing = num_ongoing  # None: the probe never answers
         self.max_ongoing_requests = 8
-        self.routing_stats: dict[str, Any] = {} if kv_usage is None else {"kv_usage": kv_usage}
+        # As LLMServer.record_routing_stats reports them; empty before the first report.
+        self.routing_stats: dict[str, Any] = {} if kv_usage is None else signals(kv_usage, num_sequences).to_metrics()
 
     async def get_queue_len(self, *, deadline_s: float) -> int:
         if self.num_ongoing is None:
@@ -242,13 +301,28 @@ def new_router(**kwargs: Any) -> LLMRequestRouter:
     return router
 
 
+_request_ids = itertools.count()
+
+
 def pending(request: GenerationRequest) -> PendingRequest:
-    metadata = RequestMetadata(request_id="r", internal_request_id="r", call_method="generate", is_streaming=True)
+    """A new request as Serve queues it: each gets its own internal id."""
+    internal_id = f"internal-{next(_request_ids)}"
+    metadata = RequestMetadata(
+        request_id=request.request_id, internal_request_id=internal_id, call_method="generate", is_streaming=True
+    )
     return PendingRequest(args=[request], kwargs={}, metadata=metadata)
 
 
 def chosen_ids(ranks: list[list[Any]]) -> list[list[str]]:
     return [[replica.replica_id.unique_id for replica in rank] for rank in ranks]
+
+
+async def route(router: LLMRequestRouter, replicas: list[FakeReplica], request: PendingRequest) -> list[list[str]]:
+    """One try that the chosen replica accepts, as Serve reports it: `on_request_routed`."""
+    ranks = await router.choose_replicas(replicas, request)
+    if ranks and len(ranks[0]) == 1:
+        router.on_request_routed(request, ranks[0][0].replica_id, result=None)
+    return chosen_ids(ranks)
 
 
 def test_kwargs_reach_the_policy_and_unknown_ones_are_refused() -> None:
@@ -265,13 +339,13 @@ def test_adapter_sends_to_the_least_loaded_then_keeps_the_prefix_there() -> None
         replicas = [FakeReplica("busy", 2, kv_usage=0.25), FakeReplica("idle", 0, kv_usage=0.0)]
         request = completion("the same long system prompt " * 10)
         first = pending(request)
-        decisions = [chosen_ids(await router.choose_replicas(replicas, first))]
+        decisions = [await route(router, replicas, first)]
         assert first.routing_context.should_backoff
         replicas[1].num_ongoing = 2  # "idle" is now a little busier than "busy": within the threshold
         replicas[0].num_ongoing = 0
-        decisions.append(chosen_ids(await router.choose_replicas(replicas, pending(request))))
+        decisions.append(await route(router, replicas, pending(request)))
         replicas[1].num_ongoing = 4  # now above it
-        decisions.append(chosen_ids(await router.choose_replicas(replicas, pending(request))))
+        decisions.append(await route(router, replicas, pending(request)))
         return decisions
 
     assert asyncio.run(scenario()) == [[["idle"]], [["idle"]], [["busy"]]]
@@ -299,9 +373,118 @@ def test_adapter_forgets_prefixes_of_removed_replicas() -> None:
     async def scenario() -> int:
         router = new_router()
         replicas = [FakeReplica("a", 0)]
-        await router.choose_replicas(replicas, pending(completion("long prompt " * 20)))
+        await route(router, replicas, pending(completion("long prompt " * 20)))
         assert len(router.prefixes) > 0
         router.update_replicas([])
         return len(router.prefixes)
 
     assert asyncio.run(scenario()) == 0
+
+
+def test_a_prefix_is_recorded_only_once_the_replica_accepted_the_request() -> None:
+    async def scenario() -> None:
+        router = new_router(imbalance_threshold=2.0)
+        replicas = [FakeReplica("a", 0), FakeReplica("b", 1)]
+        request = completion("the same long system prompt " * 10)
+        hashes = prompt_chunk_hashes(prompt_bytes(request), router.policy.prefix_chunk_bytes)
+        rejected = pending(request)
+        assert chosen_ids(await router.choose_replicas(replicas, rejected)) == [["a"]]
+        # "a" rejected the try (Serve never calls on_request_routed): it never got the prompt.
+        assert len(router.prefixes) == 0
+        assert router.prefixes.longest_match(hashes, {"a", "b"}) is None
+        # The retry goes to "b", which accepts: only now is the prefix "b"'s.
+        replicas[0].num_ongoing = 8
+        assert chosen_ids(await router.choose_replicas(replicas, rejected)) == [["b"]]
+        assert len(router.prefixes) == 0
+        router.on_request_routed(rejected, replicas[1].replica_id, result=None)
+        assert router.prefixes.longest_match(hashes, {"a", "b"}) == "b"
+        # So the next request with the prompt follows it to "b", though "a" has room again and is idler.
+        replicas[0].num_ongoing = 0
+        assert await route(router, replicas, pending(request)) == [["b"]]
+
+    asyncio.run(scenario())
+
+
+def test_a_rejected_try_leaves_no_affinity_to_the_rejecting_replica() -> None:
+    async def scenario() -> list[list[str]]:
+        router = new_router(imbalance_threshold=2.0)
+        replicas = [FakeReplica("a", 0), FakeReplica("b", 1)]
+        request = completion("the same long system prompt " * 10)
+        # The first request's try picks "a", which rejects it; the request is then cancelled.
+        assert chosen_ids(await router.choose_replicas(replicas, pending(request))) == [["a"]]
+        # "a" is now a little busier than "b", within the threshold: affinity would keep "a".
+        replicas[0].num_ongoing = 2
+        replicas[1].num_ongoing = 1
+        return await route(router, replicas, pending(request))
+
+    assert asyncio.run(scenario()) == [["b"]]
+
+
+def test_a_retried_request_hashes_its_prompt_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[bytes] = []
+    real = serve_router.prompt_chunk_hashes
+
+    def counting(data: bytes, chunk_bytes: int) -> list[bytes]:
+        calls.append(data)
+        return real(data, chunk_bytes)
+
+    monkeypatch.setattr(serve_router, "prompt_chunk_hashes", counting)
+
+    async def scenario() -> None:
+        router = new_router()
+        replicas = [FakeReplica("a", 8), FakeReplica("b", 8)]
+        request = pending(completion("long prompt " * 20))
+        # Every replica full: tries come back empty and Serve asks again for the same request.
+        assert await router.choose_replicas(replicas, request) == []
+        assert await router.choose_replicas(replicas, request) == []
+        replicas[0].num_ongoing = 0
+        assert await route(router, replicas, request) == [["a"]]
+        assert len(calls) == 1
+        # Routed: its hashes are dropped, and they are in the index.
+        assert router.pending_hashes == {}
+        assert len(router.prefixes) == len(real(calls[0], router.policy.prefix_chunk_bytes))
+        # Another request with the same prompt is hashed anew.
+        await route(router, replicas, pending(completion("long prompt " * 20)))
+        assert len(calls) == 2
+
+    asyncio.run(scenario())
+
+
+def test_prompts_of_requests_never_routed_are_kept_for_a_bounded_number_of_requests(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(serve_router, "MAX_PENDING_PROMPTS", 3)
+
+    async def scenario() -> None:
+        router = new_router()
+        replicas = [FakeReplica("a", 8)]
+        requests = [pending(completion(f"prompt {i} " * 20)) for i in range(5)]
+        for request in requests:  # each tried once, then cancelled
+            await router.choose_replicas(replicas, request)
+        # The oldest dropped.
+        assert list(router.pending_hashes) == [request.metadata.internal_request_id for request in requests[2:]]
+
+    asyncio.run(scenario())
+
+
+def test_adapter_weighs_the_engines_sequences_from_routing_stats() -> None:
+    async def scenario() -> list[list[str]]:
+        router = new_router(prefix_affinity=False)
+        # Both hold two requests; "a"'s have n=4 choices each.
+        replicas = [
+            FakeReplica("a", 2, kv_usage=0.0, num_sequences=8.0),
+            FakeReplica("b", 2, kv_usage=0.0, num_sequences=2.0),
+        ]
+        return await route(router, replicas, pending(completion("hi")))
+
+    assert asyncio.run(scenario()) == [["b"]]
+
+
+def test_adapter_keeps_no_prompt_without_prefix_affinity() -> None:
+    async def scenario() -> tuple[int, int]:
+        router = new_router(prefix_affinity=False)
+        replicas = [FakeReplica("a", 0)]
+        await route(router, replicas, pending(completion("long prompt " * 20)))
+        return len(router.pending_hashes), len(router.prefixes)
+
+    assert asyncio.run(scenario()) == (0, 0)

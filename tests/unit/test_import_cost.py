@@ -1,0 +1,43 @@
+"""The ingress never loads torch: the Router module, the serve config and `switchyard check`
+import in a fresh interpreter without torch or transformers."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+_PROBE = """
+import sys
+from pathlib import Path
+import deployments.ingress.router
+import deployments.routing.serve_router
+from deployments.tools.cli import check_config
+import engine
+engine.EngineConfig(model="m"); engine.SamplingParams(); engine.EngineStats; engine.RequestOutput
+problems = check_config(Path(sys.argv[1]))
+assert problems == [], problems
+heavy = sorted(name for name in ("torch", "transformers") if name in sys.modules)
+print(",".join(heavy) or "none")
+"""
+
+
+def test_router_and_config_check_load_neither_torch_nor_transformers() -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", _PROBE, str(REPO_ROOT / "manifests" / "quickstart.yaml")],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "none"
+
+
+def test_the_engine_facade_loads_the_engines_on_first_use() -> None:
+    probe = "import sys, engine; engine.LLMEngine; print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", probe], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "True"
