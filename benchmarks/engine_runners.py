@@ -7,7 +7,7 @@ import time
 
 from benchmarks.settings import BenchSettings, RunResult
 from benchmarks.workloads import Request, Workload, check_lengths
-from engine import EngineConfig, EngineStats, LLMEngine, SamplingParams
+from engine import EngineConfig, LLMEngine, SamplingParams
 
 __all__ = [
     "engine_config",

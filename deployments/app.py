@@ -8,9 +8,9 @@ from ray import serve
 from ray.serve import Application
 
 from deployments.config import AppConfig, ModelConfig, ModelSource
-from deployments.replica.llm_server import LLMServer
 from deployments.ingress.openai_app import model_card
 from deployments.ingress.router import ModelRoute, Router
+from deployments.replica.llm_server import LLMServer
 
 __all__ = ["build_app"]
 

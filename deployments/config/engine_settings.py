@@ -58,7 +58,9 @@ class EngineSettings(Strict):
     scheduling: Scheduling = _engine_field(
         "scheduling", "Batching policy: iteration-level, batch-level, or one request at a time."
     )
-    enable_prefix_caching: bool = _engine_field("enable_prefix_caching", "Reuse KV blocks of identical prompt prefixes.")
+    enable_prefix_caching: bool = _engine_field(
+        "enable_prefix_caching", "Reuse KV blocks of identical prompt prefixes."
+    )
     quantization: Quantization | None = _engine_field(
         "quantization",
         "bitsandbytes weight quantization of the decoder layers' projections (not with tensor_parallel_size > 1).",

@@ -19,8 +19,11 @@ __all__ = ["AutoscalingSettings", "DeploymentSettings", "RayActorOptions", "Rout
 AUTOSCALING_POLICY = "autoscaling.serve_policy:LLMAutoscalingPolicy"
 REQUEST_ROUTER = "deployments.routing.serve_router:LLMRequestRouter"
 
+# The policy's defaults: the one place they are written.
 _POLICY_DEFAULTS: dict[str, Any] = {
-    field.name: field.default for field in dataclasses.fields(ScalingSettings) if field.default is not dataclasses.MISSING
+    field.name: field.default
+    for field in dataclasses.fields(ScalingSettings)
+    if field.default is not dataclasses.MISSING
 }
 
 
@@ -48,12 +51,20 @@ class AutoscalingSettings(Strict):
         description="Mean share of KV blocks in use above which one more replica is added, whatever the queue.",
     )
     idle_timeout_s: float = Field(
-        default=_POLICY_DEFAULTS["idle_timeout_s"], gt=0, description="Seconds without any request before scaling down to min_replicas (0 included)."
+        default=_POLICY_DEFAULTS["idle_timeout_s"],
+        gt=0,
+        description="Seconds without any request before scaling down to min_replicas (0 included).",
     )
     upscale_delay_s: float = Field(
-        default=_POLICY_DEFAULTS["upscale_delay_s"], ge=0, description="Seconds load must stay high before scaling up (none when nothing runs)."
+        default=_POLICY_DEFAULTS["upscale_delay_s"],
+        ge=0,
+        description="Seconds load must stay high before scaling up (none when nothing runs).",
     )
-    downscale_delay_s: float = Field(default=_POLICY_DEFAULTS["downscale_delay_s"], ge=0, description="Seconds load must stay low before scaling down.")
+    downscale_delay_s: float = Field(
+        default=_POLICY_DEFAULTS["downscale_delay_s"],
+        ge=0,
+        description="Seconds load must stay low before scaling down.",
+    )
     metrics_interval_s: float = Field(
         default=1.0, gt=0, description="How often replicas report their load to the autoscaler."
     )

@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from engine.config import EngineConfig
-from engine.errors import EngineDeadError, EngineError, EngineStoppedError
 from engine.core.llm_engine import LLMEngine, Prompt
+from engine.errors import EngineDeadError, EngineError, EngineStoppedError
 from engine.outputs import EngineStats, RequestOutput, ShardInfo
 from engine.sampling_params import SamplingParams
 

@@ -7,15 +7,15 @@ import logging
 from typing import TYPE_CHECKING
 
 from engine.config import EngineConfig
-from engine.errors import ContextLengthError, InvalidPromptError
-from engine.parallel.executor import create_executor
 from engine.core.output_processor import OutputProcessor
-from engine.outputs import EngineStats, RequestOutput, ShardInfo
-from engine.sampling_params import SamplingParams
-from engine.seeds import derive_seed
 from engine.core.scheduler import Scheduler
 from engine.core.sequence import Sequence
 from engine.core.tokenizer import eos_token_ids, load_tokenizer
+from engine.errors import ContextLengthError, InvalidPromptError
+from engine.outputs import EngineStats, RequestOutput, ShardInfo
+from engine.parallel.executor import create_executor
+from engine.sampling_params import SamplingParams
+from engine.seeds import derive_seed
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase

@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from engine.core.detokenizer import IncrementalDetokenizer
-from engine.outputs import OutputHistory, RequestOutput, RequestTiming
 from engine.core.scheduler import Scheduler
 from engine.core.sequence import Sequence
+from engine.outputs import OutputHistory, RequestOutput, RequestTiming
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase

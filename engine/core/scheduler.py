@@ -18,11 +18,11 @@ from __future__ import annotations
 import time
 from collections import deque
 
-from engine.core.block_manager import BlockManager
 from engine.config import EngineConfig
+from engine.core.block_manager import BlockManager
+from engine.core.sequence import Sequence, SequenceStatus
 from engine.outputs import FinishReason
 from engine.step_data import SampledTokens, ScheduledChunk, SchedulerOutput
-from engine.core.sequence import Sequence, SequenceStatus
 
 __all__ = ["Scheduler"]
 

@@ -11,11 +11,11 @@ from transformers import AutoModelForCausalLM, PreTrainedModel
 from engine.config import EngineConfig
 from engine.model.kv_cache import kv_cache_shape
 from engine.model.memory import available_memory_bytes
-from engine.model.weights import TORCH_DTYPES, quantization_config, stored_weight_bytes
 from engine.model.paged_attention import PAGED_ATTENTION, build_metadata, register_paged_attention
-from engine.step_data import SchedulerOutput
+from engine.model.weights import TORCH_DTYPES, quantization_config, stored_weight_bytes
 from engine.parallel.shard_loader import load_shard
 from engine.parallel.tp_layers import ShardGroup
+from engine.step_data import SchedulerOutput
 
 __all__ = ["ModelRunner", "plan_num_kv_blocks"]
 

@@ -11,7 +11,11 @@ from engine.config import DType
 
 __all__ = ["TORCH_DTYPES", "quantization_config", "stored_weight_bytes"]
 
-TORCH_DTYPES: dict[DType, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+TORCH_DTYPES: dict[DType, torch.dtype] = {
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
 
 
 def quantization_config(quantization: str | None, dtype: torch.dtype) -> BitsAndBytesConfig | None:

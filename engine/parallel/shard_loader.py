@@ -21,8 +21,8 @@ from safetensors import safe_open
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
 
-from engine.parallel.placement import check_shardable
 from engine.model.paged_attention import PAGED_ATTENTION, register_paged_attention
+from engine.parallel.placement import check_shardable
 from engine.parallel.tp_layers import RowParallelLinear, ShardGroup, VocabParallelEmbedding, VocabParallelLMHead
 
 __all__ = ["load_shard", "shard_on_meta"]

@@ -14,12 +14,12 @@ import torch
 import torch.distributed as dist
 
 from engine.config import EngineConfig
-from engine.outputs import ShardInfo
-from engine.parallel.in_process import sample_batch
 from engine.model.model_runner import ModelRunner
 from engine.model.sampler import Sampler
-from engine.step_data import SampledTokens, SchedulerOutput
+from engine.outputs import ShardInfo
+from engine.parallel.in_process import sample_batch
 from engine.parallel.tp_layers import ShardGroup
+from engine.step_data import SampledTokens, SchedulerOutput
 
 __all__ = ["ShardLoadReport", "ShardWorker"]
 

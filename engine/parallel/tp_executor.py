@@ -32,9 +32,9 @@ from transformers import AutoConfig, GenerationConfig, PretrainedConfig
 from engine.config import EngineConfig
 from engine.errors import EngineDeadError, EngineError
 from engine.outputs import ShardInfo
-from engine.step_data import SampledTokens, SchedulerOutput
 from engine.parallel.placement import check_shardable, shard_bundles
 from engine.parallel.shard_worker import ShardLoadReport, ShardWorker
+from engine.step_data import SampledTokens, SchedulerOutput
 
 __all__ = ["TensorParallelExecutor", "spawn_shard"]
 

@@ -13,8 +13,15 @@ from deployments.config import ModelConfig
 from deployments.errors import ApiError, InvalidRequestError
 from deployments.generation import GenerationChunk, GenerationRequest
 from deployments.replica.llm_server import LLMServer
-from engine import EngineConfig, EngineStats, InvalidPromptError, RequestOutput, RequestTiming, SamplingParams
-from engine import ShardInfo
+from engine import (
+    EngineConfig,
+    EngineStats,
+    InvalidPromptError,
+    RequestOutput,
+    RequestTiming,
+    SamplingParams,
+    ShardInfo,
+)
 
 
 class FakeEngine:

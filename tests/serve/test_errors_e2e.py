@@ -46,7 +46,9 @@ def faults_app(serve_cluster: ServeCluster) -> Iterator[str]:
         "crashing": serve.deployment(CrashingServer).options(name="LLMServer:crashing").bind(),
     }
     cards = [model_card(name, "test") for name in handles]
-    routes = {name: ModelRoute(f"LLMServer:{name}", cold_start_timeout_s=60, first_token_timeout_s=60) for name in handles}
+    routes = {
+        name: ModelRoute(f"LLMServer:{name}", cold_start_timeout_s=60, first_token_timeout_s=60) for name in handles
+    }
     router = serve.deployment(Router).options(name="Router")
     url = serve_cluster.deploy(
         "faults", router.bind(handles, routes, cards, keepalive_interval_s=5.0, limits=RequestLimits())

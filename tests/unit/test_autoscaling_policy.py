@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import pytest
 
-from autoscaling import PendingScale, LoadSignals, ScalingSettings, ScalingSignals, decide
+from autoscaling import LoadSignals, PendingScale, ScalingSettings, ScalingSignals, decide
 
 SETTINGS = ScalingSettings(
     min_replicas=0,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from engine.core.block_manager import BlockManager, hash_block_tokens
-from engine.sampling_params import SamplingParams
 from engine.core.sequence import Sequence
+from engine.sampling_params import SamplingParams
 
 BLOCK_SIZE = 4
 

@@ -10,11 +10,11 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 from engine.config import EngineConfig
 from engine.core.detokenizer import IncrementalDetokenizer
 from engine.core.output_processor import OutputProcessor
+from engine.core.scheduler import Scheduler
+from engine.core.sequence import Sequence
 from engine.outputs import RequestOutput
 from engine.sampling_params import SamplingParams
-from engine.core.scheduler import Scheduler
 from engine.step_data import SampledTokens
-from engine.core.sequence import Sequence
 
 PROMPT = "User: say something.\nAssistant:"
 

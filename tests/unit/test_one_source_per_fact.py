@@ -28,7 +28,8 @@ def test_engine_settings_defaults_are_the_engine_configs() -> None:
 def test_engine_settings_allow_exactly_the_engines_choices() -> None:
     def choices(name: str) -> set[object]:
         annotation = EngineSettings.model_fields[name].annotation
-        return {value for arg in typing.get_args(annotation) or (annotation,) for value in typing.get_args(arg) or (arg,)}
+        members = typing.get_args(annotation) or (annotation,)  # Literal[...] | None -> its parts
+        return {value for member in members for value in typing.get_args(member) or (member,)}
 
     assert choices("dtype") == set(DTYPES)
     assert choices("scheduling") == set(SCHEDULING_POLICIES)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from engine.config import EngineConfig
 from engine.core.output_processor import OutputProcessor
+from engine.core.scheduler import Scheduler
+from engine.core.sequence import Sequence
 from engine.outputs import RequestOutput
 from engine.sampling_params import SamplingParams
-from engine.core.scheduler import Scheduler
 from engine.step_data import SampledTokens
-from engine.core.sequence import Sequence
 
 
 def top_of(token_id: int) -> list[tuple[int, float]]:

@@ -16,7 +16,9 @@ from tests.unit.test_openai_app import BODIES, CARDS, MODEL, PATHS, FakeModelCli
 LIMITS = RequestLimits(max_body_bytes=4096, max_n=4, max_stop_sequences=2, max_stop_chars=8)
 
 
-def post(endpoint: str, body: dict[str, object] | None = None, *, content: bytes | AsyncIterator[bytes] | None = None):
+def post(
+    endpoint: str, body: dict[str, object] | None = None, *, content: AsyncIterator[bytes] | None = None
+) -> tuple[httpx.Response, FakeModelClient]:
     client = FakeModelClient()
     app = build_openai_app({MODEL: client}, CARDS, limits=LIMITS)
 
@@ -39,7 +41,8 @@ def test_more_choices_than_max_n_are_refused_naming_the_limit(endpoint: str) -> 
 
 
 @pytest.mark.parametrize(
-    ("stop", "limit"), [(["a", "b", "c"], "max_stop_sequences"), (["x" * 9], "max_stop_chars"), ("y" * 9, "max_stop_chars")]
+    ("stop", "limit"),
+    [(["a", "b", "c"], "max_stop_sequences"), (["x" * 9], "max_stop_chars"), ("y" * 9, "max_stop_chars")],
 )
 def test_too_many_or_too_long_stop_strings_are_refused_naming_the_limit(stop: object, limit: str) -> None:
     response, client = post("completion", BODIES["completion"] | {"stop": stop})

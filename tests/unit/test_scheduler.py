@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 
 from engine.config import EngineConfig
+from engine.core.scheduler import Scheduler
+from engine.core.sequence import Sequence, SequenceStatus
 from engine.outputs import FinishReason
 from engine.sampling_params import SamplingParams
-from engine.core.scheduler import Scheduler
 from engine.step_data import SampledTokens, SchedulerOutput
-from engine.core.sequence import Sequence, SequenceStatus
 
 BLOCK_SIZE = 4
 EOS = 2
