@@ -51,6 +51,9 @@ class RoutingPolicy:
     # Most chunk hashes remembered; the least recently sent are forgotten first. Each costs about
     # 150 bytes, so the default holds ~10 MB.
     max_prefix_chunks: int = 65536
+    # Requests whose prompt hashes are kept between routing tries; a request cancelled before it
+    # was routed leaves its entry behind, so the oldest are dropped beyond this many.
+    max_pending_prompts: int = 4096
 
     def __post_init__(self) -> None:
         if self.imbalance_threshold < 0:
@@ -61,6 +64,8 @@ class RoutingPolicy:
             raise ValueError(f"prefix_chunk_bytes must be >= 1, got {self.prefix_chunk_bytes}")
         if self.max_prefix_chunks < 1:
             raise ValueError(f"max_prefix_chunks must be >= 1, got {self.max_prefix_chunks}")
+        if self.max_pending_prompts < 1:
+            raise ValueError(f"max_pending_prompts must be >= 1, got {self.max_pending_prompts}")
 
 
 @dataclass(frozen=True)

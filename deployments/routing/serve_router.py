@@ -9,10 +9,12 @@ handle, to `initialize_state` (so each process holding a handle keeps its own pr
         request_routing_stats_period_s=1.0,
     )
 
-Per try: fresh queue probes and the replicas' last routing stats in, one replica out. A prompt's
-prefix is recorded only when Serve reports that the chosen replica accepted it
-(`on_request_routed`): a replica that rejected the try never got the prompt. The prompt is hashed
-once per request, not once per try.
+Per try: fresh queue probes and the replicas' last routing stats in, one replica out. The prompt
+is hashed once per request, not once per try (the hashes are kept until Serve reports the request
+routed). A prompt's prefix is recorded for the replica chosen by each try: Serve's reservation
+path (`choose_replica` + `dispatch`) never reports an acceptance to the router, so recording only
+on `on_request_routed` would lose affinity there; a try that a replica rejects therefore leaves a
+prefix pointing at it until a later request's prefix overwrites it.
 """
 
 from __future__ import annotations
@@ -35,11 +37,6 @@ from deployments.routing.policy import (
 )
 
 __all__ = ["LLMRequestRouter"]
-
-# Requests whose prompt hashes are kept between tries; a request cancelled before it was routed
-# leaves its entry behind, so the oldest are dropped beyond this many.
-MAX_PENDING_PROMPTS = 4096
-
 
 class LLMRequestRouter(RequestRouter):
     """Probes, stats and the prefix index in, `choose_replica`'s pick out."""
@@ -89,13 +86,12 @@ class LLMRequestRouter(RequestRouter):
             # probes them again with a longer deadline and only sends to one with room.
             unanswered = [replica for replica, num_ongoing in probed if num_ongoing is None]
             return [unanswered] if unanswered else []
+        self.prefixes.record(hashes, chosen)
         return [[replica for replica, _ in probed if replica.replica_id.unique_id == chosen]]
 
     def on_request_routed(self, pending_request: PendingRequest, replica_id: ReplicaID, result: Any) -> None:
-        """Serve calls this once the replica accepted the request: now it holds the prompt."""
-        hashes = self.pending_hashes.pop(pending_request.metadata.internal_request_id, None)
-        if hashes:
-            self.prefixes.record(hashes, replica_id.unique_id)
+        """Serve calls this once the replica accepted the request: its prompt's hashes are done with."""
+        self.pending_hashes.pop(pending_request.metadata.internal_request_id, None)
 
     def update_replicas(self, replicas: list[RunningReplica]) -> None:
         super().update_replicas(replicas)
@@ -118,6 +114,6 @@ class LLMRequestRouter(RequestRouter):
         if hashes is None:
             hashes = prompt_chunk_hashes(prompt_bytes(request), self.policy.prefix_chunk_bytes)
             self.pending_hashes[key] = hashes
-            while len(self.pending_hashes) > MAX_PENDING_PROMPTS:
+            while len(self.pending_hashes) > self.policy.max_pending_prompts:
                 self.pending_hashes.popitem(last=False)
         return hashes

@@ -13,7 +13,6 @@ from ray.serve.request_router import PendingRequest, ReplicaID
 
 from autoscaling import LoadSignals
 from deployments.generation import ChatMessage, GenerationRequest
-from deployments.routing import serve_router
 from deployments.routing.policy import (
     PrefixIndex,
     ReplicaCandidate,
@@ -381,82 +380,29 @@ def test_adapter_forgets_prefixes_of_removed_replicas() -> None:
     assert asyncio.run(scenario()) == 0
 
 
-def test_a_prefix_is_recorded_only_once_the_replica_accepted_the_request() -> None:
-    async def scenario() -> None:
-        router = new_router(imbalance_threshold=2.0)
-        replicas = [FakeReplica("a", 0), FakeReplica("b", 1)]
-        request = completion("the same long system prompt " * 10)
-        hashes = prompt_chunk_hashes(prompt_bytes(request), router.policy.prefix_chunk_bytes)
-        rejected = pending(request)
-        assert chosen_ids(await router.choose_replicas(replicas, rejected)) == [["a"]]
-        # "a" rejected the try (Serve never calls on_request_routed): it never got the prompt.
-        assert len(router.prefixes) == 0
-        assert router.prefixes.longest_match(hashes, {"a", "b"}) is None
-        # The retry goes to "b", which accepts: only now is the prefix "b"'s.
-        replicas[0].num_ongoing = 8
-        assert chosen_ids(await router.choose_replicas(replicas, rejected)) == [["b"]]
-        assert len(router.prefixes) == 0
-        router.on_request_routed(rejected, replicas[1].replica_id, result=None)
-        assert router.prefixes.longest_match(hashes, {"a", "b"}) == "b"
-        # So the next request with the prompt follows it to "b", though "a" has room again and is idler.
-        replicas[0].num_ongoing = 0
-        assert await route(router, replicas, pending(request)) == [["b"]]
-
-    asyncio.run(scenario())
-
-
-def test_a_rejected_try_leaves_no_affinity_to_the_rejecting_replica() -> None:
-    async def scenario() -> list[list[str]]:
-        router = new_router(imbalance_threshold=2.0)
-        replicas = [FakeReplica("a", 0), FakeReplica("b", 1)]
-        request = completion("the same long system prompt " * 10)
-        # The first request's try picks "a", which rejects it; the request is then cancelled.
-        assert chosen_ids(await router.choose_replicas(replicas, pending(request))) == [["a"]]
-        # "a" is now a little busier than "b", within the threshold: affinity would keep "a".
-        replicas[0].num_ongoing = 2
-        replicas[1].num_ongoing = 1
-        return await route(router, replicas, pending(request))
-
-    assert asyncio.run(scenario()) == [["b"]]
-
-
-def test_a_retried_request_hashes_its_prompt_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    calls: list[bytes] = []
-    real = serve_router.prompt_chunk_hashes
-
-    def counting(data: bytes, chunk_bytes: int) -> list[bytes]:
-        calls.append(data)
-        return real(data, chunk_bytes)
-
-    monkeypatch.setattr(serve_router, "prompt_chunk_hashes", counting)
-
+def test_a_retried_request_hashes_its_prompt_once() -> None:
     async def scenario() -> None:
         router = new_router()
         replicas = [FakeReplica("a", 8), FakeReplica("b", 8)]
         request = pending(completion("long prompt " * 20))
+        key = request.metadata.internal_request_id
         # Every replica full: tries come back empty and Serve asks again for the same request.
         assert await router.choose_replicas(replicas, request) == []
+        first_hashes = router.pending_hashes[key]
         assert await router.choose_replicas(replicas, request) == []
+        assert router.pending_hashes[key] is first_hashes  # the same list: not hashed again
         replicas[0].num_ongoing = 0
         assert await route(router, replicas, request) == [["a"]]
-        assert len(calls) == 1
         # Routed: its hashes are dropped, and they are in the index.
         assert router.pending_hashes == {}
-        assert len(router.prefixes) == len(real(calls[0], router.policy.prefix_chunk_bytes))
-        # Another request with the same prompt is hashed anew.
-        await route(router, replicas, pending(completion("long prompt " * 20)))
-        assert len(calls) == 2
+        assert len(router.prefixes) == len(first_hashes) > 0
 
     asyncio.run(scenario())
 
 
-def test_prompts_of_requests_never_routed_are_kept_for_a_bounded_number_of_requests(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr(serve_router, "MAX_PENDING_PROMPTS", 3)
-
+def test_prompts_of_requests_never_routed_are_kept_for_a_bounded_number_of_requests() -> None:
     async def scenario() -> None:
-        router = new_router()
+        router = new_router(max_pending_prompts=3)
         replicas = [FakeReplica("a", 8)]
         requests = [pending(completion(f"prompt {i} " * 20)) for i in range(5)]
         for request in requests:  # each tried once, then cancelled
