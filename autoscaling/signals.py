@@ -29,11 +29,20 @@ class LoadSignals:
     kv_usage: float
     # Seconds since the replica last had any request in flight; 0.0 while one runs or waits.
     idle_s: float
+    # Requests in the replica (each is `n` engine sequences, one per choice).
+    num_requests: float = 0.0
 
     @property
     def num_sequences(self) -> float:
         """Engine sequences waiting or running: a request with n choices counts n times."""
         return self.num_waiting + self.num_running
+
+    @property
+    def sequences_per_request(self) -> float:
+        """Engine sequences per request in the replica, at least 1 (1 when it has no request)."""
+        if self.num_requests < 1:
+            return 1.0
+        return max(1.0, self.num_sequences / self.num_requests)
 
     def to_metrics(self) -> dict[str, float]:
         """The form Serve's `record_autoscaling_stats` / `record_routing_stats` hooks return."""

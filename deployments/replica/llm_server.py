@@ -133,13 +133,15 @@ class LLMServer:
 
     async def load_signals(self) -> LoadSignals:
         """The replica's load as the router and the autoscaler read it: engine sequences waiting
-        and running, the share of KV blocks in use, and seconds without any request (0 while busy)."""
+        and running, the share of KV blocks in use, seconds without any request (0 while busy), and
+        the requests in the replica."""
         stats = await self.engine.stats()
         return LoadSignals(
             num_waiting=float(stats.num_waiting),
             num_running=float(stats.num_running),
             kv_usage=stats.kv_usage,
             idle_s=0.0 if self._in_flight else time.monotonic() - self._idle_since,
+            num_requests=float(self._in_flight),
         )
 
     async def record_autoscaling_stats(self) -> dict[str, float]:

@@ -92,21 +92,24 @@ class ReplicaCandidate:
 
     @property
     def num_sequences(self) -> float:
-        """Engine sequences as last reported: a request with n choices counts n."""
-        return 0.0 if self.signals is None else self.signals.num_sequences
+        """Engine sequences the replica's ongoing requests amount to: the fresh count of requests
+        times the sequences per request of its last report (a request with n choices counts n)."""
+        per_request = 1.0 if self.signals is None else self.signals.sequences_per_request
+        return self.num_ongoing * per_request
 
 
 def load_score(candidate: ReplicaCandidate, kv_usage_weight: float) -> float:
-    """How loaded a replica is, in requests; lower is better.
+    """How loaded a replica is, in engine sequences; lower is better.
 
     The fresh count of ongoing requests says how many requests a new one shares the batch with, but
-    counts a request with n choices once; the engine's sequences (from the periodic routing stats)
-    count it n times, so the score takes the larger. Neither says how big the requests are; KV
-    usage does: a replica whose pool is nearly full must hold a new prompt back or preempt a
-    sequence to fit it. Weighting it by a few requests lets it separate replicas with similar counts
-    without ever outweighing a real difference in queue depth.
+    counts a request with n choices once; the periodic routing stats say how many sequences each
+    request is, so the score scales the fresh count by that (a period-old report can thus never
+    make a replica with no request look busy). Neither says how big the requests are; KV usage
+    does: a replica whose pool is nearly full must hold a new prompt back or preempt a sequence to
+    fit it. Weighting it by a few requests lets it separate replicas with similar counts without
+    ever outweighing a real difference in queue depth.
     """
-    return max(candidate.num_ongoing, candidate.num_sequences) + kv_usage_weight * candidate.kv_usage
+    return candidate.num_sequences + kv_usage_weight * candidate.kv_usage
 
 
 def choose_replica(
@@ -176,16 +179,31 @@ class PrefixIndex:
                 return replica_id
         return None
 
-    def record(self, hashes: list[bytes], replica_id: str) -> None:
-        """The prompt with these hashes was sent to `replica_id`."""
+    def record(self, hashes: list[bytes], replica_id: str) -> dict[bytes, str | None]:
+        """The prompt with these hashes was sent to `replica_id`. Returns each hash's previous
+        replica (None where it had none), which `undo` restores."""
+        previous: dict[bytes, str | None] = {}
         if not hashes:
-            return
+            return previous
         for chunk_hash in hashes:
+            previous[chunk_hash] = self._replica_by_hash.get(chunk_hash)
             self._replica_by_hash[chunk_hash] = replica_id
             self._replica_by_hash.move_to_end(chunk_hash)
         self._replica_ids.add(replica_id)
         while len(self._replica_by_hash) > self.capacity:
             self._replica_by_hash.popitem(last=False)
+        return previous
+
+    def undo(self, replica_id: str, previous: dict[bytes, str | None]) -> None:
+        """Take back a `record` for `replica_id` (it never got the prompt): each hash it still
+        holds goes back to its previous replica, or is forgotten if it had none."""
+        for chunk_hash, previous_id in previous.items():
+            if self._replica_by_hash.get(chunk_hash) != replica_id:
+                continue  # recorded again since, or evicted: that record stands
+            if previous_id is None:
+                del self._replica_by_hash[chunk_hash]
+            else:
+                self._replica_by_hash[chunk_hash] = previous_id
 
     def keep_only(self, replica_ids: Collection[str]) -> None:
         """Forget the prefixes of replicas not in `replica_ids` (gone, and their caches with them)."""

@@ -11,10 +11,15 @@ handle, to `initialize_state` (so each process holding a handle keeps its own pr
 
 Per try: fresh queue probes and the replicas' last routing stats in, one replica out. The prompt
 is hashed once per request, not once per try (the hashes are kept until Serve reports the request
-routed). A prompt's prefix is recorded for the replica chosen by each try: Serve's reservation
-path (`choose_replica` + `dispatch`) never reports an acceptance to the router, so recording only
-on `on_request_routed` would lose affinity there; a try that a replica rejects therefore leaves a
-prefix pointing at it until a later request's prefix overwrites it.
+routed).
+
+A prompt's prefix is recorded for the chosen replica provisionally. Serve asks again for the same
+request only when the try failed (the replica rejected it, or its reservation was refused): that
+retry first takes the provisional record back, restoring the replicas the prefix pointed at
+before, so affinity never points at a replica that did not get the prompt. `on_request_routed`
+(Serve's acceptance on its send path) makes the record final; Serve's reservation path
+(`choose_replica` + `dispatch`) reports no acceptance, and there the record simply stands.
+
 """
 
 from __future__ import annotations
@@ -47,6 +52,9 @@ class LLMRequestRouter(RequestRouter):
     rng: random.Random
     # Internal request id -> its prompt's chunk hashes, from its first try until it is routed.
     pending_hashes: OrderedDict[str, list[bytes]]
+    # Internal request id -> the replica its last try recorded the prefix for, and the replicas the
+    # prefix pointed at before (what a retry restores).
+    provisional: dict[str, tuple[str, dict[bytes, str | None]]]
 
     def initialize_state(self, **kwargs: Any) -> None:
         """Serve calls this once, right after construction, with `request_router_kwargs`."""
@@ -54,6 +62,7 @@ class LLMRequestRouter(RequestRouter):
         self.prefixes = PrefixIndex(self.policy.max_prefix_chunks)
         self.rng = random.Random()
         self.pending_hashes = OrderedDict()
+        self.provisional = {}
 
     async def choose_replicas(
         self, candidate_replicas: list[RunningReplica], pending_request: PendingRequest | None = None
@@ -63,6 +72,8 @@ class LLMRequestRouter(RequestRouter):
             # Every try weighs every replica, so a retry can only wait for load to change: back off.
             pending_request.routing_context.should_backoff = True
         hashes = self._prompt_hashes(pending_request)
+        key = None if pending_request is None else pending_request.metadata.internal_request_id
+        self._take_back_failed_try(key)
         # Fresh counts for all replicas (Serve's probe also refreshes its queue-length cache, which it
         # checks again before sending, and drops replicas whose actor died).
         probed = await self._probe_queue_lens(candidate_replicas, 0)
@@ -86,12 +97,15 @@ class LLMRequestRouter(RequestRouter):
             # probes them again with a longer deadline and only sends to one with room.
             unanswered = [replica for replica, num_ongoing in probed if num_ongoing is None]
             return [unanswered] if unanswered else []
-        self.prefixes.record(hashes, chosen)
+        if hashes and key is not None:
+            self.provisional[key] = (chosen, self.prefixes.record(hashes, chosen))
         return [[replica for replica, _ in probed if replica.replica_id.unique_id == chosen]]
 
     def on_request_routed(self, pending_request: PendingRequest, replica_id: ReplicaID, result: Any) -> None:
-        """Serve calls this once the replica accepted the request: its prompt's hashes are done with."""
-        self.pending_hashes.pop(pending_request.metadata.internal_request_id, None)
+        """Serve calls this once the replica accepted the request: its prefix record is final."""
+        key = pending_request.metadata.internal_request_id
+        self.pending_hashes.pop(key, None)
+        self.provisional.pop(key, None)
 
     def update_replicas(self, replicas: list[RunningReplica]) -> None:
         super().update_replicas(replicas)
@@ -100,6 +114,13 @@ class LLMRequestRouter(RequestRouter):
     def on_replica_actor_died(self, replica_id: ReplicaID) -> None:
         super().on_replica_actor_died(replica_id)
         self.prefixes.keep_only({live_id.unique_id for live_id in self.curr_replicas})
+
+    def _take_back_failed_try(self, key: str | None) -> None:
+        """A request asked about again had its last try fail: that replica never got the prompt."""
+        tried = None if key is None else self.provisional.pop(key, None)
+        if tried is not None:
+            replica_id, previous = tried
+            self.prefixes.undo(replica_id, previous)
 
     def _prompt_hashes(self, pending_request: PendingRequest | None) -> list[bytes]:
         """The prompt's chunk hashes for a `generate` call, computed on its first try; none for
@@ -115,5 +136,6 @@ class LLMRequestRouter(RequestRouter):
             hashes = prompt_chunk_hashes(prompt_bytes(request), self.policy.prefix_chunk_bytes)
             self.pending_hashes[key] = hashes
             while len(self.pending_hashes) > self.policy.max_pending_prompts:
-                self.pending_hashes.popitem(last=False)
+                oldest, _ = self.pending_hashes.popitem(last=False)
+                self.provisional.pop(oldest, None)
         return hashes

@@ -163,3 +163,4 @@ def test_load_signals_reach_serve_as_the_named_metrics() -> None:
     signals = LoadSignals.from_metrics(metrics)
     assert signals is not None and (signals.num_waiting, signals.num_running, signals.kv_usage) == (3, 5, 0.25)
     assert signals.num_sequences == 8
+    assert signals.num_requests == 0  # none in flight while the stats were read

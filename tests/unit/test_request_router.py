@@ -29,14 +29,23 @@ POLICY = RoutingPolicy(imbalance_threshold=2.0, kv_usage_weight=4.0)
 DEPLOYMENT = DeploymentID(name="LLMServer:tiny", app_name="routing")
 
 
-def signals(kv_usage: float = 0.0, num_sequences: float = 0.0) -> LoadSignals:
-    return LoadSignals(num_waiting=0.0, num_running=num_sequences, kv_usage=kv_usage, idle_s=0.0)
+def signals(kv_usage: float = 0.0, num_sequences: float = 0.0, num_requests: float = 0.0) -> LoadSignals:
+    return LoadSignals(
+        num_waiting=0.0, num_running=num_sequences, kv_usage=kv_usage, idle_s=0.0, num_requests=num_requests
+    )
 
 
 def load(
-    replica_id: str, num_ongoing: int, kv_usage: float = 0.0, max_ongoing: int = 8, num_sequences: float = 0.0
+    replica_id: str,
+    num_ongoing: int,
+    kv_usage: float = 0.0,
+    max_ongoing: int = 8,
+    num_sequences: float = 0.0,
+    num_requests: float | None = None,
 ) -> ReplicaCandidate:
-    return ReplicaCandidate(replica_id, num_ongoing, max_ongoing, signals(kv_usage, num_sequences))
+    """A candidate whose last report counted `num_requests` requests (default: as many as probed)."""
+    reported_requests = num_ongoing if num_requests is None else num_requests
+    return ReplicaCandidate(replica_id, num_ongoing, max_ongoing, signals(kv_usage, num_sequences, reported_requests))
 
 
 def choose(loads: list[ReplicaCandidate], affine: str | None = None, seed: int = 0) -> str | None:
@@ -68,10 +77,16 @@ def test_score_counts_a_requests_n_choices_from_the_engines_sequences() -> None:
     # One ongoing request with n=4 choices: four engine sequences.
     assert load_score(load("a", 1, num_sequences=4.0), kv_usage_weight=4.0) == 4.0
     # The fresh probe still counts when the stats are a period old and show fewer.
-    assert load_score(load("a", 3, num_sequences=1.0), kv_usage_weight=4.0) == 3.0
-    engine = LoadSignals(num_waiting=2.0, num_running=3.0, kv_usage=0.0, idle_s=0.0)
+    assert load_score(load("a", 3, num_sequences=1.0, num_requests=1.0), kv_usage_weight=4.0) == 3.0
+    engine = LoadSignals(num_waiting=2.0, num_running=3.0, kv_usage=0.0, idle_s=0.0, num_requests=1.0)
     waiting_and_running = ReplicaCandidate("a", 1, 8, engine)
     assert load_score(waiting_and_running, kv_usage_weight=0.0) == 5.0
+
+
+def test_a_replica_probed_empty_scores_zero_whatever_its_last_report_said() -> None:
+    # Its last report (a period old) still shows three requests of one sequence each.
+    assert load_score(load("a", 0, num_sequences=3.0, num_requests=3.0), kv_usage_weight=4.0) == 0.0
+    assert choose([load("a", 0, num_sequences=3.0, num_requests=3.0), load("b", 1)]) == "a"
 
 
 def test_a_replica_running_more_sequences_than_its_ongoing_requests_loses() -> None:
@@ -277,13 +292,18 @@ class FakeReplica:
     """What the router reads from a RunningReplica: id, capacity, routing stats and a queue probe."""
 
     def __init__(
-        self, unique_id: str, num_ongoing: int | None, kv_usage: float | None = None, num_sequences: float = 0.0
+        self,
+        unique_id: str,
+        num_ongoing: int | None,
+        kv_usage: float | None = None,
+        num_sequences: float = 0.0,
+        num_requests: float = 0.0,
     ) -> None:
         self.replica_id = ReplicaID(unique_id=unique_id, deployment_id=DEPLOYMENT)
         self.num_ongoing = num_ongoing  # None: the probe never answers
         self.max_ongoing_requests = 8
         # As LLMServer.record_routing_stats reports them; empty before the first report.
-        self.routing_stats: dict[str, Any] = {} if kv_usage is None else signals(kv_usage, num_sequences).to_metrics()
+        self.routing_stats: dict[str, Any] = {} if kv_usage is None else signals(kv_usage, num_sequences, num_requests).to_metrics()
 
     async def get_queue_len(self, *, deadline_s: float) -> int:
         if self.num_ongoing is None:
@@ -380,6 +400,63 @@ def test_adapter_forgets_prefixes_of_removed_replicas() -> None:
     assert asyncio.run(scenario()) == 0
 
 
+def test_a_rejected_try_is_taken_back_when_serve_retries_the_request() -> None:
+    async def scenario() -> None:
+        router = new_router(imbalance_threshold=2.0)
+        replicas = [FakeReplica("a", 0), FakeReplica("b", 1)]
+        request = completion("the same long system prompt " * 10)
+        hashes = prompt_chunk_hashes(prompt_bytes(request), router.policy.prefix_chunk_bytes)
+        tried = pending(request)
+        assert chosen_ids(await router.choose_replicas(replicas, tried)) == [["a"]]
+        # "a" rejects it (Serve never calls on_request_routed) and Serve asks again: "a" is now full.
+        replicas[0].num_ongoing = 8
+        assert chosen_ids(await router.choose_replicas(replicas, tried)) == [["b"]]
+        router.on_request_routed(tried, replicas[1].replica_id, result=None)
+        # Only "b" got the prompt: no hash points at "a".
+        assert router.prefixes.longest_match(hashes, {"a"}) is None
+        assert router.prefixes.longest_match(hashes, {"a", "b"}) == "b"
+        # So the next request with the prompt follows it to "b", though "a" has room again and is idler.
+        replicas[0].num_ongoing = 0
+        assert await route(router, replicas, pending(request)) == [["b"]]
+
+    asyncio.run(scenario())
+
+
+def test_taking_back_a_failed_try_restores_where_the_prefix_pointed_before() -> None:
+    async def scenario() -> None:
+        router = new_router(imbalance_threshold=0.0)
+        replicas = [FakeReplica("a", 0), FakeReplica("b", 0)]
+        request = completion("the same long system prompt " * 10)
+        hashes = prompt_chunk_hashes(prompt_bytes(request), router.policy.prefix_chunk_bytes)
+        (first,) = (await route(router, replicas, pending(request)))[0]
+        other = "b" if first == "a" else "a"
+        # The home replica is busier now: a new request's try goes to the other one, which rejects it.
+        replicas[0 if first == "a" else 1].num_ongoing = 2
+        tried = pending(request)
+        assert chosen_ids(await router.choose_replicas(replicas, tried)) == [[other]]
+        assert router.prefixes.longest_match(hashes, {first, other}) == other
+        # Serve retries with every replica full: the try is taken back, the prefix is the home's again.
+        for replica in replicas:
+            replica.num_ongoing = 8
+        assert await router.choose_replicas(replicas, tried) == []
+        assert router.prefixes.longest_match(hashes, {first, other}) == first
+
+    asyncio.run(scenario())
+
+
+def test_a_reserved_try_that_serve_never_confirms_keeps_its_record() -> None:
+    # Serve's choose_replica + dispatch path reserves a slot and never calls on_request_routed.
+    async def scenario() -> None:
+        router = new_router()
+        replicas = [FakeReplica("a", 0), FakeReplica("b", 3)]
+        request = completion("the same long system prompt " * 10)
+        hashes = prompt_chunk_hashes(prompt_bytes(request), router.policy.prefix_chunk_bytes)
+        assert chosen_ids(await router.choose_replicas(replicas, pending(request))) == [["a"]]
+        assert router.prefixes.longest_match(hashes, {"a", "b"}) == "a"
+
+    asyncio.run(scenario())
+
+
 def test_a_retried_request_hashes_its_prompt_once() -> None:
     async def scenario() -> None:
         router = new_router()
@@ -418,8 +495,8 @@ def test_adapter_weighs_the_engines_sequences_from_routing_stats() -> None:
         router = new_router(prefix_affinity=False)
         # Both hold two requests; "a"'s have n=4 choices each.
         replicas = [
-            FakeReplica("a", 2, kv_usage=0.0, num_sequences=8.0),
-            FakeReplica("b", 2, kv_usage=0.0, num_sequences=2.0),
+            FakeReplica("a", 2, kv_usage=0.0, num_sequences=8.0, num_requests=2.0),
+            FakeReplica("b", 2, kv_usage=0.0, num_sequences=2.0, num_requests=2.0),
         ]
         return await route(router, replicas, pending(completion("hi")))
 
@@ -434,3 +511,14 @@ def test_adapter_keeps_no_prompt_without_prefix_affinity() -> None:
         return len(router.pending_hashes), len(router.prefixes)
 
     assert asyncio.run(scenario()) == (0, 0)
+
+
+def test_prefix_undo_restores_previous_replicas_and_spares_later_records() -> None:
+    index = PrefixIndex(capacity=16)
+    index.record([b"h1"], "a")
+    previous = index.record([b"h1", b"h2", b"h3"], "b")
+    assert previous == {b"h1": "a", b"h2": None, b"h3": None}
+    index.record([b"h3"], "c")  # recorded again since: that record stands
+    index.undo("b", previous)
+    assert [index.longest_match([h], {"a", "b", "c"}) for h in (b"h1", b"h2", b"h3")] == ["a", None, "c"]
+    assert len(index) == 2
