@@ -303,7 +303,9 @@ class FakeReplica:
         self.num_ongoing = num_ongoing  # None: the probe never answers
         self.max_ongoing_requests = 8
         # As LLMServer.record_routing_stats reports them; empty before the first report.
-        self.routing_stats: dict[str, Any] = {} if kv_usage is None else signals(kv_usage, num_sequences, num_requests).to_metrics()
+        self.routing_stats: dict[str, Any] = (
+            {} if kv_usage is None else signals(kv_usage, num_sequences, num_requests).to_metrics()
+        )
 
     async def get_queue_len(self, *, deadline_s: float) -> int:
         if self.num_ongoing is None:
