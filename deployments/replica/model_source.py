@@ -6,17 +6,25 @@ import dataclasses
 import fcntl
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 from deployments.config import DemoModel, ModelSource
-from engine.demo.tiny_models import DEMO_LLAMA, TinyModelSpec, write_tiny_model
 
-__all__ = ["DEMO_SPECS", "resolve_model_source"]
+if TYPE_CHECKING:
+    from engine.demo.tiny_models import TinyModelSpec
 
-# The built-in demo models: the same small shape in each architecture, with different weights.
-DEMO_SPECS: dict[DemoModel, TinyModelSpec] = {
-    "llama": DEMO_LLAMA,
-    "qwen2": dataclasses.replace(DEMO_LLAMA, architecture="qwen2", seed=1),
-    "mistral": dataclasses.replace(DEMO_LLAMA, architecture="mistral", seed=2),
-}
+__all__ = ["demo_spec", "resolve_model_source"]
+
+# Each demo architecture's weight seed: the same small shape in each, with different weights.
+_DEMO_SEEDS: dict[DemoModel, int] = {"llama": 0, "qwen2": 1, "mistral": 2}
+
+
+def demo_spec(demo: DemoModel) -> TinyModelSpec:
+    """The built-in demo model of an architecture (imported here: the model writer loads torch,
+    which building the app does not need)."""
+    from engine.demo.tiny_models import DEMO_LLAMA
+
+    return dataclasses.replace(DEMO_LLAMA, architecture=demo, seed=_DEMO_SEEDS[demo])
 
 
 def resolve_model_source(source: ModelSource) -> str:
@@ -31,5 +39,7 @@ def resolve_model_source(source: ModelSource) -> str:
     # Replicas on one machine may start together: one writes, the others wait and then reuse.
     with open(directory.parent / f".{directory.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        write_tiny_model(directory, DEMO_SPECS[source.demo])
+        from engine.demo.tiny_models import write_tiny_model
+
+        write_tiny_model(directory, demo_spec(source.demo))
     return str(directory)

@@ -1,5 +1,5 @@
-"""The ingress never loads torch: the Router module, the serve config and `switchyard check`
-import in a fresh interpreter without torch or transformers."""
+"""The ingress never loads torch: the Router module, the serve config, `build_app` and
+`switchyard check` run in a fresh interpreter without torch or transformers."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 _PROBE = """
 import sys
 from pathlib import Path
+import yaml
 import deployments.ingress.router
 import deployments.routing.serve_router
 from deployments.tools.cli import check_config
@@ -19,12 +20,14 @@ import engine
 engine.EngineConfig(model="m"); engine.SamplingParams(); engine.EngineStats; engine.RequestOutput
 problems = check_config(Path(sys.argv[1]))
 assert problems == [], problems
+from deployments.app import build_app
+build_app(yaml.safe_load(Path(sys.argv[1]).read_text())["applications"][0]["args"])
 heavy = sorted(name for name in ("torch", "transformers") if name in sys.modules)
 print(",".join(heavy) or "none")
 """
 
 
-def test_router_and_config_check_load_neither_torch_nor_transformers() -> None:
+def test_router_build_app_and_config_check_load_neither_torch_nor_transformers() -> None:
     result = subprocess.run(
         [sys.executable, "-c", _PROBE, str(REPO_ROOT / "manifests" / "quickstart.yaml")],
         cwd=REPO_ROOT,
