@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import fcntl
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 from deployments.config import DemoModel, ModelSource
