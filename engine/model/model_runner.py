@@ -10,6 +10,7 @@ from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from engine.config import EngineConfig
 from engine.model.kv_cache import kv_cache_shape
+from engine.model.fusion import fuse_projections
 from engine.model.memory import available_memory_bytes
 from engine.model.paged_attention import PAGED_ATTENTION, build_metadata, register_paged_attention
 from engine.model.weights import TORCH_DTYPES, quantization_config, stored_weight_bytes
@@ -89,6 +90,11 @@ class ModelRunner:
         )
 
     def _load_model(self) -> PreTrainedModel:
+        model = self._load_weights()
+        fuse_projections(model)
+        return model
+
+    def _load_weights(self) -> PreTrainedModel:
         if self.shard.world_size > 1:
             return load_shard(self.config.model, self.dtype, self.device, self.shard)
         register_paged_attention()

@@ -7,7 +7,8 @@ The model runs on packed input: every scheduled token of every sequence in one r
 1. writes the new tokens' keys and values into their cache slots (`slot_mapping`), then
 2. for each group of sequences (decodes, and chunks of prompt), gathers the queries into
    `(S, Q)` and each sequence's cached keys and values into `(S, K)` through its block table,
-   and runs one masked `scaled_dot_product_attention` for the whole group.
+   and runs one masked `scaled_dot_product_attention` for the whole group. Gathers copy whole
+   blocks with `index_select`.
 
 Decodes (one query each) and prompt chunks are grouped apart so that a long prompt chunk does not
 pad every decode to its length, and decodes are further split by context length (see
@@ -45,14 +46,16 @@ class AttentionGroup:
 
     # (S, Q) packed-token index of each query; padding repeats the sequence's last token.
     query_index: torch.Tensor
-    # (S, B) block table of each sequence, padded with block 0 (masked out). Context is gathered
-    # a whole block at a time: K = B * block_size positions.
-    block_tables: torch.Tensor
+    # (S * B,) the block tables of the S sequences, each padded to B blocks with block 0 (masked
+    # out), one after another. Context is gathered a whole block at a time: K = B * block_size.
+    block_ids: torch.Tensor
+    blocks_per_seq: int
     # (S, Q) position of each query, and (S,) context length (cached + new tokens).
     query_positions: torch.Tensor
     context_lens: torch.Tensor
-    # Rows of the flattened (S * Q) output that are real queries, and where they go in (T,).
-    valid_rows: torch.Tensor
+    # Rows of the flattened (S * Q) output that are real queries (None: all of them, as for
+    # decodes), and where they go in (T,).
+    valid_rows: torch.Tensor | None
     token_index: torch.Tensor
     # Masks by sliding window (None = full causal), built on first use.
     _masks: dict[int | None, torch.Tensor] = field(default_factory=dict)
@@ -62,8 +65,8 @@ class AttentionGroup:
         cached = self._masks.get(sliding_window)
         if cached is not None:
             return cached
-        num_context = self.block_tables.shape[1] * block_size
-        kv_positions = torch.arange(num_context, device=self.block_tables.device)  # (K,)
+        num_context = self.blocks_per_seq * block_size
+        kv_positions = torch.arange(num_context, device=self.block_ids.device)  # (K,)
         q_pos = self.query_positions[:, :, None]  # (S, Q, 1)
         allowed = (kv_positions[None, None, :] <= q_pos) & (
             kv_positions[None, None, :] < self.context_lens[:, None, None]
@@ -122,21 +125,25 @@ def paged_attention_forward(
     num_heads = queries.shape[1]
     output = queries.new_empty(queries.shape)
     for group in metadata.groups:
-        num_seqs = group.block_tables.shape[0]
-        group_queries = queries[group.query_index].transpose(1, 2)  # (S, H, Q, D)
-        # (S, B, bs, KVH, D) -> (S, KVH, K, D)
-        group_keys = key_blocks[group.block_tables].view(num_seqs, -1, num_kv_heads, head_dim).transpose(1, 2)
-        group_values = value_blocks[group.block_tables].view(num_seqs, -1, num_kv_heads, head_dim).transpose(1, 2)
+        num_seqs, num_queries = group.query_index.shape
+        # index_select copies whole rows; indexing with a 2-D tensor is several times slower on CPU.
+        group_queries = queries.index_select(0, group.query_index.flatten())  # (S * Q, H, D)
+        group_queries = group_queries.view(num_seqs, num_queries, num_heads, head_dim).transpose(1, 2)  # (S, H, Q, D)
+        # (S * B, bs, KVH, D) -> (S, KVH, K, D)
+        group_keys = key_blocks.index_select(0, group.block_ids).view(num_seqs, -1, num_kv_heads, head_dim)
+        group_values = value_blocks.index_select(0, group.block_ids).view(num_seqs, -1, num_kv_heads, head_dim)
         attended = F.scaled_dot_product_attention(
             group_queries,
-            group_keys,
-            group_values,
+            group_keys.transpose(1, 2),
+            group_values.transpose(1, 2),
             attn_mask=group.mask(sliding_window, block_size),
             scale=scaling,
             enable_gqa=True,
         )  # (S, H, Q, D)
         flat = attended.transpose(1, 2).reshape(-1, num_heads, head_dim)  # (S * Q, H, D)
-        output[group.token_index] = flat[group.valid_rows]
+        if group.valid_rows is not None:
+            flat = flat.index_select(0, group.valid_rows)
+        output.index_copy_(0, group.token_index, flat)
     return output.unsqueeze(0), None
 
 
@@ -242,11 +249,13 @@ def _build_group(
     num_blocks = -(-max_context // block_size)
     block_tables = tables[members, :num_blocks]  # (S, B); entries past a sequence's table are 0
 
+    all_real = bool(is_real_query.all())
     return AttentionGroup(
         query_index=query_index.to(device),
-        block_tables=block_tables.to(device),
+        block_ids=block_tables.flatten().to(device),
+        blocks_per_seq=num_blocks,
         query_positions=query_positions.to(device),
         context_lens=context_lens.to(device),
-        valid_rows=torch.nonzero(is_real_query.flatten()).flatten().to(device),
+        valid_rows=None if all_real else torch.nonzero(is_real_query.flatten()).flatten().to(device),
         token_index=query_index[is_real_query].to(device),
     )
