@@ -7,10 +7,12 @@ from typing import Literal, get_args
 
 __all__ = [
     "DTYPES",
+    "DTYPE_CHOICES",
     "PLACEMENT_STRATEGIES",
     "QUANTIZATIONS",
     "SCHEDULING_POLICIES",
     "DType",
+    "DTypeChoice",
     "EngineConfig",
     "PlacementStrategy",
     "Quantization",
@@ -19,11 +21,14 @@ __all__ = [
 
 # The allowed values of the choice fields, once: the serve config's engine settings use these types.
 DType = Literal["float32", "bfloat16", "float16"]
+# What a config may ask for: a dtype, or "auto" for the device's fastest (engine.hardware).
+DTypeChoice = Literal["auto", "float32", "bfloat16", "float16"]
 Scheduling = Literal["continuous", "static", "request"]
 Quantization = Literal["int8", "nf4"]
 PlacementStrategy = Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"]
 
 DTYPES: tuple[DType, ...] = get_args(DType)
+DTYPE_CHOICES: tuple[DTypeChoice, ...] = get_args(DTypeChoice)
 SCHEDULING_POLICIES: tuple[Scheduling, ...] = get_args(Scheduling)
 QUANTIZATIONS: tuple[Quantization | None, ...] = (None, *get_args(Quantization))
 PLACEMENT_STRATEGIES: tuple[PlacementStrategy, ...] = get_args(PlacementStrategy)
@@ -40,8 +45,10 @@ class EngineConfig:
     model: str
     # Tokenizer directory or hub id; None means the model's own.
     tokenizer: str | None = None
-    # Weights and KV cache dtype.
-    dtype: DType = "float32"
+    # Weights and KV cache dtype. "auto" takes bfloat16 where the device multiplies it fast (CPUs
+    # with AMX or AVX-512-BF16, GPUs that support it), else float32 on a CPU and float16 on a GPU;
+    # the engine resolves it when it starts (`LLMEngine.config.dtype` is then the dtype it runs).
+    dtype: DTypeChoice = "auto"
     # "cpu", "cuda" or "cuda:N".
     device: str = "cpu"
     # Tokens per KV block. Smaller blocks waste less memory per sequence, larger ones mean
@@ -83,8 +90,8 @@ class EngineConfig:
     def __post_init__(self) -> None:
         if not isinstance(self.model, str) or not self.model:
             raise ValueError(f"model must be a non-empty model directory or hub id, got {self.model!r}")
-        if self.dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
+        if self.dtype not in DTYPE_CHOICES:
+            raise ValueError(f"dtype must be one of {DTYPE_CHOICES}, got {self.dtype!r}")
         if not (self.device == "cpu" or self.device == "cuda" or self.device.startswith("cuda:")):
             raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
         if self.block_size < 1 or self.block_size & (self.block_size - 1):

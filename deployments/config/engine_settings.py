@@ -14,7 +14,7 @@ from pydantic import Field
 
 from deployments.config.strict import Strict
 from engine import EngineConfig
-from engine.config import DType, PlacementStrategy, Quantization, Scheduling
+from engine.config import DTypeChoice, PlacementStrategy, Quantization, Scheduling
 
 __all__ = ["ENGINE_ONLY_FIELDS", "REPLICA_ONLY_FIELDS", "EngineSettings"]
 
@@ -37,7 +37,11 @@ class EngineSettings(Strict):
     tokenizer: str | None = _engine_field(
         "tokenizer", "Tokenizer directory or hub id; null uses the model's own."
     )
-    dtype: DType = _engine_field("dtype", "Weights and KV cache dtype.")
+    dtype: DTypeChoice = _engine_field(
+        "dtype",
+        "Weights and KV cache dtype; auto: bfloat16 where the device computes it fast (CPUs with AMX or "
+        "AVX-512-BF16, GPUs that support it), else float32 on CPU and float16 on GPU.",
+    )
     device: str = _engine_field("device", "'cpu', 'cuda' or 'cuda:N'.")
     block_size: int = _engine_field("block_size", "Tokens per KV block (a power of two).")
     num_kv_blocks: int | None = _engine_field(

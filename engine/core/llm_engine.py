@@ -12,6 +12,7 @@ from engine.core.scheduler import Scheduler
 from engine.core.sequence import Sequence
 from engine.core.tokenizer import eos_token_ids, load_tokenizer
 from engine.errors import ContextLengthError, InvalidPromptError
+from engine.hardware import resolve_dtype
 from engine.outputs import EngineStats, RequestOutput, ShardInfo
 from engine.parallel.executor import create_executor
 from engine.sampling_params import SamplingParams
@@ -31,6 +32,7 @@ class LLMEngine:
     """Continuous batching over a paged KV cache. One step = schedule -> execute -> update."""
 
     def __init__(self, config: EngineConfig) -> None:
+        config = resolve_dtype(config)  # every shard then runs the dtype this node chose
         self.config = config
         self.executor = create_executor(config)
         try:

@@ -9,6 +9,7 @@ import torch
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from engine.config import EngineConfig
+from engine.hardware import resolve_dtype
 from engine.model.kv_cache import kv_cache_shape
 from engine.model.fusion import fuse_projections
 from engine.model.memory import available_memory_bytes
@@ -50,6 +51,7 @@ class ModelRunner:
     def __init__(self, config: EngineConfig, shard: ShardGroup | None = None, memory_share: float = 1.0) -> None:
         """`memory_share`: the part of the device's free memory this runner may plan for (shards
         sharing one node's memory each take theirs)."""
+        config = resolve_dtype(config)
         self.config = config
         self.memory_share = memory_share
         self.shard = shard or ShardGroup(rank=0, world_size=1)
@@ -70,11 +72,12 @@ class ModelRunner:
         self.num_kv_blocks = 0
         self.kv_caches: list[tuple[torch.Tensor, torch.Tensor]] = []
         logger.info(
-            "loaded %s%s in %.1fs: weights %.1f MiB on %s",
+            "loaded %s%s in %.1fs: weights %.1f MiB in %s on %s",
             config.model,
             f" shard {self.shard.rank}/{self.shard.world_size}" if self.shard.world_size > 1 else "",
             time.perf_counter() - start,
             self.weight_bytes / 2**20,
+            config.dtype,
             self.device,
         )
 

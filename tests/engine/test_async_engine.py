@@ -22,7 +22,7 @@ GREEDY = SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True)
 
 @pytest.fixture(scope="module")
 def sync_engine(llama_dir: Path) -> LLMEngine:
-    return LLMEngine(EngineConfig(model=str(llama_dir), num_kv_blocks=64, block_size=8))
+    return LLMEngine(EngineConfig(model=str(llama_dir), dtype="float32", num_kv_blocks=64, block_size=8))
 
 
 async def collect(
@@ -108,7 +108,7 @@ def test_bad_input_raises_before_any_output(sync_engine: LLMEngine) -> None:
 
 
 def test_failing_step_ends_requests_with_engine_dead_error(llama_dir: Path) -> None:
-    broken = LLMEngine(EngineConfig(model=str(llama_dir), num_kv_blocks=16))
+    broken = LLMEngine(EngineConfig(model=str(llama_dir), dtype="float32", num_kv_blocks=16))
 
     def fail(batch: object) -> None:
         raise RuntimeError("device lost")
@@ -133,7 +133,7 @@ def test_failing_step_ends_requests_with_engine_dead_error(llama_dir: Path) -> N
 
 def test_start_loads_the_model_and_reports_health(llama_dir: Path) -> None:
     async def scenario() -> None:
-        engine = AsyncLLMEngine(EngineConfig(model=str(llama_dir), num_kv_blocks=16))
+        engine = AsyncLLMEngine(EngineConfig(model=str(llama_dir), dtype="float32", num_kv_blocks=16))
         with pytest.raises(EngineStoppedError):
             await engine.check_health()
         await engine.start(timeout_s=120)

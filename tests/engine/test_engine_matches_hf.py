@@ -36,7 +36,7 @@ def assert_matches_hf(model_dir: Path, engine: LLMEngine, prompts: list[list[int
 @pytest.mark.parametrize("scheduling", ["continuous", "static", "request"])
 def test_greedy_batch_matches_hf(tiny_model_dirs: dict[str, Path], architecture: str, scheduling: str) -> None:
     model_dir = tiny_model_dirs[architecture]
-    engine = LLMEngine(EngineConfig(model=str(model_dir), scheduling=scheduling, num_kv_blocks=128))
+    engine = LLMEngine(EngineConfig(model=str(model_dir), dtype="float32", scheduling=scheduling, num_kv_blocks=128))
     prompts, max_tokens = mixed_batch(seed=1)
     assert_matches_hf(model_dir, engine, prompts, max_tokens)
 
@@ -45,7 +45,7 @@ def test_greedy_batch_matches_hf(tiny_model_dirs: dict[str, Path], architecture:
 def test_chunked_prefill_matches_hf(tiny_model_dirs: dict[str, Path], architecture: str) -> None:
     """A 7-token budget splits every long prompt into chunks and mixes chunks with decodes."""
     model_dir = tiny_model_dirs[architecture]
-    engine = LLMEngine(EngineConfig(model=str(model_dir), max_num_batched_tokens=7, num_kv_blocks=128))
+    engine = LLMEngine(EngineConfig(model=str(model_dir), dtype="float32", max_num_batched_tokens=7, num_kv_blocks=128))
     prompts, max_tokens = mixed_batch(seed=2)
     assert_matches_hf(model_dir, engine, prompts, max_tokens)
     assert engine.stats().num_prompt_tokens_computed == sum(len(p) for p in prompts)
@@ -54,7 +54,7 @@ def test_chunked_prefill_matches_hf(tiny_model_dirs: dict[str, Path], architectu
 @pytest.mark.parametrize("architecture", ["llama", "qwen2"])
 def test_prefix_cache_hits_match_hf(tiny_model_dirs: dict[str, Path], architecture: str) -> None:
     model_dir = tiny_model_dirs[architecture]
-    engine = LLMEngine(EngineConfig(model=str(model_dir), block_size=8, num_kv_blocks=128))
+    engine = LLMEngine(EngineConfig(model=str(model_dir), dtype="float32", block_size=8, num_kv_blocks=128))
     rng = random.Random(3)
     shared = [rng.randrange(10, 500) for _ in range(37)]
     prompts = [shared + [rng.randrange(10, 500) for _ in range(n)] for n in (1, 9, 20)]
@@ -66,7 +66,7 @@ def test_prefix_cache_hits_match_hf(tiny_model_dirs: dict[str, Path], architectu
 
 
 def test_requests_admitted_together_share_a_prefix_and_match_hf(llama_dir: Path) -> None:
-    engine = LLMEngine(EngineConfig(model=str(llama_dir), block_size=8, num_kv_blocks=128))
+    engine = LLMEngine(EngineConfig(model=str(llama_dir), dtype="float32", block_size=8, num_kv_blocks=128))
     rng = random.Random(7)
     shared = [rng.randrange(10, 500) for _ in range(37)]
     prompts = [shared + [rng.randrange(10, 500) for _ in range(n)] for n in (2, 5, 11)]
@@ -81,7 +81,14 @@ def test_preempted_sequences_resume_with_identical_tokens(tiny_model_dirs: dict[
     model_dir = tiny_model_dirs["llama"]
     # 12 blocks of 4 tokens cannot hold these sequences at once: running ones get preempted.
     engine = LLMEngine(
-        EngineConfig(model=str(model_dir), block_size=4, num_kv_blocks=12, scheduling=scheduling, enable_prefix_caching=False)
+        EngineConfig(
+            model=str(model_dir),
+            dtype="float32",
+            block_size=4,
+            num_kv_blocks=12,
+            scheduling=scheduling,
+            enable_prefix_caching=False,
+        )
     )
     rng = random.Random(4)
     prompts = [[rng.randrange(10, 500) for _ in range(n)] for n in (9, 14, 6, 11)]
@@ -91,7 +98,7 @@ def test_preempted_sequences_resume_with_identical_tokens(tiny_model_dirs: dict[
 
 
 def test_preemption_with_prefix_cache_matches_hf(llama_dir: Path) -> None:
-    engine = LLMEngine(EngineConfig(model=str(llama_dir), block_size=4, num_kv_blocks=14))
+    engine = LLMEngine(EngineConfig(model=str(llama_dir), dtype="float32", block_size=4, num_kv_blocks=14))
     rng = random.Random(5)
     shared = [rng.randrange(10, 500) for _ in range(8)]
     prompts = [shared + [rng.randrange(10, 500) for _ in range(n)] for n in (3, 7, 1, 5)]

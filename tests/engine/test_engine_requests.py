@@ -11,7 +11,7 @@ from engine import ContextLengthError, EngineConfig, LLMEngine, SamplingParams
 
 @pytest.fixture(scope="module")
 def engine(llama_dir: Path) -> LLMEngine:
-    return LLMEngine(EngineConfig(model=str(llama_dir), num_kv_blocks=64, block_size=8, max_model_len=256))
+    return LLMEngine(EngineConfig(model=str(llama_dir), dtype="float32", num_kv_blocks=64, block_size=8, max_model_len=256))
 
 
 def run_alone(engine: LLMEngine, prompt: list[int] | str, params: SamplingParams) -> list[int]:
@@ -147,7 +147,7 @@ def test_bad_sampling_params_are_rejected_naming_the_field(field: str, kwargs: d
 
 
 def test_request_that_can_never_fit_the_pool_is_rejected_at_once(llama_dir: Path) -> None:
-    small = LLMEngine(EngineConfig(model=str(llama_dir), num_kv_blocks=4, block_size=8))
+    small = LLMEngine(EngineConfig(model=str(llama_dir), dtype="float32", num_kv_blocks=4, block_size=8))
     with pytest.raises(ValueError, match="KV blocks"):
         small.add_request("huge", [5] * 30, SamplingParams(max_tokens=8))
     assert not small.has_unfinished_requests()
@@ -166,7 +166,7 @@ def test_too_long_request_raises_context_length_error(
     llama_dir: Path, prompt_length: int, max_tokens: int, message: str
 ) -> None:
     # max_model_len caps the first case; the 4-block pool (32 slots) the second.
-    engine = LLMEngine(EngineConfig(model=str(llama_dir), num_kv_blocks=4, block_size=8, max_model_len=256))
+    engine = LLMEngine(EngineConfig(model=str(llama_dir), dtype="float32", num_kv_blocks=4, block_size=8, max_model_len=256))
     with pytest.raises(ContextLengthError, match=message) as error:
         engine.add_request("long", [5] * prompt_length, SamplingParams(max_tokens=max_tokens))
     assert isinstance(error.value, ValueError)
@@ -181,7 +181,7 @@ def test_other_bad_input_is_not_a_context_length_error(engine: LLMEngine) -> Non
 
 def test_steps_whose_prompt_chunks_sample_nothing_run(llama_dir: Path) -> None:
     # A 4-token budget runs the 10-token prompt as chunks of 4, 4 and 2; only the last one samples.
-    engine = LLMEngine(EngineConfig(model=str(llama_dir), num_kv_blocks=16, max_num_batched_tokens=4))
+    engine = LLMEngine(EngineConfig(model=str(llama_dir), dtype="float32", num_kv_blocks=16, max_num_batched_tokens=4))
     engine.add_request("chunked", list(range(20, 30)), SamplingParams(max_tokens=2, ignore_eos=True))
     assert (engine.step(), engine.step()) == ([], [])
     (output,) = engine.step()
@@ -224,7 +224,7 @@ def test_top_k_beyond_the_vocabulary_keeps_every_token(engine: LLMEngine) -> Non
 
 
 def test_each_output_reports_the_prompt_tokens_served_from_the_prefix_cache(llama_dir: Path) -> None:
-    engine = LLMEngine(EngineConfig(model=str(llama_dir), num_kv_blocks=64, block_size=8))
+    engine = LLMEngine(EngineConfig(model=str(llama_dir), dtype="float32", num_kv_blocks=64, block_size=8))
     prompt = list(range(10, 31))  # 21 tokens: two full blocks of 8, then 5 more
     params = SamplingParams(max_tokens=4, temperature=0.0, ignore_eos=True)
     (first,) = engine.generate([prompt], params)

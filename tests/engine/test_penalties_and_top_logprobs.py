@@ -50,7 +50,7 @@ def test_greedy_with_penalties_matches_hf_with_a_penalty_logits_processor(
     tiny_model_dirs: dict[str, Path], architecture: str, setup: str
 ) -> None:
     model_dir = tiny_model_dirs[architecture]
-    engine = LLMEngine(EngineConfig(model=str(model_dir), **ENGINE_SETUPS[setup]))
+    engine = LLMEngine(EngineConfig(model=str(model_dir), dtype="float32", **ENGINE_SETUPS[setup]))
     prompts = random_prompts(seed=11, lengths=PROMPT_LENGTHS)
     params = [
         SamplingParams(
@@ -85,7 +85,7 @@ def test_greedy_with_penalties_matches_hf_with_a_penalty_logits_processor(
 
 def test_seeded_sampling_with_top_k_one_and_penalties_equals_penalized_greedy(llama_dir: Path) -> None:
     """Penalties steer random rows too: with top_k=1 the draw is the penalized argmax."""
-    engine = LLMEngine(EngineConfig(model=str(llama_dir), num_kv_blocks=64))
+    engine = LLMEngine(EngineConfig(model=str(llama_dir), dtype="float32", num_kv_blocks=64))
     prompt = random_prompts(seed=12, lengths=[10])[0]
     params = SamplingParams(max_tokens=24, temperature=0.8, top_k=1, seed=3, ignore_eos=True, frequency_penalty=1.0)
     (output,) = engine.generate([prompt], params)
@@ -95,7 +95,7 @@ def test_seeded_sampling_with_top_k_one_and_penalties_equals_penalized_greedy(ll
 @pytest.mark.parametrize("architecture", ["llama", "qwen2", "mistral"])
 def test_top_logprobs_match_the_top_of_hf_raw_logits(tiny_model_dirs: dict[str, Path], architecture: str) -> None:
     model_dir = tiny_model_dirs[architecture]
-    engine = LLMEngine(EngineConfig(model=str(model_dir), num_kv_blocks=128, max_num_batched_tokens=16))
+    engine = LLMEngine(EngineConfig(model=str(model_dir), dtype="float32", num_kv_blocks=128, max_num_batched_tokens=16))
     num_top = [1, 5, 20, 0, 3, 20]
     max_tokens = [12, 5, 20, 8, 16, 3]
     prompts = random_prompts(seed=13, lengths=[3, 41, 17, 64, 9, 26])
@@ -116,7 +116,7 @@ def test_top_logprobs_match_the_top_of_hf_raw_logits(tiny_model_dirs: dict[str, 
 
 
 def test_streamed_top_logprob_deltas_add_up_to_the_full_list(llama_dir: Path) -> None:
-    engine = LLMEngine(EngineConfig(model=str(llama_dir), num_kv_blocks=64))
+    engine = LLMEngine(EngineConfig(model=str(llama_dir), dtype="float32", num_kv_blocks=64))
     params = SamplingParams(max_tokens=6, temperature=1.0, seed=5, ignore_eos=True, logprobs=True, top_logprobs=4)
     engine.add_request("stream", [21, 22, 23], params)
     streamed: list[list[tuple[int, float]]] = []

@@ -28,7 +28,7 @@ def hf_greedy(model_dir: Path, quantization: str, prompt: list[int]) -> list[int
 
 @pytest.mark.parametrize("quantization", ["int8", "nf4"])
 def test_quantized_engine_matches_generate_on_the_same_quantized_weights(llama_dir: Path, quantization: str) -> None:
-    engine = LLMEngine(EngineConfig(model=str(llama_dir), quantization=quantization, num_kv_blocks=32))
+    engine = LLMEngine(EngineConfig(model=str(llama_dir), dtype="float32", quantization=quantization, num_kv_blocks=32))
     outputs = engine.generate(PROMPTS, GREEDY)  # the three prompts batched together
     for prompt, output in zip(PROMPTS, outputs):
         assert output.token_ids == hf_greedy(llama_dir, quantization, prompt)

@@ -9,7 +9,7 @@ from autoscaling import ScalingSettings
 from deployments.config import AutoscalingSettings, EngineSettings, ModelConfig
 from deployments.config.engine_settings import ENGINE_ONLY_FIELDS, REPLICA_ONLY_FIELDS
 from engine import EngineConfig, shard_bundles
-from engine.config import DTYPES, PLACEMENT_STRATEGIES, QUANTIZATIONS, SCHEDULING_POLICIES
+from engine.config import DTYPE_CHOICES, PLACEMENT_STRATEGIES, QUANTIZATIONS, SCHEDULING_POLICIES
 
 
 def test_engine_settings_have_every_engine_config_field_and_no_other() -> None:
@@ -31,7 +31,7 @@ def test_engine_settings_allow_exactly_the_engines_choices() -> None:
         members = typing.get_args(annotation) or (annotation,)  # Literal[...] | None -> its parts
         return {value for member in members for value in typing.get_args(member) or (member,)}
 
-    assert choices("dtype") == set(DTYPES)
+    assert choices("dtype") == set(DTYPE_CHOICES)
     assert choices("scheduling") == set(SCHEDULING_POLICIES)
     assert choices("placement_strategy") == set(PLACEMENT_STRATEGIES)
     assert choices("quantization") - {type(None)} == set(QUANTIZATIONS) - {None}
