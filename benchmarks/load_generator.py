@@ -2,17 +2,20 @@
 
 Sends `--num-prompts` streaming requests to `POST {url}/v1/completions` (or, with `--endpoint chat`,
 `/v1/chat/completions`), greedy, with `ignore_eos` so every request generates exactly
-`--output-len` tokens. Completion prompts are `--input-len` random token ids drawn from
-`--vocab-range LOW HIGH` (LOW included, HIGH excluded), so their length is exact; chat prompts are
-one user message of `--input-len` random words. Everything random is drawn from `--seed`.
+`--output-len` tokens; `--no-ignore-eos` leaves that field out for servers that refuse it (a
+request may then stop early at EOS). Completion prompts are `--input-len` random token ids drawn
+from `--vocab-range LOW HIGH` (LOW included, HIGH excluded), so their length is exact, or with
+`--text-prompts` `--input-len` random words, for servers that take only text; chat prompts are one
+user message of `--input-len` random words. Everything random is drawn from `--seed`.
 
 Arrivals: `--concurrency C` keeps at most C requests in flight, all queued at the start;
 `--request-rate R` sends them as a Poisson process of R requests/s (`inf`, the default, sends all
 at once), still capped by `--concurrency` when both are given.
 
 Prints benchmark_serving's table (throughputs; mean, median and p99 of TTFT, TPOT, ITL and
-end-to-end latency in ms), writes it with the config to `--json` if given, and exits 1 if any
-request failed. Run from the repository root:
+end-to-end latency in ms), writes it with the config to `--json` if given, plots the TTFT and ITL
+distributions to `--plot-dir`/latency_cdf.png if given (needs the `bench` extra: matplotlib), and
+exits 1 if any request failed. Run from the repository root:
 
     .venv/bin/python -m benchmarks.load_generator --url http://127.0.0.1:8000 --model demo \\
         --num-prompts 64 --input-len 128 --output-len 64 --concurrency 16
@@ -45,6 +48,7 @@ from benchmarks.serving_metrics import (
 __all__ = [
     "ENDPOINT_PATHS",
     "LoadConfig",
+    "LoadRun",
     "PlannedRequest",
     "arrival_offsets",
     "build_requests",
@@ -53,6 +57,7 @@ __all__ = [
     "parse_args",
     "report_to_json",
     "run_load",
+    "run_requests",
     "send_request",
 ]
 
@@ -75,10 +80,15 @@ class LoadConfig:
     model: str
     # Requests to send, one prompt each.
     num_prompts: int = 64
-    # Prompt length: token ids for completions, words for chat.
+    # Prompt length: token ids for completions, words for chat and for text prompts.
     input_len: int = 128
     # max_tokens of every request; with ignore_eos, exactly the tokens generated.
     output_len: int = 64
+    # Send `ignore_eos` (a vLLM extension) so requests run to max_tokens; False leaves the field out, for
+    # servers that refuse it, and a request may stop early at EOS.
+    ignore_eos: bool = True
+    # Completions prompts as `input_len` random words instead of token ids, for servers that take only text.
+    text_prompts: bool = False
     # Most requests in flight at once; None: no cap.
     concurrency: int | None = None
     # Poisson arrival rate in requests/s; math.inf sends every request at the start.
@@ -104,6 +114,8 @@ class LoadConfig:
             raise ValueError(f"request_rate must be positive (inf for all at once), got {self.request_rate}")
         if self.endpoint not in ENDPOINT_PATHS:
             raise ValueError(f"endpoint must be one of {', '.join(ENDPOINT_PATHS)}, got {self.endpoint!r}")
+        if self.text_prompts and self.endpoint != "completions":
+            raise ValueError(f"text_prompts applies to completions (chat prompts are words), got {self.endpoint!r}")
         low, high = self.vocab_range
         if not 0 <= low < high:
             raise ValueError(f"vocab_range must satisfy 0 <= low < high, got {self.vocab_range}")
@@ -119,18 +131,31 @@ class PlannedRequest:
     path: str
     # The JSON body.
     body: dict[str, object]
-    # Prompt length in tokens, counted when the server reports no usage (for chat: the word count).
+    # Prompt length in tokens, counted when the server reports no usage (for words: the word count).
     prompt_tokens: int
 
 
-def _sampling_fields() -> dict[str, object]:
-    """Greedy, streamed with a final usage chunk, and exactly max_tokens long (a server extension, as in vLLM)."""
-    return {
-        "temperature": 0,
-        "stream": True,
-        "stream_options": {"include_usage": True},
-        "ignore_eos": True,
-    }
+@dataclass(frozen=True)
+class LoadRun:
+    """Every request of one run, timed."""
+
+    # One record per request, in the order build_requests planned them.
+    records: list[RequestRecord]
+    # Wall time from the first request sent to the last stream finished.
+    duration_s: float
+
+
+def _sampling_fields(ignore_eos: bool) -> dict[str, object]:
+    """Greedy, streamed with a final usage chunk, and with `ignore_eos` exactly max_tokens long (a server
+    extension, as in vLLM)."""
+    fields: dict[str, object] = {"temperature": 0, "stream": True, "stream_options": {"include_usage": True}}
+    if ignore_eos:
+        fields["ignore_eos"] = True
+    return fields
+
+
+def _words(rng: random.Random, count: int) -> str:
+    return " ".join(rng.choices(_WORDS, k=count))
 
 
 def build_requests(config: LoadConfig) -> list[PlannedRequest]:
@@ -139,14 +164,16 @@ def build_requests(config: LoadConfig) -> list[PlannedRequest]:
     path = ENDPOINT_PATHS[config.endpoint]
     requests = []
     for _ in range(config.num_prompts):
-        if config.endpoint == "completions":
-            prompt = [rng.randrange(*config.vocab_range) for _ in range(config.input_len)]
-            body = {"model": config.model, "prompt": prompt, "max_tokens": config.output_len}
-        else:
-            content = " ".join(rng.choices(_WORDS, k=config.input_len))
-            messages = [{"role": "user", "content": content}]
+        if config.endpoint == "chat":
+            messages = [{"role": "user", "content": _words(rng, config.input_len)}]
             body = {"model": config.model, "messages": messages, "max_completion_tokens": config.output_len}
-        requests.append(PlannedRequest(path, body | _sampling_fields(), config.input_len))
+        else:
+            if config.text_prompts:
+                prompt: str | list[int] = _words(rng, config.input_len)
+            else:
+                prompt = [rng.randrange(*config.vocab_range) for _ in range(config.input_len)]
+            body = {"model": config.model, "prompt": prompt, "max_tokens": config.output_len}
+        requests.append(PlannedRequest(path, body | _sampling_fields(config.ignore_eos), config.input_len))
     return requests
 
 
@@ -220,15 +247,21 @@ def _make_client(config: LoadConfig, transport: httpx.AsyncBaseTransport | None)
     )
 
 
-async def run_load(config: LoadConfig, transport: httpx.AsyncBaseTransport | None = None) -> LoadReport:
-    """Sends every request of `config` and reports on them; `transport` stands in for the network in tests."""
+async def run_requests(config: LoadConfig, transport: httpx.AsyncBaseTransport | None = None) -> LoadRun:
+    """Sends every request of `config` and times each; `transport` stands in for the network in tests."""
     requests = build_requests(config)
     offsets = arrival_offsets(config.num_prompts, config.request_rate, config.seed)
     async with _make_client(config, transport) as client:
         start = time.perf_counter()
         records = await _dispatch(client, requests, offsets, config.concurrency)
         duration_s = time.perf_counter() - start
-    return compute_report(records, duration_s)
+    return LoadRun(records, duration_s)
+
+
+async def run_load(config: LoadConfig, transport: httpx.AsyncBaseTransport | None = None) -> LoadReport:
+    """Sends every request of `config` and reports on them; `transport` stands in for the network in tests."""
+    run = await run_requests(config, transport)
+    return compute_report(run.records, run.duration_s)
 
 
 def report_to_json(config: LoadConfig, report: LoadReport) -> dict[str, object]:
@@ -246,6 +279,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--num-prompts", type=int, default=64, help="requests to send")
     parser.add_argument("--input-len", type=int, default=128, help="prompt length: token ids, or words for chat")
     parser.add_argument("--output-len", type=int, default=64, help="tokens every request generates")
+    parser.add_argument(
+        "--no-ignore-eos",
+        dest="ignore_eos",
+        action="store_false",
+        help="leave out ignore_eos, for servers that refuse it; requests may then stop early at EOS",
+    )
+    parser.add_argument(
+        "--text-prompts", action="store_true", help="completions prompts as --input-len random words, not token ids"
+    )
     parser.add_argument("--concurrency", type=int, help="most requests in flight at once (default: no cap)")
     parser.add_argument(
         "--request-rate", type=float, default=math.inf, help="Poisson arrivals, requests/s (default inf: all at once)"
@@ -262,6 +304,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds allowed to connect and per read")
     parser.add_argument("--json", type=Path, help="also write the config and report to this file")
+    parser.add_argument("--plot-dir", type=Path, help="also plot the TTFT and ITL distributions to DIR/latency_cdf.png")
     args = parser.parse_args(argv)
     try:
         args.config = config_from_args(args)
@@ -278,6 +321,8 @@ def config_from_args(args: argparse.Namespace) -> LoadConfig:
         num_prompts=args.num_prompts,
         input_len=args.input_len,
         output_len=args.output_len,
+        ignore_eos=args.ignore_eos,
+        text_prompts=args.text_prompts,
         concurrency=args.concurrency,
         request_rate=args.request_rate,
         seed=args.seed,
@@ -297,11 +342,23 @@ def main(argv: list[str] | None = None) -> int:
         f"{config.input_len} in / {config.output_len} out, {config.request_rate} req/s, {cap}",
         flush=True,
     )
-    report = asyncio.run(run_load(config))
+    run = asyncio.run(run_requests(config))
+    report = compute_report(run.records, run.duration_s)
     print(format_report(report))
     if args.json is not None:
         args.json.write_text(json.dumps(report_to_json(config, report), indent=2) + "\n")
+    if args.plot_dir is not None:
+        print(f"wrote {_plot_latencies(config, run.records, args.plot_dir)}")
     return 1 if report.num_failed else 0
+
+
+def _plot_latencies(config: LoadConfig, records: list[RequestRecord], plot_dir: Path) -> Path:
+    # Imported here: matplotlib is the optional `bench` extra, needed only with --plot-dir.
+    from benchmarks.plots import latency_figure, latency_samples, write_png
+
+    cap = "no cap" if config.concurrency is None else f"concurrency {config.concurrency}"
+    title = f"{config.model} at {config.url}: {config.num_prompts} requests, {cap}"
+    return write_png(latency_figure(title, {config.model: latency_samples(records)}), plot_dir / "latency_cdf.png")
 
 
 if __name__ == "__main__":

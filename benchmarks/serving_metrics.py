@@ -1,7 +1,8 @@
 """Serving metrics: reading one streamed response into a timed record, and the report of many records.
 
-A stream is a sequence of SSE lines `data: {chunk}` ending with `data: [DONE]`; blank lines and `:`
-comment lines are skipped, and an `error` chunk ends it as a failure. The report is pure
+A stream is a sequence of SSE lines `data: {chunk}` ending with `data: [DONE]`, or closing after a
+chunk whose choice carries a `finish_reason` (transformers serve sends no `[DONE]`); blank lines and
+`:` comment lines are skipped, and an `error` chunk ends it as a failure. The report is pure
 arithmetic on plain records, so it can be tested with hand-made inputs. Definitions follow vLLM's
 benchmark_serving:
 
@@ -30,6 +31,7 @@ __all__ = [
     "LoadReport",
     "RequestRecord",
     "StreamOutcome",
+    "chunk_finish_reason",
     "chunk_text",
     "compute_report",
     "error_body_message",
@@ -50,7 +52,7 @@ _MAX_QUOTE_CHARS = 200
 class RequestRecord:
     """One streamed request; times are `time.perf_counter()` differences, in seconds."""
 
-    # True when the stream ran to `data: [DONE]` with some text and no error.
+    # True when the stream ran to `data: [DONE]` (or closed after a finish_reason) with some text and no error.
     is_success: bool
     # The server's usage.prompt_tokens when reported, else the prompt length the generator asked for.
     prompt_tokens: int = 0
@@ -131,6 +133,15 @@ def chunk_text(chunk: dict[str, object]) -> str:
     return "".join(parts)
 
 
+def chunk_finish_reason(chunk: dict[str, object]) -> str | None:
+    """The finish_reason of the chunk's first choice that has one, e.g. "length"; None mid-stream."""
+    choices = chunk.get("choices")
+    if not isinstance(choices, list):
+        return None
+    reasons = [choice.get("finish_reason") for choice in choices if isinstance(choice, dict)]
+    return next((reason for reason in reasons if isinstance(reason, str)), None)
+
+
 def _describe_error(error: object) -> str:
     if isinstance(error, dict):
         message = error.get("message", error)
@@ -151,6 +162,8 @@ class StreamOutcome:
     error: str = ""
     # Whether `data: [DONE]` arrived.
     is_done: bool = False
+    # The last finish_reason a choice carried; a stream that closes after one is complete without [DONE].
+    finish_reason: str | None = None
 
 
 async def read_stream(lines: AsyncIterator[str]) -> StreamOutcome:
@@ -177,7 +190,9 @@ async def read_stream(lines: AsyncIterator[str]) -> StreamOutcome:
             outcome.usage = chunk["usage"]
         if chunk_text(chunk):
             outcome.text_times.append(time.perf_counter())
-    outcome.error = "stream ended before data: [DONE]"
+        outcome.finish_reason = chunk_finish_reason(chunk) or outcome.finish_reason
+    if outcome.finish_reason is None:
+        outcome.error = "stream ended before data: [DONE] or a finish_reason"
     return outcome
 
 

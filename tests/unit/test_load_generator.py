@@ -1,4 +1,5 @@
-"""Load generator: SSE parsing, failures, request bodies, the concurrency cap, seeded arrivals, report arithmetic.
+"""Load generator: SSE parsing, failures, request bodies, the concurrency cap, seeded arrivals, report arithmetic,
+and the latency plot of its CLI.
 
 No network: every run goes through `httpx.MockTransport` serving canned SSE streams.
 """
@@ -18,10 +19,12 @@ import pytest
 from benchmarks import load_generator
 from benchmarks.load_generator import (
     LoadConfig,
+    LoadRun,
     PlannedRequest,
     arrival_offsets,
     build_requests,
     run_load,
+    run_requests,
     send_request,
 )
 from benchmarks.serving_metrics import (
@@ -136,9 +139,18 @@ def test_non_200_status_fails_with_status_and_message() -> None:
     assert load(transport).num_failed == 3
 
 
-def test_stream_that_stops_before_done_fails() -> None:
+def test_stream_that_stops_before_done_or_a_finish_reason_fails() -> None:
     report = load(httpx.MockTransport(streaming(sse(text_chunk("a"), text_chunk("b")))))
-    assert report.error_counts == {"stream ended before data: [DONE]": 3}
+    assert report.error_counts == {"stream ended before data: [DONE] or a finish_reason": 3}
+
+
+def test_stream_that_closes_after_a_finish_reason_without_done_completes() -> None:
+    # transformers serve's completions stream: the last chunk carries the finish_reason and the usage, then it closes.
+    last = {"object": "text_completion", "choices": [{"index": 0, "text": "", "finish_reason": "length"}]}
+    body = sse(text_chunk("a"), text_chunk("b"), last | {"usage": {"prompt_tokens": 8, "completion_tokens": 3}})
+    report = load(httpx.MockTransport(streaming(body)))
+    assert (report.num_completed, report.num_failed) == (3, 0)
+    assert report.total_output_tokens == 9 and report.num_without_usage == 0
 
 
 def test_stream_without_text_fails() -> None:
@@ -159,14 +171,15 @@ def test_connection_error_fails_without_status() -> None:
     assert report.error_counts == {"ConnectError: connection refused": 3}
 
 
-def capture_requests(endpoint: str) -> list[httpx.Request]:
+def capture_requests(endpoint: str, **overrides: object) -> list[httpx.Request]:
     seen: list[httpx.Request] = []
 
     def handler(request: httpx.Request) -> httpx.Response:
         seen.append(request)
         return streaming(GOOD_STREAM)(request)
 
-    load(httpx.MockTransport(handler), endpoint=endpoint, input_len=5, output_len=7, vocab_range=(10, 20))
+    settings = {"endpoint": endpoint, "input_len": 5, "output_len": 7, "vocab_range": (10, 20)} | overrides
+    load(httpx.MockTransport(handler), **settings)
     return seen
 
 
@@ -186,6 +199,54 @@ def test_completions_requests_stream_exact_random_token_prompts_to_the_given_url
             "stream_options": {"include_usage": True},
             "ignore_eos": True,
         }
+
+
+def test_text_prompts_without_ignore_eos_send_words_and_leave_the_field_out() -> None:
+    requests = capture_requests("completions", text_prompts=True, ignore_eos=False)
+    assert len(requests) == 3
+    prompts = []
+    for request in requests:
+        assert str(request.url) == f"{URL}/v1/completions"
+        body = json.loads(request.content)
+        prompt = body.pop("prompt")
+        assert isinstance(prompt, str) and len(prompt.split()) == 5
+        prompts.append(prompt)
+        assert body == {
+            "model": "demo",
+            "max_tokens": 7,
+            "temperature": 0,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+    assert len(set(prompts)) == 3
+
+
+def test_text_prompts_are_for_completions_only() -> None:
+    with pytest.raises(ValueError, match="text_prompts"):
+        LoadConfig(url=URL, model="demo", endpoint="chat", text_prompts=True)
+
+
+def test_records_come_back_in_request_order_whatever_order_the_streams_end_in() -> None:
+    config = LoadConfig(url=URL, model="demo", num_prompts=4, input_len=3, text_prompts=True)
+    prompts = [planned.body["prompt"] for planned in build_requests(config)]
+
+    class DelayedStream(httpx.AsyncByteStream):
+        """A stream of `index + 1` tokens that ends later the earlier its request was planned."""
+
+        def __init__(self, index: int) -> None:
+            self.index = index
+
+        async def __aiter__(self) -> AsyncIterator[bytes]:
+            for _ in range(4 * (len(prompts) - self.index)):
+                await asyncio.sleep(0)
+            yield sse(text_chunk("x"), usage_chunk(3, self.index + 1), "data: [DONE]\n\n")
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, stream=DelayedStream(prompts.index(json.loads(request.content)["prompt"])))
+
+    run = asyncio.run(run_requests(config, httpx.MockTransport(handler)))
+    assert [record.output_tokens for record in run.records] == [1, 2, 3, 4]
+    assert run.duration_s > 0
 
 
 def test_chat_requests_send_one_user_message_of_random_words() -> None:
@@ -330,20 +391,38 @@ def test_cli_builds_the_config() -> None:
         ["--url", URL, "--model", "demo", "--num-prompts", "8", "--request-rate", "inf", "--vocab-range", "5", "100"]
     )
     assert args.config == LoadConfig(url=URL, model="demo", num_prompts=8, vocab_range=(5, 100))
+    args = load_generator.parse_args(["--url", URL, "--model", "demo", "--no-ignore-eos", "--text-prompts"])
+    assert args.config == LoadConfig(url=URL, model="demo", ignore_eos=False, text_prompts=True)
     with pytest.raises(SystemExit):
         load_generator.parse_args(["--url", URL, "--model", "demo", "--concurrency", "0"])
 
 
+def fake_run(monkeypatch: pytest.MonkeyPatch, records: list[RequestRecord]) -> None:
+    """Makes the CLI's run return `records`, over one second."""
+
+    async def fake_run_requests(config: LoadConfig, transport: httpx.AsyncBaseTransport | None = None) -> LoadRun:
+        return LoadRun(records, duration_s=1.0)
+
+    monkeypatch.setattr(load_generator, "run_requests", fake_run_requests)
+
+
 def test_main_writes_json_and_exits_nonzero_on_failure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    failed = compute_report([RequestRecord(False, status_code=500, error="HTTP 500: boom")], duration_s=1.0)
-
-    async def fake_run_load(config: LoadConfig, transport: httpx.AsyncBaseTransport | None = None) -> LoadReport:
-        return failed
-
-    monkeypatch.setattr(load_generator, "run_load", fake_run_load)
+    fake_run(monkeypatch, [RequestRecord(False, status_code=500, error="HTTP 500: boom")])
     out = tmp_path / "report.json"
     assert load_generator.main(["--url", URL, "--model", "demo", "--json", str(out)]) == 1
     written = json.loads(out.read_text())
     assert written["config"]["request_rate"] == "inf"
     assert written["report"]["num_failed"] == 1
     assert written["report"]["error_counts"] == {"HTTP 500: boom": 1}
+
+
+def test_main_plots_the_latency_distributions_to_the_plot_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("matplotlib", reason="plots need the bench extra")
+    record = RequestRecord(True, output_tokens=3, has_usage=True, ttft_s=0.1, itl_s=[0.02, 0.03], latency_s=0.15)
+    fake_run(monkeypatch, [record, record])
+    assert load_generator.main(["--url", URL, "--model", "demo", "--plot-dir", str(tmp_path / "plots")]) == 0
+    png = tmp_path / "plots" / "latency_cdf.png"
+    assert png.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+    assert f"wrote {png}" in capsys.readouterr().out
