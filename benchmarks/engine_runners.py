@@ -13,6 +13,7 @@ __all__ = [
     "engine_config",
     "drive_engine",
     "run_engine",
+    "time_engine",
     "run_continuous",
     "run_continuous_no_prefix_cache",
     "run_static",
@@ -61,14 +62,19 @@ def run_engine(
     scheduling: str,
     prefix_caching: bool,
 ) -> RunResult:
-    engine = LLMEngine(engine_config(settings, scheduling, prefix_caching))
+    return time_engine(engine_config(settings, scheduling, prefix_caching), workload, warmup)
+
+
+def time_engine(config: EngineConfig, workload: Workload, warmup: list[Request]) -> RunResult:
+    """A fresh engine from `config`, warmed up untimed on `warmup`, timed on `workload`."""
+    engine = LLMEngine(config)
     drive_engine(engine, warmup, "warmup-")
     before = engine.stats()
     start = time.perf_counter()
     generated, wastes = drive_engine(engine, workload.requests, "request-")
     seconds = time.perf_counter() - start
     after = engine.stats()
-    check_lengths(workload.requests, generated, f"engine ({scheduling})")
+    check_lengths(workload.requests, generated, f"engine ({config.scheduling})")
     queried = after.prefix_cache_queried_tokens - before.prefix_cache_queried_tokens
     hits = after.prefix_cache_hit_tokens - before.prefix_cache_hit_tokens
     return RunResult(

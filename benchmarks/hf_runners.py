@@ -25,6 +25,7 @@ __all__ = [
     "hf_continuous_config",
     "hf_continuous_generate",
     "run_hf_continuous",
+    "time_hf_continuous",
 ]
 
 # Seconds a continuous-batching manager may go without producing a result before the run fails.
@@ -118,12 +119,21 @@ def hf_continuous_generate(
 
 
 def run_hf_continuous(settings: BenchSettings, workload: Workload, warmup: list[Request]) -> RunResult:
-    model = load_hf_model(settings.model_dir)
+    return time_hf_continuous(load_hf_model(settings.model_dir), hf_continuous_config(settings), workload, warmup)
+
+
+def time_hf_continuous(
+    model: transformers.PreTrainedModel,
+    config: ContinuousBatchingConfig,
+    workload: Workload,
+    warmup: list[Request],
+) -> RunResult:
+    """A fresh continuous-batching manager on `model`, warmed up untimed on `warmup`, timed on `workload`."""
     # Greedy; EOS -1 never matches, so every request runs to its own max_new_tokens.
     generation_config = GenerationConfig(do_sample=False, eos_token_id=-1)
     with model.continuous_batching_context_manager(
         generation_config=generation_config,
-        continuous_batching_config=hf_continuous_config(settings),
+        continuous_batching_config=config,
         block=True,
     ) as manager:
         hf_continuous_generate(manager, warmup, "warmup-")

@@ -20,6 +20,7 @@ __all__ = [
     "random_tokens",
     "build_w1",
     "build_w2",
+    "build_mixed_lengths",
     "build_w3",
     "build_warmup",
     "check_lengths",
@@ -75,6 +76,12 @@ def build_w1(vocabulary: list[int], quick: bool) -> Workload:
 
 def build_w2(vocabulary: list[int], quick: bool) -> Workload:
     num_requests, max_prompt, max_new = (12, 128, 64) if quick else (48, 256, 256)
+    return build_mixed_lengths(vocabulary, num_requests, max_prompt, max_new)
+
+
+def build_mixed_lengths(vocabulary: list[int], num_requests: int, max_prompt: int, max_new: int) -> Workload:
+    """W2 at any size: prompts of 16-`max_prompt` tokens, 8-`max_new` new tokens each; the first
+    requests of a larger one are those of a smaller one."""
     rng = random.Random(2)
     requests = [
         Request(random_tokens(rng, vocabulary, rng.randint(16, max_prompt)), rng.randint(8, max_new))
