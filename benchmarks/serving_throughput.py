@@ -175,7 +175,8 @@ def _print_table(args: argparse.Namespace, model: ModelConfig, runs: dict[str, l
         f"medians of {args.repeats} runs"
     )
     print(
-        f"{'system':<18}{'requests':>9}{'conc':>6}{'out tok':>9}{'wall s':>9}{'tok/s':>9}{'TTFT p50':>10}{'TPOT p50':>10}"
+        f"{'system':<18}{'requests':>9}{'conc':>6}{'out tok':>9}{'wall s':>9}{'tok/s':>9}"
+        f"{'TTFT p50':>10}{'TPOT p50':>10}"
     )
     shape = {
         "offline-engine": (args.num_prompts, args.concurrency),

@@ -21,7 +21,7 @@ __all__ = ["ENGINE_ONLY_FIELDS", "REPLICA_ONLY_FIELDS", "EngineSettings"]
 # EngineConfig fields the serve config sets elsewhere: the model comes from the model's `source`.
 ENGINE_ONLY_FIELDS = frozenset({"model"})
 # EngineSettings fields that are the replica's, not the engine's.
-REPLICA_ONLY_FIELDS = frozenset({"start_timeout_s"})
+REPLICA_ONLY_FIELDS = frozenset({"start_timeout_s", "engine_process"})
 
 _DEFAULTS: dict[str, Any] = {field.name: field.default for field in dataclasses.fields(EngineConfig)}
 
@@ -86,6 +86,12 @@ class EngineSettings(Strict):
     seed: int = _engine_field("seed", "Seed for requests that carry none of their own.")
     start_timeout_s: float = Field(
         default=600.0, gt=0, description="Seconds the engine may take to load weights before the replica fails."
+    )
+    engine_process: bool = Field(
+        default=True,
+        description="Run the model and its step loop in a child process of the replica, so the replica's serving "
+        "work never holds the GIL the forward pass needs; false runs it on a thread of the replica. With "
+        "tensor_parallel_size > 1 the engine always runs in the replica (its shards are processes already).",
     )
 
     def to_engine_config(self, model: str) -> EngineConfig:

@@ -28,15 +28,31 @@ __all__ = ["EngineFactory", "LLMServer", "default_engine_factory"]
 
 logger = logging.getLogger("ray.serve")
 
-# Builds the replica's engine from its config (not yet started).
-EngineFactory = Callable[[EngineConfig], EngineClient]
+# Builds the replica's engine from its config and its model's settings (not yet started).
+EngineFactory = Callable[[EngineConfig, ModelConfig], EngineClient]
 
 
-def default_engine_factory(config: EngineConfig) -> EngineClient:
-    """The real engine: AsyncLLMEngine (imported here, so building the app loads no torch)."""
+def default_engine_factory(config: EngineConfig, model: ModelConfig) -> EngineClient:
+    """The real engine: AsyncLLMEngine, in a child process unless the settings say otherwise
+    (imported here, so building the app loads no torch)."""
     from engine import AsyncLLMEngine
 
+    if uses_engine_process(model):
+        return AsyncLLMEngine(config, engine_process=True, num_threads=_process_threads(model))
+    if model.engine.device == "cpu":
+        import torch  # the engine loads it anyway; building the app does not
+
+        torch.set_num_threads(cpu_threads(model))
     return AsyncLLMEngine(config)
+
+
+def uses_engine_process(model: ModelConfig) -> bool:
+    """Whether the model runs in a child process of the replica (not with tensor-parallel shards)."""
+    return model.engine.engine_process and model.engine.tensor_parallel_size == 1
+
+
+def _process_threads(model: ModelConfig) -> int | None:
+    return cpu_threads(model) if model.engine.device == "cpu" else None
 
 
 class LLMServer:
@@ -54,12 +70,8 @@ class LLMServer:
         self._ready_after_s: float | None = None
         self._first_token_logged = False
         started = self._created
-        if model.engine.device == "cpu":
-            import torch  # the replica's engine loads it anyway; building the app does not
-
-            torch.set_num_threads(cpu_threads(model))
         source = await asyncio.to_thread(resolve_model_source, model.source)
-        self.engine = engine_factory(model.engine.to_engine_config(source))
+        self.engine = engine_factory(model.engine.to_engine_config(source), model)
         await self.engine.start(timeout_s=model.engine.start_timeout_s)
         stats = await self.engine.stats()
         shards = await self.engine.shards()

@@ -11,6 +11,10 @@ The engine thread steps back to back without waiting for the event loop, so the 
 spends streaming outputs never idles the model; the loop never blocks on a forward pass; and the
 engine only ever sees one caller, its own thread. A consumer that reads slower than the engine
 steps finds the steps it missed merged into one delta, and is woken once rather than per step.
+
+With `engine_process=True` the engine thread drives an `EngineProcess` instead: the model and its
+step loop run in a child process, and the thread only passes commands and output deltas, so the
+event loop's Python and the forward pass no longer take turns on one GIL.
 """
 
 from __future__ import annotations
@@ -23,9 +27,10 @@ import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from engine.config import EngineConfig
+from engine.core.engine_process import EngineProcess
 from engine.core.llm_engine import LLMEngine, Prompt
 from engine.errors import EngineDeadError, EngineError, EngineStoppedError
 from engine.outputs import EngineStats, RequestOutput, ShardInfo
@@ -37,9 +42,6 @@ if TYPE_CHECKING:
 __all__ = ["AsyncLLMEngine"]
 
 logger = logging.getLogger(__name__)
-
-T = TypeVar("T")
-
 
 class _Mailbox:
     """One request's undelivered output: consecutive deltas merge while nobody reads."""
@@ -80,7 +82,8 @@ class _Mailbox:
 class _Command:
     """A call the engine thread makes between steps; its result (or error) lands in `result`."""
 
-    function: Callable[..., Any]
+    # The engine method to call, by name (the same on LLMEngine and EngineProcess).
+    method: str
     args: tuple[Any, ...]
     # None for fire-and-forget commands (aborts).
     result: Future[Any] | None
@@ -96,9 +99,14 @@ class AsyncLLMEngine:
     failed start) requests end, and calls fail, with `EngineStoppedError`.
     """
 
-    def __init__(self, config: EngineConfig) -> None:
+    def __init__(self, config: EngineConfig, engine_process: bool = False, num_threads: int | None = None) -> None:
+        """`engine_process`: run the model in a child process (`EngineProcess`) rather than in this
+        one, so this process's Python never holds the step loop's GIL; `num_threads`: its torch
+        threads (in process, the caller sets them)."""
         self.config = config
-        self.engine: LLMEngine | None = None
+        self.engine_process = engine_process
+        self.num_threads = num_threads
+        self.engine: LLMEngine | EngineProcess | None = None
         self.load_seconds: float | None = None
         self._commands: queue.SimpleQueue[_Command] = queue.SimpleQueue()
         self._wake = threading.Event()
@@ -161,7 +169,7 @@ class AsyncLLMEngine:
         stream = _Mailbox()
         self._streams[request_id] = stream
         try:
-            await self._call(LLMEngine.add_request, request_id, prompt, params)
+            await self._call("add_request", request_id, prompt, params)
         except BaseException:
             # Refused (nothing was added), or cancelled while the add was queued or running: an
             # abort covers the case where it was added after all.
@@ -196,10 +204,10 @@ class AsyncLLMEngine:
         return self._loaded().context_limit
 
     async def stats(self) -> EngineStats:
-        return await self._call(LLMEngine.stats)
+        return await self._call("stats")
 
     async def shards(self) -> list[ShardInfo]:
-        return await self._call(LLMEngine.shards)
+        return await self._call("shards")
 
     async def check_health(self) -> None:
         """Raise if the engine cannot serve: it died, stopped, or lost a tensor-parallel shard."""
@@ -210,20 +218,20 @@ class AsyncLLMEngine:
 
     # ----- event loop side ----------------------------------------------------------------
 
-    async def _call(self, function: Callable[..., T], *args: object) -> T:
-        """Run `function(engine, *args)` on the engine thread, between steps."""
+    async def _call(self, method: str, *args: object) -> Any:
+        """Run the engine's `method(*args)` on the engine thread, between steps."""
         self._raise_if_dead()
-        result: Future[T] = Future()
+        result: Future[Any] = Future()
         with self._accepting_lock:
             if not self._accepting:
                 raise EngineStoppedError("engine is not running")
-            self._commands.put(_Command(function, args, result))
+            self._commands.put(_Command(method, args, result))
         self._wake.set()
         return await asyncio.wrap_future(result)
 
     def _abort_later(self, request_id: str) -> None:
         if self._streams.pop(request_id, None) is not None:
-            self._commands.put(_Command(LLMEngine.abort_request, (request_id,), None))
+            self._commands.put(_Command("abort_request", (request_id,), None))
             self._wake.set()
 
     def _deliver(self, outputs: list[RequestOutput]) -> None:
@@ -248,7 +256,7 @@ class AsyncLLMEngine:
     def _has_no_tokenizer(self) -> bool:
         return self.engine is not None and self.engine.tokenizer is None
 
-    def _loaded(self) -> LLMEngine:
+    def _loaded(self) -> LLMEngine | EngineProcess:
         if self.engine is None:
             raise EngineStoppedError("engine is not started")
         return self.engine
@@ -268,7 +276,7 @@ class AsyncLLMEngine:
     def _run(self, loaded: Future[None]) -> None:
         try:
             if self.engine is None:
-                self.engine = LLMEngine(self.config)
+                self.engine = self._load()
         except BaseException as error:  # noqa: BLE001 - the starter raises it
             self._stop_accepting(EngineStoppedError(f"engine failed to load: {type(error).__name__}"))
             _settle(loaded, error=error)
@@ -278,7 +286,12 @@ class AsyncLLMEngine:
         finally:
             self.engine.close()
 
-    def _serve(self, engine: LLMEngine, loaded: Future[None]) -> None:
+    def _load(self) -> LLMEngine | EngineProcess:
+        if self.engine_process:
+            return EngineProcess(self.config, self.num_threads)
+        return LLMEngine(self.config)
+
+    def _serve(self, engine: LLMEngine | EngineProcess, loaded: Future[None]) -> None:
         """Step until stopped or a step fails; returns with the engine no longer accepting work."""
         if not _settle(loaded, value=None):  # start() gave up waiting: nobody will use this engine
             self._stop_accepting(EngineStoppedError("engine start timed out"))
@@ -304,7 +317,7 @@ class AsyncLLMEngine:
         self._to_loop(self._end_streams, stopped)
         self._stop_accepting(stopped)
 
-    def _run_commands(self, engine: LLMEngine) -> None:
+    def _run_commands(self, engine: LLMEngine | EngineProcess) -> None:
         while True:
             try:
                 command = self._commands.get_nowait()
@@ -313,7 +326,7 @@ class AsyncLLMEngine:
             if command.result is not None and not command.result.set_running_or_notify_cancel():
                 continue  # its caller was cancelled before the command ran
             try:
-                value = command.function(engine, *command.args)
+                value = getattr(engine, command.method)(*command.args)
             except Exception as error:  # noqa: BLE001 - handed to the caller
                 if command.result is not None:
                     command.result.set_exception(error)

@@ -10,8 +10,8 @@ from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from engine.config import EngineConfig
 from engine.hardware import resolve_dtype
-from engine.model.kv_cache import kv_cache_shape
 from engine.model.fusion import fuse_projections
+from engine.model.kv_cache import kv_cache_shape
 from engine.model.memory import available_memory_bytes
 from engine.model.paged_attention import PAGED_ATTENTION, build_metadata, register_paged_attention
 from engine.model.weights import TORCH_DTYPES, quantization_config, stored_weight_bytes

@@ -12,8 +12,9 @@ The model runs on packed input: every scheduled token of every sequence in one r
 
 Decodes (one query each) and prompt chunks are grouped apart so that a long prompt chunk does not
 pad every decode to its length, and decodes are further split by context length (see
-`split_by_context`) so that short contexts are not padded to the longest one. The metadata reaches the layers through the forward's kwargs
-(`paged_metadata=`); everything index-shaped is built once per step, not once per layer.
+`split_by_context`) so that short contexts are not padded to the longest one. The metadata
+reaches the layers through the forward's kwargs (`paged_metadata=`); everything index-shaped is
+built once per step, not once per layer.
 
 Cache layout per layer: `(num_blocks * block_size, num_kv_heads, head_dim)`; the slot of a
 sequence's token at position p is `block_ids[p // block_size] * block_size + p % block_size`.

@@ -25,7 +25,11 @@ GREEDY = SamplingParams(max_tokens=16, temperature=0.0, ignore_eos=True, logprob
 
 def spread_config(model_dir: Path) -> EngineConfig:
     return EngineConfig(
-        model=str(model_dir), num_kv_blocks=64, tensor_parallel_size=2, placement_strategy="STRICT_SPREAD"
+        model=str(model_dir),
+        dtype="float32",
+        num_kv_blocks=64,
+        tensor_parallel_size=2,
+        placement_strategy="STRICT_SPREAD",
     )
 
 
@@ -68,7 +72,7 @@ def test_tied_embeddings_and_qkv_biases_split_and_match_hugging_face(
 
 
 def test_each_shard_holds_at_most_sixty_percent_of_the_weights(spread_engine: LLMEngine, layered_dir: Path) -> None:
-    whole = LLMEngine(EngineConfig(model=str(layered_dir), num_kv_blocks=4)).shards()[0].weight_bytes
+    whole = LLMEngine(EngineConfig(model=str(layered_dir), dtype="float32", num_kv_blocks=4)).shards()[0].weight_bytes
     shard_bytes = [shard.weight_bytes for shard in spread_engine.shards()]
     assert max(shard_bytes) <= 0.6 * whole
     assert sum(shard_bytes) >= whole  # every weight is held somewhere (norms are on both)

@@ -12,7 +12,7 @@ from autoscaling import LoadSignals
 from deployments.config import ModelConfig
 from deployments.errors import ApiError, InvalidRequestError
 from deployments.generation import GenerationChunk, GenerationRequest
-from deployments.replica.llm_server import LLMServer
+from deployments.replica.llm_server import LLMServer, uses_engine_process
 from engine import (
     EngineConfig,
     EngineStats,
@@ -95,7 +95,8 @@ def start_server(engine_error: Exception | None = None) -> tuple[LLMServer, list
     config = ModelConfig.model_validate({"name": "fake", "source": {"path": "/nonexistent/fake-model"}})
     engines: list[FakeEngine] = []
 
-    def factory(engine_config: EngineConfig) -> FakeEngine:
+    def factory(engine_config: EngineConfig, model: ModelConfig) -> FakeEngine:
+        assert model is config
         engines.append(FakeEngine(engine_config, error=engine_error))
         return engines[-1]
 
@@ -164,3 +165,12 @@ def test_load_signals_reach_serve_as_the_named_metrics() -> None:
     assert signals is not None and (signals.num_waiting, signals.num_running, signals.kv_usage) == (3, 5, 0.25)
     assert signals.num_sequences == 8
     assert signals.num_requests == 0  # none in flight while the stats were read
+
+
+@pytest.mark.parametrize(
+    ("engine", "expected"),
+    [({}, True), ({"engine_process": False}, False), ({"tensor_parallel_size": 2}, False)],
+)
+def test_the_engine_runs_in_a_child_process_unless_off_or_sharded(engine: dict[str, object], expected: bool) -> None:
+    config = ModelConfig.model_validate({"name": "m", "source": {"path": "/m"}, "engine": engine})
+    assert uses_engine_process(config) is expected

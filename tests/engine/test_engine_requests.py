@@ -11,7 +11,9 @@ from engine import ContextLengthError, EngineConfig, LLMEngine, SamplingParams
 
 @pytest.fixture(scope="module")
 def engine(llama_dir: Path) -> LLMEngine:
-    return LLMEngine(EngineConfig(model=str(llama_dir), dtype="float32", num_kv_blocks=64, block_size=8, max_model_len=256))
+    return LLMEngine(
+        EngineConfig(model=str(llama_dir), dtype="float32", num_kv_blocks=64, block_size=8, max_model_len=256)
+    )
 
 
 def run_alone(engine: LLMEngine, prompt: list[int] | str, params: SamplingParams) -> list[int]:
@@ -166,7 +168,9 @@ def test_too_long_request_raises_context_length_error(
     llama_dir: Path, prompt_length: int, max_tokens: int, message: str
 ) -> None:
     # max_model_len caps the first case; the 4-block pool (32 slots) the second.
-    engine = LLMEngine(EngineConfig(model=str(llama_dir), dtype="float32", num_kv_blocks=4, block_size=8, max_model_len=256))
+    engine = LLMEngine(
+        EngineConfig(model=str(llama_dir), dtype="float32", num_kv_blocks=4, block_size=8, max_model_len=256)
+    )
     with pytest.raises(ContextLengthError, match=message) as error:
         engine.add_request("long", [5] * prompt_length, SamplingParams(max_tokens=max_tokens))
     assert isinstance(error.value, ValueError)

@@ -95,7 +95,9 @@ def test_seeded_sampling_with_top_k_one_and_penalties_equals_penalized_greedy(ll
 @pytest.mark.parametrize("architecture", ["llama", "qwen2", "mistral"])
 def test_top_logprobs_match_the_top_of_hf_raw_logits(tiny_model_dirs: dict[str, Path], architecture: str) -> None:
     model_dir = tiny_model_dirs[architecture]
-    engine = LLMEngine(EngineConfig(model=str(model_dir), dtype="float32", num_kv_blocks=128, max_num_batched_tokens=16))
+    engine = LLMEngine(
+        EngineConfig(model=str(model_dir), dtype="float32", num_kv_blocks=128, max_num_batched_tokens=16)
+    )
     num_top = [1, 5, 20, 0, 3, 20]
     max_tokens = [12, 5, 20, 8, 16, 3]
     prompts = random_prompts(seed=13, lengths=[3, 41, 17, 64, 9, 26])
