@@ -24,7 +24,7 @@ __all__ = [
 def engine_config(settings: BenchSettings, scheduling: str, prefix_caching: bool) -> EngineConfig:
     return EngineConfig(
         model=str(settings.model_dir),
-        dtype="float32",
+        dtype=settings.dtype,
         device="cpu",
         scheduling=scheduling,
         max_num_seqs=settings.batch_size,

@@ -1,7 +1,8 @@
 """Offline throughput: Switchyard's engine against Hugging Face transformers, side by side.
 
 Every system runs the same token-id workloads on the same tiny random-weight Llama
-(`BENCHMARK_LLAMA`, written once to `--model-dir`), greedy, float32, on the CPU:
+(`BENCHMARK_LLAMA`, written once to `--model-dir`), greedy, on the CPU, all in `--dtype` (default
+auto: bfloat16 where this CPU multiplies it fast, else float32):
 
     hf-sequential               `generate` (SDPA, KV cache), one request at a time
     hf-static                   `generate` on consecutive left-padded batches of `--batch-size`
@@ -36,6 +37,7 @@ Run from the repository root:
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 from pathlib import Path
 
@@ -46,10 +48,19 @@ import transformers
 # `engine` and the `benchmarks` package.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.hf_runners import hf_decode_tokens_per_s, load_hf_model  # noqa: E402
 from benchmarks.measure import measure_workload  # noqa: E402
 from benchmarks.report import Row, build_metrics, print_header, print_ratios, print_table, print_targets  # noqa: E402
 from benchmarks.settings import BenchSettings  # noqa: E402
-from benchmarks.workloads import WORKLOAD_BUILDERS, build_warmup, ordinary_token_ids, prepare_model  # noqa: E402
+from benchmarks.workloads import (  # noqa: E402
+    WORKLOAD_BUILDERS,
+    Workload,
+    build_warmup,
+    ordinary_token_ids,
+    prepare_model,
+)
+from engine.config import DTYPE_CHOICES  # noqa: E402
+from engine.hardware import auto_dtype  # noqa: E402
 
 __all__ = ["SYSTEMS", "WORKLOADS", "DEFAULT_SYSTEMS", "DEFAULT_MODEL_DIR", "parse_names", "parse_args", "main"]
 
@@ -114,6 +125,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--num-kv-blocks", type=int, default=2048, help="KV pool size, hf-continuous and the engine")
     parser.add_argument("--block-size", type=int, default=16, help="tokens per KV block (page)")
+    parser.add_argument(
+        "--dtype", choices=DTYPE_CHOICES, default="auto", help="every system's dtype (auto: this CPU's fastest)"
+    )
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error("--repeats must be >= 1")
@@ -133,6 +147,7 @@ def main(argv: list[str] | None = None) -> None:
         max_batched_tokens=args.max_batched_tokens,
         num_kv_blocks=args.num_kv_blocks,
         block_size=args.block_size,
+        dtype=auto_dtype("cpu") if args.dtype == "auto" else args.dtype,
     )
     vocabulary = ordinary_token_ids(settings.model_dir)
     workloads = [WORKLOAD_BUILDERS[name](vocabulary, args.quick) for name in args.workloads]
@@ -147,6 +162,22 @@ def main(argv: list[str] | None = None) -> None:
     metrics = build_metrics(rows)
     print_ratios(metrics)
     print_targets(metrics)
+    if "W1" in args.workloads:
+        print_decode_ceiling(settings, workloads[args.workloads.index("W1")], rows)
+
+
+def print_decode_ceiling(settings: BenchSettings, w1: Workload, rows: list[Row]) -> None:
+    """W1 against Hugging Face's bare batched decode forward on W1's prompts (median of the repeats)."""
+    model = load_hf_model(settings.model_dir, settings.dtype)
+    prompts = [request.prompt for request in w1.requests]
+    steps = w1.requests[0].max_tokens
+    ceiling = statistics.median(hf_decode_tokens_per_s(model, prompts, steps) for _ in range(settings.repeats))
+    continuous = next((row for row in rows if row.workload == "W1" and row.system == "continuous"), None)
+    print(f"\nHugging Face decode forward alone, batch {len(prompts)}, {steps} steps: {ceiling:.1f} tok/s")
+    if continuous is not None:
+        ratio = continuous.tokens_per_s / ceiling
+        verdict = "met" if ratio >= 1.5 else "NOT met"
+        print(f"  W1 engine continuous / that ceiling                >= 1.50x  {ratio:.2f}x  {verdict}")
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from benchmarks.workloads import Request, Workload, check_lengths
 __all__ = [
     "HF_CONTINUOUS_RESULT_TIMEOUT_S",
     "load_hf_model",
+    "hf_decode_tokens_per_s",
     "hf_generate_batch",
     "hf_generate_in_batches",
     "run_hf_generate",
@@ -33,9 +34,29 @@ HF_CONTINUOUS_RESULT_TIMEOUT_S = 600.0
 
 
 @cache
-def load_hf_model(model_dir: Path) -> transformers.PreTrainedModel:
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="sdpa")
+def load_hf_model(model_dir: Path, dtype: str = "float32") -> transformers.PreTrainedModel:
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype), attn_implementation="sdpa")
     return model.eval()
+
+
+@torch.inference_mode()
+def hf_decode_tokens_per_s(model: transformers.PreTrainedModel, prompts: list[list[int]], steps: int) -> float:
+    """Tokens/s of Hugging Face's own decode forward alone: the prompts (right-aligned, one batch)
+    prefilled untimed into a DynamicCache, then `steps` batched one-token forwards timed, each
+    feeding back its greedy tokens. No scheduling, sampling or output work: a ceiling for a decode
+    step at this batch on this model."""
+    pad_id = model.generation_config.pad_token_id or 0
+    width = max(len(prompt) for prompt in prompts)
+    input_ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompts])  # (B, P)
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])  # (B, P)
+    out = model(input_ids=input_ids, attention_mask=mask, use_cache=True)
+    cache, tokens = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)  # (B, 1)
+    start = time.perf_counter()
+    for _ in range(steps):
+        mask = torch.cat([mask, torch.ones_like(tokens)], dim=1)
+        out = model(input_ids=tokens, attention_mask=mask, past_key_values=cache, use_cache=True)
+        cache, tokens = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
+    return len(prompts) * steps / (time.perf_counter() - start)
 
 
 def hf_generate_batch(model: transformers.PreTrainedModel, requests: list[Request]) -> list[list[int]]:
@@ -70,7 +91,7 @@ def hf_generate_in_batches(
 def run_hf_generate(
     settings: BenchSettings, workload: Workload, warmup: list[Request], batch_size: int, system: str
 ) -> RunResult:
-    model = load_hf_model(settings.model_dir)
+    model = load_hf_model(settings.model_dir, settings.dtype)
     with torch.inference_mode():
         hf_generate_in_batches(model, warmup, batch_size)
         start = time.perf_counter()
@@ -119,7 +140,8 @@ def hf_continuous_generate(
 
 
 def run_hf_continuous(settings: BenchSettings, workload: Workload, warmup: list[Request]) -> RunResult:
-    return time_hf_continuous(load_hf_model(settings.model_dir), hf_continuous_config(settings), workload, warmup)
+    model = load_hf_model(settings.model_dir, settings.dtype)
+    return time_hf_continuous(model, hf_continuous_config(settings), workload, warmup)
 
 
 def time_hf_continuous(

@@ -76,7 +76,7 @@ def format_optional(value: float | None, spec: str) -> str:
 def print_header(settings: BenchSettings, workloads: list[Workload]) -> None:
     print(
         f"torch {torch.__version__}, transformers {transformers.__version__}, {settings.threads} threads, "
-        f"float32, greedy; model {settings.model_dir}"
+        f"{settings.dtype}, greedy; model {settings.model_dir}"
     )
     print(
         f"batches of up to {settings.batch_size} requests (every batched system); "

@@ -24,6 +24,8 @@ class BenchSettings:
     # KV pool of hf-continuous and the engine, in blocks of `block_size` tokens.
     num_kv_blocks: int
     block_size: int
+    # Weights and activations of every system: "float32", "bfloat16" or "float16".
+    dtype: str = "float32"
 
 
 @dataclass(frozen=True)

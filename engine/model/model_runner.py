@@ -10,6 +10,7 @@ from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from engine.config import EngineConfig
 from engine.hardware import resolve_dtype
+from engine.model.decoder_forward import paged_decoder_forward, supports_paged_decoder_forward
 from engine.model.fusion import fuse_projections
 from engine.model.kv_cache import kv_cache_shape
 from engine.model.memory import available_memory_bytes
@@ -60,6 +61,8 @@ class ModelRunner:
         self.block_size = config.block_size
         start = time.perf_counter()
         self.model = self._load_model()
+        # Llama-family models skip Hugging Face's forward loop (engine/model/decoder_forward.py).
+        self.own_forward = supports_paged_decoder_forward(self.model)
         self.weight_bytes = stored_weight_bytes(self.model)
         self.kv_shape = kv_cache_shape(self.model.config, config.dtype, self.shard.world_size)
         self.max_model_len = self._resolve_max_model_len()
@@ -150,12 +153,17 @@ class ModelRunner:
             input_ids.extend(chunk.token_ids)
             if chunk.sampling is not None:
                 sample_index.append(len(input_ids) - 1)
+        token_tensor = torch.tensor(input_ids, device=self.device)  # (T,)
+        positions = positions.to(self.device)  # (T,)
+        # long even when empty: a step of prompt chunks that do not sample keeps no logits
+        keep = torch.tensor(sample_index, dtype=torch.long, device=self.device)  # (N,)
+        if self.own_forward:
+            return paged_decoder_forward(self.model, token_tensor, positions, keep, metadata)
         outputs = self.model(
-            input_ids=torch.tensor([input_ids], device=self.device),  # (1, T)
-            position_ids=positions[None, :].to(self.device),  # (1, T)
+            input_ids=token_tensor[None, :],  # (1, T)
+            position_ids=positions[None, :],  # (1, T)
             use_cache=False,
-            # long even when empty: a step of prompt chunks that do not sample keeps no logits
-            logits_to_keep=torch.tensor(sample_index, dtype=torch.long, device=self.device),
+            logits_to_keep=keep,
             paged_metadata=metadata,
         )
         return outputs.logits[0]  # (N, V)
