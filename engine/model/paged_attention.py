@@ -129,19 +129,28 @@ def paged_attention_forward(
         num_seqs, num_queries = group.query_index.shape
         # index_select copies whole rows; indexing with a 2-D tensor is several times slower on CPU.
         group_queries = queries.index_select(0, group.query_index.flatten())  # (S * Q, H, D)
-        group_queries = group_queries.view(num_seqs, num_queries, num_heads, head_dim).transpose(1, 2)  # (S, H, Q, D)
         # (S * B, bs, KVH, D) -> (S, KVH, K, D)
         group_keys = key_blocks.index_select(0, group.block_ids).view(num_seqs, -1, num_kv_heads, head_dim)
         group_values = value_blocks.index_select(0, group.block_ids).view(num_seqs, -1, num_kv_heads, head_dim)
-        attended = F.scaled_dot_product_attention(
-            group_queries,
-            group_keys.transpose(1, 2),
-            group_values.transpose(1, 2),
-            attn_mask=group.mask(sliding_window, block_size),
-            scale=scaling,
-            enable_gqa=True,
-        )  # (S, H, Q, D)
-        flat = attended.transpose(1, 2).reshape(-1, num_heads, head_dim)  # (S * Q, H, D)
+        mask = group.mask(sliding_window, block_size)  # (S, 1, Q, K)
+        if num_queries == 1:
+            # Decodes: the H / KVH query heads that share a KV head become its query rows,
+            # (S, KVH, H / KVH, D), so SDPA runs without grouped-query expansion (a third to
+            # half the time on CPU at short contexts); one query's mask fits every row.
+            packed = group_queries.view(num_seqs, num_kv_heads, -1, head_dim)
+            attended = F.scaled_dot_product_attention(
+                packed, group_keys.transpose(1, 2), group_values.transpose(1, 2), attn_mask=mask, scale=scaling
+            ).reshape(num_seqs, 1, num_heads, head_dim)  # (S, Q, H, D)
+        else:
+            attended = F.scaled_dot_product_attention(
+                group_queries.view(num_seqs, num_queries, num_heads, head_dim).transpose(1, 2),  # (S, H, Q, D)
+                group_keys.transpose(1, 2),
+                group_values.transpose(1, 2),
+                attn_mask=mask,
+                scale=scaling,
+                enable_gqa=True,
+            ).transpose(1, 2)  # (S, Q, H, D)
+        flat = attended.reshape(-1, num_heads, head_dim)  # (S * Q, H, D)
         if group.valid_rows is not None:
             flat = flat.index_select(0, group.valid_rows)
         output.index_copy_(0, group.token_index, flat)
