@@ -2,8 +2,8 @@
 the rest), sampling, scheduler update and output processing.
 
 Runs W1 (32 prompts of 16-128 tokens, 64 new tokens each, greedy) on the bench Llama with one
-engine, after a warm-up run of the same workload (so that the matrix kernels for its shapes
-exist), timing each phase by wrapping the engine's own methods and the attention function of
+engine, prefix caching off, after a warm-up run of the same workload (so that the matrix kernels
+for its shapes exist), timing each phase by wrapping the engine's own methods and the attention function of
 this process. Prints one table per dtype: milliseconds per phase, its share of the
 run and per step. Run from the repository root:
 
@@ -64,7 +64,11 @@ class _Timer:
 def profile_w1(model_dir: Path, dtype: str) -> tuple[dict[str, float], float, int, int]:
     """Seconds per phase of one timed W1 run, its wall seconds, output tokens and engine steps."""
     timer = _Timer()
-    engine = LLMEngine(EngineConfig(model=str(model_dir), dtype=dtype, max_num_seqs=32, num_kv_blocks=2048))
+    # No prefix cache: the timed run prefills its prompts again instead of finding the warm-up's.
+    config = EngineConfig(
+        model=str(model_dir), dtype=dtype, max_num_seqs=32, num_kv_blocks=2048, enable_prefix_caching=False
+    )
+    engine = LLMEngine(config)
     runner = engine.executor.runner
     # The engine's decoder loop calls the attention function by its module-level name; Hugging
     # Face's layers find it in the registry at each call: both get the timed one.
