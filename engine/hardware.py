@@ -2,7 +2,8 @@
 
 On a CPU the answer is in its feature flags: with AMX tiles or AVX-512-BF16, a bfloat16 matmul
 runs several times faster than a float32 one (and moves half the bytes); without them bfloat16 is
-emulated and slower, so float32 stays. A GPU takes bfloat16 where it supports it, else float16.
+emulated and slower, so float32 stays. A GPU takes bfloat16 where it computes it natively
+(Ampere and later), else float16.
 """
 
 from __future__ import annotations
@@ -37,7 +38,13 @@ def auto_dtype(device: str, flags: frozenset[str] | None = None) -> DType:
     if device.startswith("cuda"):
         import torch  # a GPU engine loads it anyway
 
-        return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+        if not torch.cuda.is_available():
+            # A process that sees no GPU (a tensor-parallel replica, whose shards hold the GPUs):
+            # every GPU a current model is served on computes bfloat16 natively.
+            return "bfloat16"
+        index = torch.device(device).index
+        with torch.cuda.device(index if index is not None else torch.cuda.current_device()):
+            return "bfloat16" if torch.cuda.is_bf16_supported(including_emulation=False) else "float16"
     return "bfloat16" if BF16_CPU_FLAGS & (cpu_flags() if flags is None else flags) else "float32"
 
 

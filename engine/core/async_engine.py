@@ -301,7 +301,12 @@ class AsyncLLMEngine:
             self._wake.clear()
             if self._stopping.is_set():
                 break
-            self._run_commands(engine)
+            try:
+                self._run_commands(engine)
+            except EngineDeadError as error:  # the engine process died between steps
+                self._to_loop(self._die, error)
+                self._stop_accepting(error)
+                return
             if not engine.has_unfinished_requests():
                 self._wake.wait()
                 continue
@@ -318,21 +323,36 @@ class AsyncLLMEngine:
         self._stop_accepting(stopped)
 
     def _run_commands(self, engine: LLMEngine | EngineProcess) -> None:
+        """Run every queued command before the next step; an engine process gets them in one
+        message, so requests queued together are admitted together. EngineDeadError from an
+        engine process is raised after its commands' callers got it."""
+        commands = []
         while True:
             try:
                 command = self._commands.get_nowait()
             except queue.Empty:
-                return
-            if command.result is not None and not command.result.set_running_or_notify_cancel():
-                continue  # its caller was cancelled before the command ran
+                break
+            if command.result is None or command.result.set_running_or_notify_cancel():
+                commands.append(command)  # else its caller was cancelled before it ran
+        if not commands:
+            return
+        if isinstance(engine, EngineProcess):
             try:
-                value = getattr(engine, command.method)(*command.args)
-            except Exception as error:  # noqa: BLE001 - handed to the caller
-                if command.result is not None:
-                    command.result.set_exception(error)
+                outcomes = engine.run_commands([(command.method, command.args) for command in commands])
+            except EngineDeadError as error:
+                for command in commands:
+                    if command.result is not None:
+                        command.result.set_exception(error)
+                raise
+        else:
+            outcomes = [_outcome(engine, command) for command in commands]
+        for command, (ok, value) in zip(commands, outcomes, strict=True):
+            if command.result is None:
+                continue
+            if ok:
+                command.result.set_result(value)
             else:
-                if command.result is not None:
-                    command.result.set_result(value)
+                command.result.set_exception(value)
 
     def _stop_accepting(self, error: Exception) -> None:
         """Refuse new commands, and fail the ones that will never run."""
@@ -352,6 +372,13 @@ class AsyncLLMEngine:
             self._loop.call_soon_threadsafe(callback, *args)
         except RuntimeError:
             pass  # the event loop is closed: nobody is left to tell
+
+
+def _outcome(engine: LLMEngine, command: _Command) -> tuple[bool, Any]:
+    try:
+        return True, getattr(engine, command.method)(*command.args)
+    except Exception as error:  # noqa: BLE001 - handed to the caller
+        return False, error
 
 
 def _settle(future: Future[Any], *, value: object = None, error: BaseException | None = None) -> bool:

@@ -22,11 +22,15 @@ dies (or a step that fails) surfaces as `EngineDeadError` from the next call.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
+import pickle
+import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
@@ -48,6 +52,11 @@ logger = logging.getLogger(__name__)
 
 # Seconds a stopping child may take to close its engine before it is killed.
 _STOP_GRACE_S = 10.0
+# Most step messages one `step()` takes: a child that steps faster than this side reads must not
+# keep outputs from the event loop (and commands from the child) for long.
+_MAX_STEPS_PER_READ = 16
+# What a command came to: (True, its value) or (False, the exception it raised).
+Outcome = tuple[bool, Any]
 
 
 @dataclass(frozen=True)
@@ -98,69 +107,89 @@ class _Mirror:
 class EngineProcess:
     """An `LLMEngine` in a child process. Construction starts it and waits for its model to load.
 
-    One thread makes the calls (AsyncLLMEngine's engine thread); `check_health` and `close` may
-    come from any thread.
+    One thread makes the calls (AsyncLLMEngine's engine thread), `close` included; only
+    `check_health` may come from any thread. Once the child is found dead, every call raises
+    the same EngineDeadError.
     """
 
     def __init__(self, config: EngineConfig, num_threads: int | None = None) -> None:
         """`num_threads`: the child's torch intra-op threads (None: torch's default)."""
+        self._outputs: list[RequestOutput] = []  # received, not yet returned by step()
+        self._mirrors: dict[str, _Mirror] = {}
+        self._died: EngineDeadError | None = None
         ours, theirs = socket.socketpair()
         # The server's import path, which may hold more than its environment says (a runtime env).
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(path for path in sys.path if path)}
-        self._process = subprocess.Popen(
-            [sys.executable, "-m", "engine.core.engine_process", str(theirs.fileno())],
-            pass_fds=[theirs.fileno()],
-            env=env,
-        )
-        theirs.close()
+        try:
+            self._process = subprocess.Popen(
+                [sys.executable, "-m", "engine.core.engine_process", str(theirs.fileno()), str(os.getpid())],
+                pass_fds=[theirs.fileno()],
+                env=env,
+            )
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
         self._conn = Connection(ours.detach())
-        self._buffered: list[list[OutputDelta]] = []
-        self._mirrors: dict[str, _Mirror] = {}
         try:
             self._conn.send((config, num_threads))
             ready = self._receive_reply()
+            self.tokenizer: PreTrainedTokenizerBase | None = load_tokenizer(config.tokenizer or config.model)
         except BaseException:
             self.close()
             raise
         self.config: EngineConfig = ready.config
         self.context_limit: int = ready.context_limit
-        self.tokenizer: PreTrainedTokenizerBase | None = load_tokenizer(config.tokenizer or config.model)
 
     # ----- the calls AsyncLLMEngine makes ----------------------------------------------------
 
+    def run_commands(self, commands: list[tuple[str, tuple[Any, ...]]]) -> list[Outcome]:
+        """Run engine methods by name, in order, in one round trip, all before the child's next
+        step (so requests added together are admitted together): each outcome is (True, value)
+        or (False, the exception)."""
+        for method, args in commands:
+            if method == "abort_request":
+                self._mirrors.pop(args[0], None)  # its later outputs are dropped on arrival
+        outcomes: list[Outcome] = self._request(("commands", commands))
+        for index, ((method, args), (ok, value)) in enumerate(zip(commands, outcomes, strict=True)):
+            if method == "add_request" and ok:  # the child answered with the prompt's token ids
+                self._mirrors[args[0]] = _Mirror(value, OutputHistory([], [], [], []))
+                outcomes[index] = (True, None)
+        return outcomes
+
     def add_request(self, request_id: str, prompt: Prompt, params: SamplingParams | None = None) -> None:
         """As `LLMEngine.add_request`: a refused prompt raises its InvalidPromptError here."""
-        prompt_token_ids = self._request(("add", request_id, prompt, params))
-        self._mirrors[request_id] = _Mirror(prompt_token_ids, OutputHistory([], [], [], []))
+        _unwrap(self.run_commands([("add_request", (request_id, prompt, params))])[0])
 
     def abort_request(self, request_id: str) -> bool:
-        """End a request; True if it was running or waiting (as far as this side knows)."""
-        if self._mirrors.pop(request_id, None) is None:
-            return False
-        self._send(("abort", request_id))
-        return True
+        """End a request; True if it was running or waiting."""
+        return _unwrap(self.run_commands([("abort_request", (request_id,))])[0])
 
     def has_unfinished_requests(self) -> bool:
         return bool(self._mirrors)
 
     def step(self) -> list[RequestOutput]:
-        """The outputs of the child's next step, and of any later ones already sent."""
-        if not self._buffered:
-            self._buffered.append(self._receive_outputs())
-        while self._conn.poll():
-            self._buffered.append(self._receive_outputs())
-        deltas = [delta for batch in self._buffered for delta in batch]
-        self._buffered.clear()
-        return [output for output in map(self._output, deltas) if output is not None]
+        """The outputs of the child's next step, and of the few after it already sent."""
+        if not self._outputs:
+            self._receive_step()
+        for _ in range(_MAX_STEPS_PER_READ - 1):
+            if not self._conn.poll():
+                break
+            self._receive_step()
+        outputs, self._outputs = self._outputs, []
+        return outputs
 
     def stats(self) -> EngineStats:
-        return self._request(("call", "stats"))
+        return _unwrap(self.run_commands([("stats", ())])[0])
 
     def shards(self) -> list[ShardInfo]:
-        return self._request(("call", "shards"))
+        return _unwrap(self.run_commands([("shards", ())])[0])
 
     def check_health(self) -> None:
         """Raise EngineDeadError if the engine process has exited."""
+        if self._died is not None:
+            raise self._died
         code = self._process.poll()
         if code is not None:
             raise EngineDeadError(f"engine process exited with code {code}")
@@ -182,23 +211,34 @@ class EngineProcess:
     # ----- messages -------------------------------------------------------------------------
 
     def _send(self, message: tuple[Any, ...]) -> None:
+        if self._died is not None:
+            raise self._died
         try:
             self._conn.send(message)
         except OSError as error:
-            raise self._dead() from error
+            raise self._die(None) from error
 
     def _receive(self) -> tuple[str, Any]:
+        if self._died is not None:
+            raise self._died
         try:
-            return self._conn.recv()
+            message = self._conn.recv()
         except (EOFError, OSError) as error:
-            raise self._dead() from error
+            raise self._die(None) from error
+        if message[0] == "died":  # the step loop failed and the child is exiting
+            raise self._die(message[1])
+        return message
 
-    def _dead(self) -> EngineDeadError:
-        try:
-            code = self._process.wait(_STOP_GRACE_S)
-        except subprocess.TimeoutExpired:
-            code = None
-        return EngineDeadError(f"engine process is gone (exit code {code})")
+    def _die(self, reason: str | None) -> EngineDeadError:
+        """Record the child's death (once) and return the error every later call raises."""
+        if self._died is None:
+            try:
+                code: int | None = self._process.wait(_STOP_GRACE_S)
+            except subprocess.TimeoutExpired:
+                code = None
+            detail = f"engine step failed in the engine process: {reason}" if reason else "engine process is gone"
+            self._died = EngineDeadError(f"{detail} (exit code {code})")
+        return self._died
 
     def _request(self, message: tuple[Any, ...]) -> Any:
         self._send(message)
@@ -209,21 +249,22 @@ class EngineProcess:
         while True:
             kind, payload = self._receive()
             if kind == "outputs":
-                self._buffered.append(payload)
+                self._take_outputs(payload)
             elif kind == "reply":
                 return payload
-            elif kind == "error":
+            else:  # "error": the child could not start its engine
                 raise payload
-            else:  # "died": the step loop failed and the child is exiting
-                raise EngineDeadError(f"engine step failed in the engine process: {payload}")
 
-    def _receive_outputs(self) -> list[OutputDelta]:
+    def _receive_step(self) -> None:
         kind, payload = self._receive()
-        if kind == "outputs":
-            return payload
-        if kind == "died":
-            raise EngineDeadError(f"engine step failed in the engine process: {payload}")
-        raise RuntimeError(f"engine process sent {kind!r} while no request was outstanding")
+        if kind != "outputs":
+            raise RuntimeError(f"engine process sent {kind!r} while no request was outstanding")
+        self._take_outputs(payload)
+
+    def _take_outputs(self, deltas: list[OutputDelta]) -> None:
+        """Apply deltas to their requests as they arrive (so a request id aborted and added again
+        never gets its predecessor's tokens)."""
+        self._outputs.extend(output for output in map(self._output, deltas) if output is not None)
 
     def _output(self, delta: OutputDelta) -> RequestOutput | None:
         """The full RequestOutput of a delta; None for a request aborted since its step."""
@@ -256,54 +297,77 @@ class EngineProcess:
 
 # ----- the child ------------------------------------------------------------------------------
 
+# The engine methods a server may call, with what the child answers for each.
+_COMMANDS: dict[str, Callable[..., Any]] = {
+    "add_request": lambda engine, request_id, prompt, params: _add(engine, request_id, prompt, params),
+    "abort_request": lambda engine, request_id: engine.abort_request(request_id),
+    "stats": lambda engine: engine.stats(),
+    "shards": lambda engine: engine.shards(),
+}
+
+
+class _StepFailed(Exception):
+    """A step raised: reported to the server as "died", then the child exits non-zero."""
+
+
+def _add(engine: LLMEngine, request_id: str, prompt: Prompt, params: SamplingParams | None) -> list[int]:
+    engine.add_request(request_id, prompt, params)
+    return engine.scheduler.sequences[request_id].prompt_token_ids
+
+
+def _unwrap(outcome: Outcome) -> Any:
+    ok, value = outcome
+    if not ok:
+        raise value
+    return value
+
 
 def _serve(engine: LLMEngine, conn: Connection) -> None:
     """Run commands between steps, and step while requests are unfinished, until told to stop."""
     while True:
         # Idle: wait for a command. Busy: take the commands that have arrived, then step.
         while not engine.has_unfinished_requests() or conn.poll():
-            if not _run_command(engine, conn, conn.recv()):
+            message = conn.recv()
+            if message[0] == "stop":
                 return
+            conn.send(("reply", [_run(engine, method, args) for method, args in message[1]]))
         try:
             outputs = engine.step()
-        except Exception as error:  # noqa: BLE001 - reported to the server, then the child exits
+        except Exception as error:
             logger.exception("engine step failed")
             conn.send(("died", f"{type(error).__name__}: {error}"))
-            raise
+            raise _StepFailed from error
         conn.send(("outputs", [OutputDelta.of(output) for output in outputs]))
 
 
-def _run_command(engine: LLMEngine, conn: Connection, message: tuple[Any, ...]) -> bool:
-    """Run one command; False for "stop"."""
-    kind = message[0]
-    if kind == "stop":
-        return False
-    if kind == "abort":
-        engine.abort_request(message[1])
-        return True
+def _run(engine: LLMEngine, method: str, args: tuple[Any, ...]) -> Outcome:
     try:
-        if kind == "add":
-            _, request_id, prompt, params = message
-            engine.add_request(request_id, prompt, params)
-            value: Any = engine.scheduler.sequences[request_id].prompt_token_ids
-        else:  # "call": a read-only engine method by name
-            value = getattr(engine, message[1])()
+        return True, _COMMANDS[method](engine, *args)
     except Exception as error:  # noqa: BLE001 - raised again on the server's side
-        _send_error(conn, error)
-    else:
-        conn.send(("reply", value))
-    return True
+        return False, _picklable(error)
 
 
-def _send_error(conn: Connection, error: Exception) -> None:
-    """Send an error to be raised on the server; one that cannot be pickled goes as its text."""
+def _picklable(error: Exception) -> Exception:
+    """The error itself if it survives the trip to the server, else a RuntimeError with its text."""
     try:
-        conn.send(("error", error))
+        pickle.loads(pickle.dumps(error))
     except Exception:  # noqa: BLE001 - pickling can fail in any way
-        conn.send(("error", RuntimeError(f"{type(error).__name__}: {error}")))
+        return RuntimeError(f"{type(error).__name__}: {error}")
+    return error
 
 
-def _child_main(fd: int) -> int:
+def _die_with_parent(parent_pid: int) -> None:
+    """Linux: the kernel sends SIGKILL when the server dies, even mid-load or mid-step."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    if os.getppid() != parent_pid:  # it died before the line above
+        os._exit(1)
+
+
+def _child_main(fd: int, parent_pid: int) -> int:
+    _die_with_parent(parent_pid)
+    # Ctrl-C of a `serve run` reaches the whole process group: the server decides, not the child.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     conn = Connection(fd)
     config, num_threads = conn.recv()
     import torch
@@ -315,15 +379,15 @@ def _child_main(fd: int) -> int:
     try:
         engine = LLMEngine(config)
     except Exception as error:  # noqa: BLE001 - raised again on the server's side
-        _send_error(conn, error)
+        conn.send(("error", _picklable(error)))
         return 1
     try:
         conn.send(("reply", _Ready(engine.config, engine.context_limit)))
         _serve(engine, conn)
+    except _StepFailed:
+        return 1
     except (EOFError, OSError):
         logger.warning("engine process %d: the server is gone; exiting", os.getpid())
-    except Exception:  # noqa: BLE001 - already reported by _serve
-        return 1
     finally:
         engine.close()
     return 0
@@ -334,4 +398,4 @@ if __name__ == "__main__":
     # Through the package, not this __main__ module: the classes sent must unpickle on the server.
     from engine.core import engine_process
 
-    sys.exit(engine_process._child_main(int(sys.argv[1])))
+    sys.exit(engine_process._child_main(int(sys.argv[1]), int(sys.argv[2])))

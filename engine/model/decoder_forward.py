@@ -68,7 +68,7 @@ def paged_decoder_forward(
     inner = model.model
     hidden = inner.embed_tokens(input_ids)[None]  # (1, T, H)
     position_embeddings = inner.rotary_emb(hidden, position_ids=positions[None])  # cos, sin (1, T, D)
-    for layer in inner.layers:
+    for layer in inner.layers[: model.config.num_hidden_layers]:
         attended = _attention(layer.self_attn, layer.input_layernorm(hidden), position_embeddings, metadata)
         hidden = hidden + attended
         hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))

@@ -107,17 +107,34 @@ class PackedProjection(nn.Module):
 
 def fuse_projections(model: nn.Module) -> int:
     """Fuse every eligible gated MLP and q/k/v trio of `model` in place; returns how many modules
-    were fused (0 for an architecture or layer type this does not know)."""
+    were fused (0 for an architecture or layer type this does not know).
+
+    One module at a time, holding no reference to the ones replaced, so the peak memory is the
+    model plus one module's packed weights (and a GPU's allocator cache is emptied after).
+    """
+    targets = [
+        (parent, name)
+        for parent in model.modules()
+        for name, child in parent.named_children()
+        if type(child).__name__ in GATED_MLPS | ATTENTIONS
+    ]
     fused = 0
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if type(child).__name__ in GATED_MLPS and _is_dense(child.gate_proj, child.up_proj):
-                setattr(parent, name, GateUpMLP(child))
-                fused += 1
-            elif type(child).__name__ in ATTENTIONS and _is_dense(child.q_proj, child.k_proj, child.v_proj):
-                layers = [child.q_proj, child.k_proj, child.v_proj]
-                child.qkv_packed = PackedProjections(layers)
-                for index, attr in enumerate(("q_proj", "k_proj", "v_proj")):
-                    setattr(child, attr, PackedProjection(child.qkv_packed, index, layers[index]))
-                fused += 1
+    for parent, name in targets:
+        fused += _fuse(parent, name)
+    if fused and torch.cuda.is_available():
+        torch.cuda.empty_cache()  # the replaced weights' blocks, before the KV pool is planned
     return fused
+
+
+def _fuse(parent: nn.Module, name: str) -> int:
+    child = getattr(parent, name)
+    if type(child).__name__ in GATED_MLPS and _is_dense(child.gate_proj, child.up_proj):
+        setattr(parent, name, GateUpMLP(child))
+        return 1
+    if type(child).__name__ in ATTENTIONS and _is_dense(child.q_proj, child.k_proj, child.v_proj):
+        layers = [child.q_proj, child.k_proj, child.v_proj]
+        child.qkv_packed = PackedProjections(layers)
+        for index, attr in enumerate(("q_proj", "k_proj", "v_proj")):
+            setattr(child, attr, PackedProjection(child.qkv_packed, index, layers[index]))
+        return 1
+    return 0

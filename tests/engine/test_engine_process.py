@@ -130,3 +130,53 @@ def test_a_model_that_fails_to_load_raises_from_start(tmp_path: Path) -> None:
 
     with pytest.raises(OSError):
         asyncio.run(scenario())
+
+
+def test_commands_sent_together_are_all_run_before_the_next_step(llama_dir: Path) -> None:
+    """A static batch shows it: a request admitted after the first step would start only once the
+    others finished."""
+    params = SamplingParams(max_tokens=20, temperature=0.0, ignore_eos=True)
+    static = EngineConfig(model=str(llama_dir), dtype="float32", num_kv_blocks=64, block_size=8, scheduling="static")
+    engine = EngineProcess(static, num_threads=1)
+    try:
+        outcomes = engine.run_commands([("add_request", (f"s{i}", [5 + i, 6, 7], params)) for i in range(4)])
+        assert outcomes == [(True, None)] * 4
+        finals: dict[str, RequestOutput] = {}
+        while engine.has_unfinished_requests():
+            finals.update((output.request_id, output) for output in engine.step() if output.finished)
+    finally:
+        engine.close()
+    assert len(finals) == 4
+    assert max(final.timing.first_token for final in finals.values()) < min(
+        final.timing.finish for final in finals.values()
+    )
+
+
+def test_a_request_id_used_again_after_an_abort_gets_only_its_own_tokens(llama_dir: Path) -> None:
+    expected = LLMEngine(config(llama_dir)).generate([[40, 41, 42]], GREEDY)[0].token_ids
+    long = SamplingParams(max_tokens=200, temperature=0.0, ignore_eos=True)
+
+    async def scenario() -> list[int]:
+        async with process_engine(llama_dir) as engine:
+            first = engine.generate("same", [5, 6, 7], long)
+            await anext(first)
+            await first.aclose()
+            return (await collect(engine, "same", [40, 41, 42]))[-1].token_ids
+
+    assert asyncio.run(scenario()) == expected
+
+
+def test_a_child_found_dead_between_steps_ends_the_engine(llama_dir: Path) -> None:
+    async def scenario() -> None:
+        async with process_engine(llama_dir) as engine:
+            child = child_of(engine)._process
+            child.kill()
+            child.wait()
+            with pytest.raises(EngineDeadError):
+                await engine.stats()
+            with pytest.raises(EngineDeadError):
+                await collect(engine, "late", [5, 6, 7])
+            with pytest.raises(EngineDeadError):
+                await engine.check_health()
+
+    asyncio.run(scenario())
