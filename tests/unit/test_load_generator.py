@@ -419,7 +419,6 @@ def test_main_writes_json_and_exits_nonzero_on_failure(tmp_path: Path, monkeypat
 def test_main_plots_the_latency_distributions_to_the_plot_dir(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    pytest.importorskip("matplotlib", reason="plots need the bench extra")
     record = RequestRecord(True, output_tokens=3, has_usage=True, ttft_s=0.1, itl_s=[0.02, 0.03], latency_s=0.15)
     fake_run(monkeypatch, [record, record])
     assert load_generator.main(["--url", URL, "--model", "demo", "--plot-dir", str(tmp_path / "plots")]) == 0

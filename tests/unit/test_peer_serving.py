@@ -205,7 +205,6 @@ def test_token_agreement_compares_each_request_with_the_same_request_on_the_peer
 @pytest.fixture
 def peer_serving() -> ModuleType:
     """The benchmark's runner module; it draws plots, so it needs the bench extra."""
-    pytest.importorskip("matplotlib", reason="plots need the bench extra")
     return importlib.import_module("benchmarks.peer_serving")
 
 

@@ -7,9 +7,6 @@ from pathlib import Path
 
 import pytest
 
-# Before the imports below: matplotlib is the optional bench extra.
-pytest.importorskip("matplotlib", reason="plots need the bench extra")
-
 from benchmarks.plots import (
     LatencySamples,
     concurrency_figure,
