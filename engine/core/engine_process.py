@@ -148,12 +148,13 @@ class EngineProcess:
         """Run engine methods by name, in order, in one round trip, all before the child's next
         step (so requests added together are admitted together): each outcome is (True, value)
         or (False, the exception)."""
-        for method, args in commands:
-            if method == "abort_request":
-                self._mirrors.pop(args[0], None)  # its later outputs are dropped on arrival
         outcomes: list[Outcome] = self._request(("commands", commands))
+        # In the order the child ran them: [abort x, add x] leaves the new x, [add x, abort x] none.
+        # Outputs that arrived before the reply were applied already, to the requests they were of.
         for index, ((method, args), (ok, value)) in enumerate(zip(commands, outcomes, strict=True)):
-            if method == "add_request" and ok:  # the child answered with the prompt's token ids
+            if method == "abort_request":
+                self._mirrors.pop(args[0], None)
+            elif method == "add_request" and ok:  # the child answered with the prompt's token ids
                 self._mirrors[args[0]] = _Mirror(value, OutputHistory([], [], [], []))
                 outcomes[index] = (True, None)
         return outcomes

@@ -180,3 +180,14 @@ def test_a_child_found_dead_between_steps_ends_the_engine(llama_dir: Path) -> No
                 await engine.check_health()
 
     asyncio.run(scenario())
+
+
+def test_an_add_and_an_abort_of_one_request_in_one_message_leave_nothing_running(llama_dir: Path) -> None:
+    engine = EngineProcess(config(llama_dir), num_threads=1)
+    try:
+        outcomes = engine.run_commands([("add_request", ("x", [5, 6, 7], GREEDY)), ("abort_request", ("x",))])
+        assert outcomes == [(True, None), (True, True)]
+        assert not engine.has_unfinished_requests()
+        assert engine.stats().kv_blocks_used == 0
+    finally:
+        engine.close()
