@@ -11,6 +11,7 @@ from deployments.config import AppConfig, ModelConfig, ModelSource
 from deployments.ingress.openai_app import model_card
 from deployments.ingress.router import ModelRoute, Router
 from deployments.replica.llm_server import LLMServer
+from deployments.tenants.gate import TenantAccess
 
 __all__ = ["build_app"]
 
@@ -20,7 +21,13 @@ def build_app(args: dict[str, Any]) -> Application:
     config = AppConfig.model_validate(args)
     handles = {model.name: _model_deployment(model) for model in config.models}
     routes = {
-        model.name: ModelRoute(model.deployment_name, model.cold_start_timeout_s, model.first_token_timeout_s)
+        model.name: ModelRoute(
+            model.deployment_name,
+            model.cold_start_timeout_s,
+            model.first_token_timeout_s,
+            model.deployment.max_ongoing_requests,
+            model.deployment.max_queued_requests,
+        )
         for model in config.models
     }
     cards = [model_card(model.name, _describe(model.source)) for model in config.models]
@@ -30,7 +37,15 @@ def build_app(args: dict[str, Any]) -> Application:
         max_ongoing_requests=config.router.max_ongoing_requests,
         ray_actor_options={"num_cpus": config.router.num_cpus},
     )
-    return router.bind(handles, routes, cards, config.router.keepalive_interval_s, config.router.limits)
+    return router.bind(
+        handles,
+        routes,
+        cards,
+        config.router.keepalive_interval_s,
+        config.router.limits,
+        TenantAccess.from_config(config),
+        config.router.num_replicas,
+    )
 
 
 def _model_deployment(model: ModelConfig) -> Application:

@@ -4,11 +4,16 @@
     ├── InvalidRequestError        400 invalid_request_error (a field is malformed or out of range)
     │   └── ContextLengthExceededError
     │                              400 code=context_length_exceeded (prompt + output > the model's context)
-    ├── ModelNotFoundError         404 the `model` names no deployed model
+    ├── AuthenticationError        401 code=invalid_api_key (missing, unknown, expired or revoked key)
+    ├── NotFoundError              404 no such thing (an admin API key id)
+    │   └── ModelNotFoundError     404 the `model` names no deployed model (or none the tenant may use)
     ├── RequestTooLargeError       413 the body is larger than the router's max_body_bytes
     ├── OverloadedError            429 too many requests queued; Retry-After
+    ├── RateLimitError             429 code=rate_limit_exceeded (a tenant's per-minute or concurrency
+    │                              limit); Retry-After
+    ├── QuotaExceededError         429 code=insufficient_quota (the tenant's budget is spent; do not retry)
     ├── ModelUnavailableError      503 no replica can take the request now (or its engine is
-    │                              shutting down); Retry-After
+    │                              shutting down, or the tenants store is unreachable); Retry-After
     └── InternalServerError        500 anything else; the body carries no internals
 
 `to_api_error` turns any exception (ours, the engine's, Ray's or Serve's) into an ApiError; the
@@ -23,17 +28,23 @@ from typing import Any
 from ray.exceptions import RayActorError, RayTaskError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
 
+from deployments.tenants.store import StoreUnavailableError
 from engine import ContextLengthError as EngineContextLengthError
 from engine import EngineError, EngineStoppedError, InvalidPromptError
 
 __all__ = [
     "ApiError",
+    "AuthenticationError",
     "ContextLengthExceededError",
     "InternalServerError",
     "InvalidRequestError",
     "ModelNotFoundError",
     "ModelUnavailableError",
+    "NotFoundError",
     "OverloadedError",
+    "QuotaExceededError",
+    "RateLimitError",
+    "TokenRateLimitError",
     "RequestTooLargeError",
     "invalid_request",
     "to_api_error",
@@ -52,29 +63,43 @@ class ApiError(Exception):
     error_type = "server_error"
 
     def __init__(
-        self, message: str, *, param: str | None = None, code: str | None = None, retry_after_s: int | None = None
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        retry_after_s: int | None = None,
+        extra_headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.param = param
         self.code = code
         self.retry_after_s = retry_after_s
+        # Headers the answer carries besides Retry-After (a tenant's x-ratelimit-* figures).
+        self.extra_headers = extra_headers or {}
 
     def __reduce__(self) -> tuple[Any, ...]:
         # Keyword-only arguments do not survive pickling by default; errors cross Ray processes.
-        return (_rebuild, (type(self), self.message, self.param, self.code, self.retry_after_s))
+        return (_rebuild, (type(self), self.message, self.param, self.code, self.retry_after_s, self.extra_headers))
 
     def body(self) -> dict[str, dict[str, str | None]]:
         return {"error": {"message": self.message, "type": self.error_type, "param": self.param, "code": self.code}}
 
     def headers(self) -> dict[str, str]:
-        return {} if self.retry_after_s is None else {"Retry-After": str(self.retry_after_s)}
+        retry = {} if self.retry_after_s is None else {"Retry-After": str(self.retry_after_s)}
+        return self.extra_headers | retry
 
 
 def _rebuild(
-    cls: type[ApiError], message: str, param: str | None, code: str | None, retry_after_s: int | None
+    cls: type[ApiError],
+    message: str,
+    param: str | None,
+    code: str | None,
+    retry_after_s: int | None,
+    extra_headers: dict[str, str],
 ) -> ApiError:
-    return cls(message, param=param, code=code, retry_after_s=retry_after_s)
+    return cls(message, param=param, code=code, retry_after_s=retry_after_s, extra_headers=extra_headers)
 
 
 class InvalidRequestError(ApiError):
@@ -88,9 +113,24 @@ class ContextLengthExceededError(InvalidRequestError):
         super().__init__(message, **kwargs)
 
 
-class ModelNotFoundError(ApiError):
+class AuthenticationError(ApiError):
+    status_code = 401
+    error_type = "invalid_request_error"
+
+    def __init__(self, message: str, **kwargs: Any) -> None:
+        kwargs.setdefault("code", "invalid_api_key")
+        super().__init__(message, **kwargs)
+
+    def headers(self) -> dict[str, str]:
+        return super().headers() | {"WWW-Authenticate": "Bearer"}
+
+
+class NotFoundError(ApiError):
     status_code = 404
     error_type = "invalid_request_error"
+
+
+class ModelNotFoundError(NotFoundError):
 
     @classmethod
     def for_model(cls, model: str, available: list[str]) -> ModelNotFoundError:
@@ -109,6 +149,36 @@ class RequestTooLargeError(ApiError):
 class OverloadedError(ApiError):
     status_code = 429
     error_type = "rate_limit_error"
+
+
+class RateLimitError(ApiError):
+    """A tenant's limit per minute or on concurrency; OpenAI's type says which ("requests" or "tokens")."""
+
+    status_code = 429
+    error_type = "requests"
+
+    def __init__(self, message: str, **kwargs: Any) -> None:
+        kwargs.setdefault("code", "rate_limit_exceeded")
+        super().__init__(message, **kwargs)
+
+
+class TokenRateLimitError(RateLimitError):
+    error_type = "tokens"
+
+
+class QuotaExceededError(ApiError):
+    """The budget is spent: OpenAI's insufficient_quota, which clients must not retry."""
+
+    status_code = 429
+    error_type = "insufficient_quota"
+
+    def __init__(self, message: str, **kwargs: Any) -> None:
+        kwargs.setdefault("code", "insufficient_quota")
+        super().__init__(message, **kwargs)
+
+    def headers(self) -> dict[str, str]:
+        # The openai SDK retries a 429 unless told not to.
+        return super().headers() | {"x-should-retry": "false"}
 
 
 class ModelUnavailableError(ApiError):
@@ -150,6 +220,13 @@ def _map_foreign(error: BaseException, model: str | None, user: str | None) -> A
         return ModelUnavailableError(
             f"{subject[0].upper()}{subject[1:]} is temporarily unavailable; retry later.",
             code="model_unavailable",
+            retry_after_s=DEFAULT_RETRY_AFTER_S,
+        )
+    if isinstance(error, StoreUnavailableError):
+        logger.error("tenants store unreachable: %s", error)
+        return ModelUnavailableError(
+            "The API keys and limits store is unreachable, so no request can be admitted; retry later.",
+            code="store_unavailable",
             retry_after_s=DEFAULT_RETRY_AFTER_S,
         )
     if isinstance(error, EngineError):

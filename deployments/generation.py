@@ -40,6 +40,10 @@ class GenerationRequest:
     stream: bool = True
     # The client's end-user id (OpenAI's `user`), named in the logs of a request that failed.
     user: str | None = None
+    # The tenant whose key sent it ("" without auth) and its scheduling weight: the replica's
+    # engine shares its steps fairly across tenants by these.
+    tenant: str = ""
+    tenant_weight: float = 1.0
 
     @property
     def prompt_param(self) -> Literal["messages", "prompt"]:

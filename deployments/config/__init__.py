@@ -3,7 +3,9 @@
     AppConfig
     ├── models: [ModelConfig]      source (ModelSource), engine (EngineSettings),
     │                              deployment (DeploymentSettings: autoscaling, routing, resources)
-    └── router: RouterSettings     the ingress, and its RequestLimits
+    ├── router: RouterSettings     the ingress, and its RequestLimits
+    ├── auth: AuthSettings         API keys on/off, the tenants store, the admin key
+    └── tenants: [TenantConfig]    models, rate limits, concurrency, budget, scheduling weight
 
 Torch-free: `switchyard check` and the Router validate configs without loading a model.
 """
@@ -11,17 +13,23 @@ Torch-free: `switchyard check` and the Router validate configs without loading a
 from deployments.config.app_config import AppConfig, DemoModel, ModelConfig, ModelSource, RequestLimits, RouterSettings
 from deployments.config.engine_settings import EngineSettings
 from deployments.config.serve_settings import AutoscalingSettings, DeploymentSettings, RayActorOptions, RoutingSettings
+from deployments.config.tenants import ALL_MODELS, AuthSettings, Budget, ModelPricing, TenantConfig
 
 __all__ = [
+    "ALL_MODELS",
     "AppConfig",
+    "AuthSettings",
     "AutoscalingSettings",
+    "Budget",
     "DemoModel",
     "DeploymentSettings",
     "EngineSettings",
     "ModelConfig",
+    "ModelPricing",
     "ModelSource",
     "RayActorOptions",
     "RequestLimits",
     "RouterSettings",
     "RoutingSettings",
+    "TenantConfig",
 ]

@@ -14,6 +14,7 @@ from pydantic import Field, field_validator, model_validator
 from deployments.config.engine_settings import EngineSettings
 from deployments.config.serve_settings import DeploymentSettings
 from deployments.config.strict import Strict
+from deployments.config.tenants import AuthSettings, ModelPricing, TenantConfig
 from engine import shard_bundles
 
 __all__ = ["AppConfig", "DemoModel", "ModelConfig", "ModelSource", "RequestLimits", "RouterSettings"]
@@ -79,6 +80,9 @@ class ModelConfig(Strict):
         ge=0,
         description="A stream sends what its request generated at most once per this many milliseconds (the first "
         "token at once). Fewer, larger messages keep the serving hops cheap; 0 sends every engine step.",
+    )
+    pricing: ModelPricing | None = Field(
+        default=None, description="What this model's tokens cost tenants (needed by tenants with a budget)."
     )
 
     @field_validator("name")
@@ -181,12 +185,63 @@ class AppConfig(Strict):
 
     models: list[ModelConfig] = Field(min_length=1, description="The models served behind the one URL.")
     router: RouterSettings = Field(default_factory=RouterSettings, description="The OpenAI-compatible ingress.")
+    auth: AuthSettings = Field(default_factory=AuthSettings, description="API keys and their store.")
+    tenants: list[TenantConfig] = Field(
+        default_factory=list, description="Who may use which models, within which limits (with auth.enabled)."
+    )
 
     @field_validator("models")
     @classmethod
     def _names_unique(cls, models: list[ModelConfig]) -> list[ModelConfig]:
-        names = [model.name for model in models]
-        duplicates = sorted({name for name in names if names.count(name) > 1})
-        if duplicates:
-            raise ValueError(f"model names must be unique, repeated: {', '.join(duplicates)}")
+        _refuse_repeats("model names", [model.name for model in models])
         return models
+
+    @field_validator("tenants")
+    @classmethod
+    def _tenant_names_unique(cls, tenants: list[TenantConfig]) -> list[TenantConfig]:
+        _refuse_repeats("tenant names", [tenant.name for tenant in tenants])
+        return tenants
+
+    @model_validator(mode="after")
+    def _auth_is_servable(self) -> AppConfig:
+        if not self.auth.enabled:
+            return self
+        if not self.tenants:
+            raise ValueError("auth.enabled needs at least one entry in tenants")
+        if self.auth.is_sqlite and self.router.num_replicas > 1:
+            raise ValueError(
+                f"auth.store {self.auth.store!r} is SQLite, which only one router replica can share; with "
+                f"router.num_replicas = {self.router.num_replicas} use a redis:// store"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _tenants_models_exist(self) -> AppConfig:
+        models = {model.name: model for model in self.models}
+        for index, tenant in enumerate(self.tenants):
+            unknown = [name for name in tenant.models if name != "*" and name not in models]
+            if unknown:
+                raise ValueError(f"tenants[{index}] ({tenant.name}).models names no model of this app: {unknown}")
+            for name in tenant.allowed_models(list(models)):
+                model = models[name]
+                if tenant.budget is not None and model.pricing is None:
+                    raise ValueError(
+                        f"tenants[{index}] ({tenant.name}) has a budget, so every model it may use needs pricing; "
+                        f"model {name!r} has none"
+                    )
+                counts_tokens = tenant.budget is not None or tenant.tokens_per_minute is not None
+                if counts_tokens and not model.engine.max_model_len:
+                    raise ValueError(
+                        f"tenants[{index}] ({tenant.name}) has a budget or tokens_per_minute, so every model it may "
+                        f"use needs engine.max_model_len (the bound of a request's worst case); model {name!r} has none"
+                    )
+        return self
+
+    def tenant(self, name: str) -> TenantConfig | None:
+        return next((tenant for tenant in self.tenants if tenant.name == name), None)
+
+
+def _refuse_repeats(what: str, names: list[str]) -> None:
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise ValueError(f"{what} must be unique, repeated: {', '.join(duplicates)}")

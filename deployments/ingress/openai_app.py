@@ -5,6 +5,10 @@ OpenAI-shaped body with the right status. Before a stream's first chunk that is 
 response; after it, an SSE `error` event followed by `data: [DONE]`. A stream whose first chunk
 takes longer than the keep-alive interval (a model starting from zero replicas) is answered 200
 at once and sent SSE comments until the chunk comes, so its failures are events too.
+
+With a `TenantGate` (auth on), every request is authenticated, checked against its tenant's models
+and admitted against its limits before any engine work, and settled once when it ends (before the
+response's last byte); its answer carries the tenant's x-ratelimit-* headers.
 """
 
 from __future__ import annotations
@@ -29,7 +33,9 @@ from deployments.ingress.limits import check_request_limits, read_body
 from deployments.ingress.model_states import ModelState
 from deployments.ingress.protocol import ChatCompletionRequest, CompletionRequest, parse_body
 from deployments.ingress.responses import Endpoint, ResponseWriter
+from deployments.ingress.settlement import Settlement
 from deployments.ingress.translate import chat_to_generation, completion_to_generation
+from deployments.tenants.gate import Caller, TenantGate
 
 __all__ = ["KEEPALIVE", "ModelCard", "ModelClient", "StatesSource", "build_openai_app", "model_card"]
 
@@ -66,13 +72,23 @@ def build_openai_app(
     states: StatesSource | None = None,
     keepalive_interval_s: float = 5.0,
     limits: RequestLimits | None = None,
+    gate: TenantGate | None = None,
 ) -> FastAPI:
     """`states`: each model's replica state for /v1/models (none: the cards alone).
     `keepalive_interval_s`: a stream whose first token takes longer starts with keep-alive comments.
-    `limits`: what one request may ask for (default: `RequestLimits()`)."""
+    `limits`: what one request may ask for (default: `RequestLimits()`).
+    `gate`: API keys and tenants' limits (none: open to anyone)."""
     limits = limits or RequestLimits()
     app = FastAPI(title="Switchyard", summary="OpenAI-compatible API over many models")
-    cards_by_id = {card.id: card for card in cards}
+
+    async def caller_of(request: Request) -> Caller | None:
+        return None if gate is None else await gate.authenticate(request.headers.get("authorization"))
+
+    def visible(caller: Caller | None) -> list[ModelCard]:
+        if gate is None or caller is None:
+            return cards
+        allowed = set(gate.models_for(caller))
+        return [card for card in cards if card.id in allowed]
 
     async def current_states() -> Mapping[str, ModelState]:
         return {} if states is None else await states()
@@ -97,24 +113,33 @@ def build_openai_app(
         return {"status": "ok"}
 
     @app.get("/v1/models")
-    async def list_models() -> dict[str, Any]:
+    async def list_models(request: Request) -> dict[str, Any]:
+        shown = visible(await caller_of(request))
         now = await current_states()
-        return {"object": "list", "data": [_model_json(card, now.get(card.id)) for card in cards]}
+        return {"object": "list", "data": [_model_json(card, now.get(card.id)) for card in shown]}
 
     @app.get("/v1/models/{model_id:path}")
-    async def get_model(model_id: str) -> dict[str, Any]:
-        card = cards_by_id.get(model_id)
+    async def get_model(model_id: str, request: Request) -> dict[str, Any]:
+        shown = {card.id: card for card in visible(await caller_of(request))}
+        card = shown.get(model_id)
         if card is None:
-            raise ModelNotFoundError.for_model(model_id, list(cards_by_id))
+            raise ModelNotFoundError.for_model(model_id, list(shown))
         return _model_json(card, (await current_states()).get(card.id))
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:
-        return await _answer("completion", request, models, keepalive_interval_s, limits)
+        return await _answer("completion", request, models, keepalive_interval_s, limits, gate)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
-        return await _answer("chat", request, models, keepalive_interval_s, limits)
+        return await _answer("chat", request, models, keepalive_interval_s, limits, gate)
+
+    @app.get("/v1/usage")
+    async def usage(request: Request) -> dict[str, Any]:
+        caller = await caller_of(request)
+        if gate is None or caller is None:
+            raise InvalidRequestError("Usage is kept per tenant: this server has no API keys (auth is off).")
+        return await gate.usage(caller.tenant)
 
     return app
 
@@ -125,11 +150,16 @@ async def _answer(
     models: Mapping[str, ModelClient],
     keepalive_interval_s: float,
     limits: RequestLimits,
+    gate: TenantGate | None,
 ) -> Response:
-    """Validate, pick the model, run the request; any failure becomes an OpenAI-shaped error."""
+    """Authenticate, validate, pick the model, admit, run the request; any failure becomes an
+    OpenAI-shaped error (after settling what an admitted request used)."""
     model: str | None = None
     user: str | None = None
+    settlement = Settlement()
+    writer: ResponseWriter | None = None
     try:
+        caller = None if gate is None else await gate.authenticate(request.headers.get("authorization"))
         raw_body = await read_body(request, limits.max_body_bytes)
         if endpoint == "completion":
             completion = parse_body(CompletionRequest, raw_body)
@@ -144,13 +174,22 @@ async def _answer(
             generation = chat_to_generation(chat, f"chatcmpl-{uuid.uuid4().hex}")
             with_logprobs = chat.logprobs
         user = generation.user
+        if gate is not None and caller is not None:
+            gate.check_model(caller, model)
+            generation.tenant, generation.tenant_weight = caller.tenant.name, caller.tenant.weight
         client = models.get(model)
         if client is None:
             raise ModelNotFoundError.for_model(model, list(models))
         writer = ResponseWriter(endpoint, generation.request_id, model, generation.n, with_logprobs)
-        return await _respond(client, generation, writer, include_usage, keepalive_interval_s)
+        if gate is not None and caller is not None:
+            settlement = Settlement(gate, await gate.admit(caller, model, generation))
+        return await _respond(client, generation, writer, include_usage, keepalive_interval_s, settlement)
     except Exception as error:  # noqa: BLE001 - the one place failures become HTTP answers
-        return _error_response(error, model, user)
+        if writer is not None:
+            await settlement.settle(writer)
+        response = _error_response(error, model, user)
+        response.headers.update(settlement.headers())
+        return response
 
 
 async def _respond(
@@ -159,6 +198,7 @@ async def _respond(
     writer: ResponseWriter,
     include_usage: bool,
     keepalive_interval_s: float,
+    settlement: Settlement,
 ) -> Response:
     chunks = client.stream(generation)
     first_chunk = asyncio.ensure_future(anext(chunks))
@@ -168,22 +208,30 @@ async def _respond(
         if generation.stream:
             await asyncio.wait({first_chunk}, timeout=keepalive_interval_s)
             if not first_chunk.done():
-                return _event_stream(_sse_after_wait(first_chunk, chunks, writer, include_usage, keepalive_interval_s))
+                events = _sse_after_wait(first_chunk, chunks, writer, include_usage, keepalive_interval_s, settlement)
+                return _event_stream(events, settlement.headers())
         first = await first_chunk
         if not generation.stream:
             writer.add(first)
             async for chunk in chunks:
                 writer.add(chunk)
-            return JSONResponse(writer.response())
-    except BaseException:
+            await settlement.settle(writer)
+            return JSONResponse(writer.response(), headers=settlement.headers())
+    except Exception:
+        await _close(first_chunk, chunks)
+        raise  # settled by the caller, with the error's answer
+    except BaseException:  # the client left (this task is cancelled)
+        settlement.settle_soon(writer)
         await _close(first_chunk, chunks)
         raise
-    return _event_stream(_sse(first, chunks, writer, include_usage))
+    return _event_stream(_sse(first, chunks, writer, include_usage, settlement), settlement.headers())
 
 
-def _event_stream(events: AsyncIterator[str]) -> StreamingResponse:
+def _event_stream(events: AsyncIterator[str], headers: dict[str, str]) -> StreamingResponse:
     return StreamingResponse(
-        events, media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        events,
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"} | headers,
     )
 
 
@@ -200,6 +248,7 @@ async def _sse_after_wait(
     writer: ResponseWriter,
     include_usage: bool,
     keepalive_interval_s: float,
+    settlement: Settlement,
 ) -> AsyncIterator[str]:
     """Keep-alive comments until the first chunk, then the stream; a failure becomes an error event."""
     try:
@@ -209,29 +258,39 @@ async def _sse_after_wait(
         first = first_chunk.result()
     except Exception as error:  # noqa: BLE001 - the status is sent: report the failure in-stream
         await _close(first_chunk, chunks)
+        await settlement.settle(writer)
         yield _event(to_api_error(error, model=writer.model).body())
         yield "data: [DONE]\n\n"
         return
     except BaseException:  # the client left while waiting
+        settlement.settle_soon(writer)
         await _close(first_chunk, chunks)
         raise
-    async for event in _sse(first, chunks, writer, include_usage):
+    async for event in _sse(first, chunks, writer, include_usage, settlement):
         yield event
 
 
 async def _sse(
-    first: GenerationChunk, chunks: AsyncGenerator[GenerationChunk, None], writer: ResponseWriter, include_usage: bool
+    first: GenerationChunk,
+    chunks: AsyncGenerator[GenerationChunk, None],
+    writer: ResponseWriter,
+    include_usage: bool,
+    settlement: Settlement,
 ) -> AsyncIterator[str]:
-    """Server-sent events; closing this iterator (the client left) closes the model's stream."""
+    """Server-sent events; closing this iterator (the client left) closes the model's stream and
+    settles what was sent."""
     try:
         yield _event(writer.stream_chunk(first))
         async for chunk in chunks:
             yield _event(writer.stream_chunk(chunk))
+        await settlement.settle(writer)
         if include_usage:
             yield _event(writer.usage_chunk())
     except Exception as error:  # noqa: BLE001 - the status is sent: report the failure in-stream
+        await settlement.settle(writer)
         yield _event(to_api_error(error, model=writer.model).body())
     finally:
+        settlement.settle_soon(writer)  # the client left mid-stream (nothing to do otherwise)
         await chunks.aclose()
     yield "data: [DONE]\n\n"
 

@@ -85,8 +85,13 @@ class ResponseWriter:
             bodies.append(body)
         return self._envelope(stream=False, choices=bodies) | {"usage": self.usage()}
 
+    @property
+    def num_generated_tokens(self) -> int:
+        """Tokens generated over all choices, as far as their chunks have come."""
+        return sum(choice.num_generated_tokens for choice in self.choices)
+
     def usage(self) -> Json:
-        num_generated = sum(choice.num_generated_tokens for choice in self.choices)
+        num_generated = self.num_generated_tokens
         return {
             "prompt_tokens": self.num_prompt_tokens,
             "completion_tokens": num_generated,

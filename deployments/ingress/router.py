@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
+import os
 import time
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
@@ -14,10 +16,14 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from deployments.config import RequestLimits
-from deployments.errors import DEFAULT_RETRY_AFTER_S, ApiError, ModelUnavailableError
+from deployments.errors import DEFAULT_RETRY_AFTER_S, ApiError, ModelUnavailableError, OverloadedError
 from deployments.generation import GenerationChunk, GenerationRequest
-from deployments.ingress.model_states import ServeModelStates
+from deployments.ingress.admin import add_admin_routes
+from deployments.ingress.model_states import ModelState, ServeModelStates
 from deployments.ingress.openai_app import ModelCard, build_openai_app
+from deployments.tenants.fair_queue import FairQueue, QueueFullError
+from deployments.tenants.gate import TenantAccess, TenantGate
+from deployments.tenants.store import open_store
 
 __all__ = ["HandleModelClient", "ModelRoute", "Router"]
 
@@ -34,6 +40,10 @@ class ModelRoute:
     cold_start_timeout_s: float
     # Any other request (queued behind busy replicas, or arriving as the model scales to zero).
     first_token_timeout_s: float
+    # The deployment's requests per replica, and its queue bound (-1: none): with tenants, the
+    # Router's fair queue dispatches what the running replicas take and holds the rest.
+    max_ongoing_requests: int = 64
+    max_queued_requests: int = -1
 
 
 class HandleModelClient:
@@ -45,17 +55,53 @@ class HandleModelClient:
     otherwise, so a request judged warm from a state read just before a scale-down is bounded too.
     """
 
-    def __init__(self, name: str, handle: DeploymentHandle, route: ModelRoute, states: ServeModelStates) -> None:
+    def __init__(
+        self,
+        name: str,
+        handle: DeploymentHandle,
+        route: ModelRoute,
+        states: ServeModelStates,
+        fair_share_of: int | None = None,
+    ) -> None:
+        """`fair_share_of`: with tenants, the number of router replicas sharing the model's replicas
+        (requests beyond this replica's share wait in a FairQueue); None: Serve's queue alone."""
         self.name = name
         self.handle = handle.options(stream=True)
         self.route = route
         self.states = states
+        self.fair_share_of = fair_share_of
+        self.queue = (
+            None
+            if fair_share_of is None
+            else FairQueue(capacity=self._capacity(None), max_waiting=route.max_queued_requests)
+        )
+
+    def _capacity(self, state: ModelState | None) -> int:
+        """This router replica's share of what the model's running replicas take (one replica's worth
+        while none runs, so a cold start still gets requests to hold)."""
+        replicas = max(1, state.running_replicas if state is not None else 1)
+        return max(1, replicas * self.route.max_ongoing_requests // (self.fair_share_of or 1))
 
     async def stream(self, request: GenerationRequest) -> AsyncGenerator[GenerationChunk, None]:
         queued = time.monotonic()
         state = (await self.states.states()).get(self.name)
         cold = state is not None and state.running_replicas == 0
         timeout_s = self.route.cold_start_timeout_s if cold else self.route.first_token_timeout_s
+        async with self._dispatch_slot(request, state, timeout_s):
+            async for chunk in self._stream(request, state, cold, queued, timeout_s):
+                yield chunk
+
+    def _dispatch_slot(
+        self, request: GenerationRequest, state: ModelState | None, timeout_s: float
+    ) -> contextlib.AbstractAsyncContextManager[None]:
+        if self.queue is None:
+            return contextlib.nullcontext()
+        self.queue.set_capacity(self._capacity(state))
+        return _bounded_slot(self.queue, request, self.name, timeout_s)
+
+    async def _stream(
+        self, request: GenerationRequest, state: ModelState | None, cold: bool, queued: float, timeout_s: float
+    ) -> AsyncGenerator[GenerationChunk, None]:
         responses = self.handle.generate.remote(request)
         finished = False
         try:
@@ -65,7 +111,7 @@ class HandleModelClient:
                     "%s: cold start: the request waited %.1fs for its first token (%s at arrival)",
                     self.name,
                     time.monotonic() - queued,
-                    state.state,
+                    state.state if state is not None else "unknown",
                 )
             while True:
                 if isinstance(item, ApiError):
@@ -95,6 +141,32 @@ class HandleModelClient:
             ) from None
 
 
+@contextlib.asynccontextmanager
+async def _bounded_slot(
+    queue: FairQueue, request: GenerationRequest, model: str, timeout_s: float
+) -> AsyncGenerator[None, None]:
+    """A dispatch slot of the model's fair queue, waited for at most `timeout_s`."""
+    slot = queue.slot(request.tenant, request.tenant_weight)
+    try:
+        await asyncio.wait_for(slot.__aenter__(), timeout_s)
+    except QueueFullError:
+        raise OverloadedError(
+            f"Too many requests are queued for model {model!r}; retry later.",
+            code="too_many_requests",
+            retry_after_s=DEFAULT_RETRY_AFTER_S,
+        ) from None
+    except TimeoutError:
+        raise ModelUnavailableError(
+            f"The model {model!r} had no free slot within {timeout_s:.0f}s (every replica is busy). Retry later.",
+            code="first_token_timeout",
+            retry_after_s=DEFAULT_RETRY_AFTER_S,
+        ) from None
+    try:
+        yield
+    finally:
+        await slot.__aexit__(None, None, None)
+
+
 @serve.ingress()
 class Router:
     """Holds one handle per model; the FastAPI app is built on the replica, after construction."""
@@ -106,21 +178,33 @@ class Router:
         cards: list[ModelCard],
         keepalive_interval_s: float,
         limits: RequestLimits,
+        access: TenantAccess | None = None,
+        num_router_replicas: int = 1,
     ) -> None:
+        """`access`: tenants and the store of their keys and spend (None: auth off, open to anyone)."""
         app_name = serve.get_replica_context().app_name
         self.states = ServeModelStates(app_name, {name: route.deployment_name for name, route in routes.items()})
+        fair_share_of = None if access is None else num_router_replicas
         self.clients = {
-            name: HandleModelClient(name, handle, routes[name], self.states) for name, handle in handles.items()
+            name: HandleModelClient(name, handle, routes[name], self.states, fair_share_of)
+            for name, handle in handles.items()
         }
         self.cards = cards
         self.keepalive_interval_s = keepalive_interval_s
         self.limits = limits
+        self.access = access
+        self.gate = None if access is None else TenantGate(access, open_store(access.auth.store))
 
     def __serve_build_asgi_app__(self) -> FastAPI:
-        return build_openai_app(
+        app = build_openai_app(
             self.clients,
             self.cards,
             states=functools.partial(self.states.states, fresh=True),
             keepalive_interval_s=self.keepalive_interval_s,
             limits=self.limits,
+            gate=self.gate,
         )
+        if self.gate is not None and self.access is not None:
+            env = self.access.auth.admin_key_env
+            add_admin_routes(app, self.gate, os.environ.get(env), env)
+        return app
