@@ -3,6 +3,7 @@
     switchyard check manifests/quickstart.yaml   # validate every application's args
     switchyard run manifests/quickstart.yaml     # check, then `serve run` the config
     switchyard plan --model llama-2-70b --dtype float16 --gpu-memory-gib 80 --context-len 4096
+    switchyard keys create --config manifests/tenants.yaml --tenant team-a   # an API key, shown once
 
 `serve run` builds applications on the Serve controller: a bad config is reported in its log and
 `serve run` keeps waiting. `switchyard check` fails at once instead, naming the field, with exit 1.
@@ -20,11 +21,11 @@ import yaml
 from pydantic import ValidationError
 
 from deployments.config import AppConfig
+from deployments.tools.keys_command import add_keys_parser, run_keys
+from deployments.tools.serve_files import BUILD_APP
 from engine.config import DTYPES, QUANTIZATIONS
 
 __all__ = ["check_config", "main"]
-
-BUILD_APP = "deployments.app:build_app"
 
 
 def check_config(path: Path) -> list[str]:
@@ -60,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "plan":
         return _plan(args)
+    if args.command == "keys":
+        return run_keys(args)
     problems = check_config(args.config)
     for problem in problems:
         print(problem, file=sys.stderr)
@@ -112,6 +115,7 @@ def _parser() -> argparse.ArgumentParser:
     plan.add_argument("--context-len", type=int, default=None, help="tokens per sequence; default: the model's")
     plan.add_argument("--concurrency", type=int, default=1, help="full-length sequences to serve at once")
     plan.add_argument("--block-size", type=int, default=16, help="tokens per KV block, as in the engine config")
+    add_keys_parser(commands)
     return parser
 
 
