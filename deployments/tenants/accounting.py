@@ -60,14 +60,14 @@ def worst_case(request: GenerationRequest, max_model_len: int | None, pricing: M
 
     Each choice's prompt + output fits in `max_model_len` (the replica refuses more), so with a
     prompt bound P, a per-choice output bound O and n choices, the worst case is the corner of
-    p <= P, o <= O, p + o <= max_model_len that costs most."""
+    p <= P, o <= O, p + o <= max_model_len that costs most (p = P for a prompt of token ids)."""
     context = max_model_len or math.inf
     prompt_bound = min(prompt_token_bound(request), context)
     output_bound = min(request.max_tokens or context, context)
-    corners = [
-        (prompt_bound, min(output_bound, context - prompt_bound)),
-        (min(prompt_bound, context - output_bound), output_bound),
-    ]
+    corners = [(prompt_bound, min(output_bound, context - prompt_bound))]
+    if not isinstance(request.prompt, list):
+        # A text prompt may be shorter than its bound, leaving more room for output.
+        corners.append((min(prompt_bound, context - output_bound), output_bound))
     input_price, output_price = (
         (pricing.input_pico_usd_per_token, pricing.output_pico_usd_per_token) if pricing else (1, 1)
     )
