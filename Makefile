@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install serve test bench clean
+.PHONY: install serve test bench clean redis-server
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,7 +20,13 @@ install: $(STAMP)
 serve: $(STAMP)
 	$(BIN)/switchyard run manifests/quickstart.yaml
 
-test: $(STAMP)
+# The Redis tenant store's tests start real redis-servers (tests/services.py); install the Debian
+# package where it is missing (this runs as root, as here and in CI).
+redis-server:
+	command -v redis-server >/dev/null || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server)
+
+test: $(STAMP) redis-server
 	$(BIN)/python -m pytest
 
 bench: $(STAMP)

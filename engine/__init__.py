@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from engine.config import EngineConfig
+from engine.core.sequence import DEFAULT_TENANT
 from engine.errors import ContextLengthError, EngineDeadError, EngineError, EngineStoppedError, InvalidPromptError
 from engine.model.kv_cache import DTYPE_BYTES, KVCacheShape, kv_cache_shape
 from engine.outputs import EngineStats, RequestOutput, RequestTiming, ShardInfo
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
     from engine.core.llm_engine import LLMEngine
 
 __all__ = [
+    "DEFAULT_TENANT",
     "DTYPE_BYTES",
     "AsyncLLMEngine",
     "ContextLengthError",

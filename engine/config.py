@@ -17,6 +17,8 @@ __all__ = [
     "PlacementStrategy",
     "Quantization",
     "Scheduling",
+    "TENANT_SCHEDULING_POLICIES",
+    "TenantScheduling",
 ]
 
 # The allowed values of the choice fields, once: the serve config's engine settings use these types.
@@ -24,12 +26,14 @@ DType = Literal["float32", "bfloat16", "float16"]
 # What a config may ask for: a dtype, or "auto" for the device's fastest (engine.hardware).
 DTypeChoice = Literal["auto", "float32", "bfloat16", "float16"]
 Scheduling = Literal["continuous", "static", "request"]
+TenantScheduling = Literal["fair", "fcfs"]
 Quantization = Literal["int8", "nf4"]
 PlacementStrategy = Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"]
 
 DTYPES: tuple[DType, ...] = get_args(DType)
 DTYPE_CHOICES: tuple[DTypeChoice, ...] = get_args(DTypeChoice)
 SCHEDULING_POLICIES: tuple[Scheduling, ...] = get_args(Scheduling)
+TENANT_SCHEDULING_POLICIES: tuple[TenantScheduling, ...] = get_args(TenantScheduling)
 QUANTIZATIONS: tuple[Quantization | None, ...] = (None, *get_args(Quantization))
 PLACEMENT_STRATEGIES: tuple[PlacementStrategy, ...] = get_args(PlacementStrategy)
 
@@ -69,6 +73,11 @@ class EngineConfig:
     # "continuous" (iteration-level), "static" (a batch runs until its longest member ends) or
     # "request" (one request at a time).
     scheduling: Scheduling = "continuous"
+    # How requests of different tenants share the steps. "fair": the tenant that received the least
+    # weighted service goes first (a Virtual Token Counter, engine.core.fair_policy), and under
+    # continuous scheduling a tenant below its fair share of `max_num_seqs` may preempt one above
+    # it; "fcfs": arrival order, whatever the tenant. With one tenant the two are the same.
+    tenant_scheduling: TenantScheduling = "fair"
     # Reuse KV blocks of identical prompt prefixes across requests.
     enable_prefix_caching: bool = True
     # bitsandbytes weight quantization of the decoder layers' projections: "int8" (LLM.int8 without
@@ -108,6 +117,10 @@ class EngineConfig:
             raise ValueError(f"max_model_len must be >= 2, got {self.max_model_len}")
         if self.scheduling not in SCHEDULING_POLICIES:
             raise ValueError(f"scheduling must be one of {SCHEDULING_POLICIES}, got {self.scheduling!r}")
+        if self.tenant_scheduling not in TENANT_SCHEDULING_POLICIES:
+            raise ValueError(
+                f"tenant_scheduling must be one of {TENANT_SCHEDULING_POLICIES}, got {self.tenant_scheduling!r}"
+            )
         if self.quantization not in QUANTIZATIONS:
             raise ValueError(f"quantization must be one of {QUANTIZATIONS}, got {self.quantization!r}")
         if isinstance(self.tensor_parallel_size, bool) or not isinstance(self.tensor_parallel_size, int):

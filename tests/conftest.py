@@ -1,9 +1,10 @@
-"""Session-wide fixtures: tiny random-weight models written once per test session; and the test
-order: tests/cluster first, whatever order the paths are given in."""
+"""Session-wide fixtures: tiny random-weight models written once per test session; a real Redis per
+test that asks for one; and the test order: tests/cluster first, whatever order the paths are given in."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import shutil
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Protocol, TypeVar
 
@@ -11,6 +12,7 @@ import pytest
 import torch
 
 from engine.demo.tiny_models import ARCHITECTURES, TinyModelSpec, write_tiny_model
+from tests.services import RedisServer
 
 # Two threads match the CI machine; more only adds contention there.
 torch.set_num_threads(2)
@@ -59,3 +61,14 @@ def layered_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A model whose decoder layers, not its embeddings, hold most of the weights."""
     spec = TinyModelSpec(hidden_size=512, num_layers=8, num_heads=8, num_kv_heads=4, intermediate_size=1408)
     return write_tiny_model(tmp_path_factory.mktemp("layered"), spec)
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of this test's own (it starts in milliseconds), stopped after the test."""
+    if shutil.which("redis-server") is None:
+        pytest.fail("redis-server is not installed: `make test` installs it (apt-get install redis-server)")
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    yield server
+    server.stop()

@@ -14,7 +14,7 @@ from pydantic import Field
 
 from deployments.config.strict import Strict
 from engine import EngineConfig
-from engine.config import DTypeChoice, PlacementStrategy, Quantization, Scheduling
+from engine.config import DTypeChoice, PlacementStrategy, Quantization, Scheduling, TenantScheduling
 
 __all__ = ["ENGINE_ONLY_FIELDS", "REPLICA_ONLY_FIELDS", "EngineSettings"]
 
@@ -61,6 +61,12 @@ class EngineSettings(Strict):
     )
     scheduling: Scheduling = _engine_field(
         "scheduling", "Batching policy: iteration-level, batch-level, or one request at a time."
+    )
+    tenant_scheduling: TenantScheduling = _engine_field(
+        "tenant_scheduling",
+        "How tenants share the engine's steps: fair (the tenant with the least weighted service received goes "
+        "first, and under continuous scheduling one below its weighted share of max_num_seqs may preempt one "
+        "above it) or fcfs (arrival order, whatever the tenant).",
     )
     enable_prefix_caching: bool = _engine_field(
         "enable_prefix_caching", "Reuse KV blocks of identical prompt prefixes."

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Protocol
 
-from engine import EngineStats, RequestOutput, SamplingParams, ShardInfo
+from engine import DEFAULT_TENANT, EngineStats, RequestOutput, SamplingParams, ShardInfo
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -34,6 +34,9 @@ class EngineClient(Protocol):
         prompt: str | list[int],
         params: SamplingParams | None = None,
         stream_interval_s: float | None = 0.0,
+        *,
+        tenant: str = DEFAULT_TENANT,
+        tenant_weight: float = 1.0,
     ) -> AsyncIterator[RequestOutput]: ...
 
     async def stats(self) -> EngineStats: ...

@@ -198,7 +198,14 @@ class LLMServer:
         # per interval instead of one per engine step. Not streaming, only the end matters (None).
         interval_s = self.model.stream_interval_ms / 1000 if request.stream else None
         try:
-            stream = self.engine.generate(f"{request.request_id}-{index}", prompt_token_ids, params, interval_s)
+            stream = self.engine.generate(
+                f"{request.request_id}-{index}",
+                prompt_token_ids,
+                params,
+                interval_s,
+                tenant=request.tenant,
+                tenant_weight=request.tenant_weight,
+            )
             async for output in stream:
                 queue.put_nowait(self._to_chunk(index, output, params))
         except Exception as error:  # noqa: BLE001 - handed to the consumer, which raises it

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 from engine.config import EngineConfig
 from engine.core.engine_process import EngineProcess
 from engine.core.llm_engine import LLMEngine, Prompt
+from engine.core.sequence import DEFAULT_TENANT
 from engine.errors import EngineDeadError, EngineError, EngineStoppedError
 from engine.outputs import EngineStats, RequestOutput, ShardInfo
 from engine.sampling_params import SamplingParams
@@ -155,9 +156,12 @@ class AsyncLLMEngine:
         prompt: Prompt,
         params: SamplingParams | None = None,
         stream_interval_s: float | None = 0.0,
+        *,
+        tenant: str = DEFAULT_TENANT,
+        tenant_weight: float = 1.0,
     ) -> AsyncIterator[RequestOutput]:
         """Stream a request's deltas. A refused prompt raises InvalidPromptError before anything
-        is yielded.
+        is yielded. `tenant` and `tenant_weight` are as in `LLMEngine.add_request`.
 
         With `stream_interval_s`, deltas come at most once per interval, each merging the steps
         since the last (the first delta and the final one come as soon as they exist). None
@@ -169,7 +173,7 @@ class AsyncLLMEngine:
         stream = _Mailbox()
         self._streams[request_id] = stream
         try:
-            await self._call("add_request", request_id, prompt, params)
+            await self._call("add_request", request_id, prompt, params, tenant, tenant_weight)
         except BaseException:
             # Refused (nothing was added), or cancelled while the add was queued or running: an
             # abort covers the case where it was added after all.

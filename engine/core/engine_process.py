@@ -36,6 +36,7 @@ from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
 from engine.config import EngineConfig
+from engine.core.sequence import DEFAULT_TENANT
 from engine.core.tokenizer import load_tokenizer
 from engine.errors import EngineDeadError
 from engine.outputs import EngineStats, FinishReason, OutputHistory, RequestOutput, RequestTiming, ShardInfo
@@ -159,9 +160,16 @@ class EngineProcess:
                 outcomes[index] = (True, None)
         return outcomes
 
-    def add_request(self, request_id: str, prompt: Prompt, params: SamplingParams | None = None) -> None:
+    def add_request(
+        self,
+        request_id: str,
+        prompt: Prompt,
+        params: SamplingParams | None = None,
+        tenant: str = DEFAULT_TENANT,
+        tenant_weight: float = 1.0,
+    ) -> None:
         """As `LLMEngine.add_request`: a refused prompt raises its InvalidPromptError here."""
-        _unwrap(self.run_commands([("add_request", (request_id, prompt, params))])[0])
+        _unwrap(self.run_commands([("add_request", (request_id, prompt, params, tenant, tenant_weight))])[0])
 
     def abort_request(self, request_id: str) -> bool:
         """End a request; True if it was running or waiting."""
@@ -298,9 +306,24 @@ class EngineProcess:
 
 # ----- the child ------------------------------------------------------------------------------
 
-# The engine methods a server may call, with what the child answers for each.
+
+def _add(
+    engine: LLMEngine,
+    request_id: str,
+    prompt: Prompt,
+    params: SamplingParams | None,
+    tenant: str = DEFAULT_TENANT,
+    tenant_weight: float = 1.0,
+) -> list[int]:
+    engine.add_request(request_id, prompt, params, tenant, tenant_weight)
+    return engine.scheduler.sequences[request_id].prompt_token_ids
+
+
+# The engine methods a server may call, with what the child answers for each. A command's args are
+# the method's positional args: add_request's are (request_id, prompt, params, tenant, tenant_weight),
+# the last two optional.
 _COMMANDS: dict[str, Callable[..., Any]] = {
-    "add_request": lambda engine, request_id, prompt, params: _add(engine, request_id, prompt, params),
+    "add_request": _add,
     "abort_request": lambda engine, request_id: engine.abort_request(request_id),
     "stats": lambda engine: engine.stats(),
     "shards": lambda engine: engine.shards(),
@@ -309,11 +332,6 @@ _COMMANDS: dict[str, Callable[..., Any]] = {
 
 class _StepFailed(Exception):
     """A step raised: reported to the server as "died", then the child exits non-zero."""
-
-
-def _add(engine: LLMEngine, request_id: str, prompt: Prompt, params: SamplingParams | None) -> list[int]:
-    engine.add_request(request_id, prompt, params)
-    return engine.scheduler.sequences[request_id].prompt_token_ids
 
 
 def _unwrap(outcome: Outcome) -> Any:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 from typing import TYPE_CHECKING
 
 from engine.config import EngineConfig
 from engine.core.output_processor import OutputProcessor
 from engine.core.scheduler import Scheduler
-from engine.core.sequence import Sequence
+from engine.core.sequence import DEFAULT_TENANT, Sequence
 from engine.core.tokenizer import eos_token_ids, load_tokenizer
 from engine.errors import ContextLengthError, InvalidPromptError
 from engine.hardware import resolve_dtype
@@ -54,13 +55,25 @@ class LLMEngine:
 
     # ----- requests -----------------------------------------------------------------------
 
-    def add_request(self, request_id: str, prompt: Prompt, params: SamplingParams | None = None) -> None:
-        """Queue a request. A prompt the engine refuses raises InvalidPromptError naming the problem
+    def add_request(
+        self,
+        request_id: str,
+        prompt: Prompt,
+        params: SamplingParams | None = None,
+        tenant: str = DEFAULT_TENANT,
+        tenant_weight: float = 1.0,
+    ) -> None:
+        """Queue a request of `tenant`, whose scheduling weight is `tenant_weight` (under fair
+        tenant scheduling, a tenant of weight 2 gets twice the service of one of weight 1).
+
+        A prompt the engine refuses raises InvalidPromptError naming the problem
         (ContextLengthError when prompt + max_tokens can never fit); nothing is queued then. A
-        request id already in use raises ValueError: a caller's bug, not bad input."""
+        request id already in use, a tenant that is not a string or a weight that is not a finite
+        number > 0 raise ValueError: a caller's bug, not bad input."""
         params = params or SamplingParams()
         if request_id in self.scheduler.sequences:
             raise ValueError(f"request_id must be unique, {request_id!r} is already running")
+        self._check_tenant(tenant, tenant_weight)
         prompt_token_ids = self._tokenize(prompt)
         self._check_fits(prompt_token_ids, params)
         seq = Sequence(
@@ -68,6 +81,8 @@ class LLMEngine:
             prompt_token_ids=prompt_token_ids,
             params=params,
             seed=params.seed if params.seed is not None else self._default_seed(request_id),
+            tenant=tenant,
+            tenant_weight=float(tenant_weight),
         )
         self.scheduler.add(seq)
         self.output_processor.add(seq)
@@ -183,6 +198,16 @@ class LLMEngine:
                 f"{block_manager.blocks_needed(num_tokens - 1)} KV blocks, more than the pool's "
                 f"{block_manager.num_blocks}"
             )
+
+    @staticmethod
+    def _check_tenant(tenant: str, tenant_weight: float) -> None:
+        """Raise ValueError for a tenant that is not a string, or a weight that is not a finite
+        number > 0 (callers may pass anything: annotations are not checked at run time)."""
+        if not isinstance(tenant, str):
+            raise ValueError(f"tenant must be a string, got {type(tenant).__name__}")
+        is_number = isinstance(tenant_weight, (int, float)) and not isinstance(tenant_weight, bool)
+        if not (is_number and math.isfinite(tenant_weight) and tenant_weight > 0):
+            raise ValueError(f"tenant_weight must be a finite number > 0, got {tenant_weight!r}")
 
     def _default_seed(self, request_id: str) -> int:
         return derive_seed(self.config.seed, request_id)

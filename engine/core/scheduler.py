@@ -9,17 +9,32 @@ Plain Python, no torch. Three policies share one mechanism:
   until its last member finishes.
 - request: one request at a time.
 
-When a running sequence needs a block and none is free, the newest running sequence is
-preempted: its blocks are freed and it waits at the head of the queue to be recomputed.
+Waiting sequences are admitted in the order of `tenant_scheduling` (engine.core.fair_policy):
+"fair" takes the tenant that received the least weighted service first, "fcfs" arrival order.
+
+When a running sequence needs a block and none is free, a running sequence not yet scheduled in
+this step is preempted: the newest ("fcfs"), or the newest of the tenant with the highest counter
+("fair"). Its blocks are freed and it waits at the head of its tenant's queue to be recomputed;
+nothing is admitted in that step, since memory is short.
+
+Continuous + fair: a step first makes room for the next sequence to admit when its tenant is
+below its fair share of `max_num_seqs` and there is no room for it (no free slot, or no KV for its
+first chunk): a sequence of the tenant furthest above its share is preempted. This comes before
+running sequences get their tokens, so a victim never drops a chunk already scheduled (whose
+prefix-cache keys are published by then). These preemptions make room for admission, so they do
+not stop it; if the running sequences then preempt for memory, admission waits a step and the
+freed slot with it (nobody is admitted ahead of the candidate, first in the fair order). The
+token budget is not a reason to preempt: running sequences use it first, and a candidate they
+leave none for is admitted in a later step.
 """
 
 from __future__ import annotations
 
 import time
-from collections import deque
 
 from engine.config import EngineConfig
 from engine.core.block_manager import BlockManager
+from engine.core.fair_policy import WaitingQueue
 from engine.core.sequence import Sequence, SequenceStatus
 from engine.outputs import FinishReason
 from engine.step_data import SampledTokens, ScheduledChunk, SchedulerOutput
@@ -33,9 +48,10 @@ class Scheduler:
         self.block_manager = BlockManager(num_kv_blocks, config.block_size, config.enable_prefix_caching)
         self.max_model_len = max_model_len
         self.eos_token_ids = eos_token_ids
-        self.waiting: deque[Sequence] = deque()
-        # Admission order: the last one is the newest, and the first to be preempted.
+        self.waiting = WaitingQueue(fair=config.tenant_scheduling == "fair")
+        # Admission order: the last one is the newest.
         self.running: list[Sequence] = []
+        self._preempts_for_fair_share = config.scheduling == "continuous" and config.tenant_scheduling == "fair"
         self.sequences: dict[str, Sequence] = {}
         self.num_preemptions = 0
         self.prefix_cache_queried_tokens = 0
@@ -47,7 +63,7 @@ class Scheduler:
 
     def add(self, seq: Sequence) -> None:
         self.sequences[seq.request_id] = seq
-        self.waiting.append(seq)
+        self.waiting.add(seq)
 
     def finish(self, request_id: str, reason: FinishReason) -> Sequence | None:
         """End a sequence (abort, stop string) and free its blocks. None if it is unknown."""
@@ -56,6 +72,7 @@ class Scheduler:
             return None
         if seq.status is SequenceStatus.RUNNING:
             self.running.remove(seq)
+            self.waiting.release(seq)
         elif seq.status is SequenceStatus.WAITING:
             self.waiting.remove(seq)
         self._mark_finished(seq, reason)
@@ -68,15 +85,16 @@ class Scheduler:
 
     def schedule(self) -> SchedulerOutput:
         output = SchedulerOutput()
-        budget = self.config.max_num_batched_tokens
         was_idle = not self.running
-        budget = self._schedule_running(output, budget)
-        if self._may_admit(was_idle, output):
+        if self._preempts_for_fair_share:
+            self._make_room_for_fair_share(output)
+        budget, memory_short = self._schedule_running(output, self.config.max_num_batched_tokens)
+        if self._may_admit(was_idle, memory_short):
             self._admit_waiting(output, budget)
         return output
 
-    def _may_admit(self, was_idle: bool, output: SchedulerOutput) -> bool:
-        if output.preempted_ids:
+    def _may_admit(self, was_idle: bool, memory_short: bool) -> bool:
+        if memory_short:
             # Memory is short: new work would only be preempted again.
             return False
         if self.config.scheduling == "continuous":
@@ -86,40 +104,61 @@ class Scheduler:
     def _admission_cap(self) -> int:
         return 1 if self.config.scheduling == "request" else self.config.max_num_seqs
 
-    def _schedule_running(self, output: SchedulerOutput, budget: int) -> int:
+    def _make_room_for_fair_share(self, output: SchedulerOutput) -> None:
+        """Preempt while the next sequence to admit finds no room and the fair policy names a
+        victim (see `WaitingQueue.fair_share_victim`)."""
+        while (candidate := self.waiting.peek()) is not None and not self._has_room_for(candidate):
+            victim = self.waiting.fair_share_victim(candidate, self.running, self.config.max_num_seqs)
+            if victim is None:
+                return
+            self.running.remove(victim)
+            self._preempt(victim, output)
+
+    def _has_room_for(self, seq: Sequence) -> bool:
+        """A free slot, and KV for the first chunk `seq` could run with a whole step's budget."""
+        if len(self.running) >= self.config.max_num_seqs:
+            return False
+        return self._admission_plan(seq, self.config.max_num_batched_tokens) is not None
+
+    def _schedule_running(self, output: SchedulerOutput, budget: int) -> tuple[int, bool]:
+        """Give running sequences their tokens, oldest first. Returns the budget left, and whether
+        a sequence was preempted for want of KV blocks."""
+        memory_short = False
         index = 0
         while index < len(self.running) and budget > 0:
             seq = self.running[index]
             num_new = min(seq.num_uncomputed_tokens, budget)
             while not self.block_manager.can_append(seq, num_new):
-                victim = self.running.pop()
+                # Of those not scheduled yet: a scheduled chunk's blocks are keyed in the prefix cache.
+                victim = self.waiting.preemption_victim(self.running[index:])
+                self.running.remove(victim)
                 self._preempt(victim, output)
+                memory_short = True
                 if victim is seq:
                     break
             else:
-                self.block_manager.append(seq, num_new)
-                output.chunks.append(self._chunk(seq, num_new))
+                self._schedule_chunk(output, seq, num_new)
                 budget -= num_new
                 index += 1
-        return budget
+        return budget, memory_short
 
     def _admit_waiting(self, output: SchedulerOutput, budget: int) -> None:
-        """Move waiting sequences into `running`, FCFS, while the pool and the caps allow.
+        """Move waiting sequences into `running`, in the waiting queue's order, while the pool and
+        the caps allow.
 
         Continuous admits only what the token budget lets run now. Static and request admit a
         whole batch when idle; members beyond this step's budget run in the next steps.
         """
         static_batch = self.config.scheduling != "continuous"
-        while self.waiting and len(self.running) < self._admission_cap():
+        while len(self.running) < self._admission_cap() and (seq := self.waiting.peek()) is not None:
             if budget <= 0 and not static_batch:
                 break
-            seq = self.waiting[0]
-            cached_block_ids = self.block_manager.match_prefix(seq)
-            num_cached = len(cached_block_ids) * self.config.block_size
-            num_new = min(seq.num_tokens - num_cached, max(budget, 0))
-            if not self.block_manager.can_admit(cached_block_ids, num_cached + num_new):
+            plan = self._admission_plan(seq, budget)
+            if plan is None:
                 break
-            self.waiting.popleft()
+            cached_block_ids, num_new = plan
+            num_cached = len(cached_block_ids) * self.config.block_size
+            self.waiting.take(seq)
             self.block_manager.admit(seq, cached_block_ids)
             self.prefix_cache_queried_tokens += seq.num_tokens
             self.prefix_cache_hit_tokens += num_cached
@@ -128,9 +167,23 @@ class Scheduler:
             seq.status = SequenceStatus.RUNNING
             self.running.append(seq)
             if num_new > 0:
-                self.block_manager.append(seq, num_new)
-                output.chunks.append(self._chunk(seq, num_new))
+                self._schedule_chunk(output, seq, num_new)
                 budget -= num_new
+
+    def _admission_plan(self, seq: Sequence, budget: int) -> tuple[list[int], int] | None:
+        """The prefix-cache blocks `seq` would take if admitted now, and the tokens after them its
+        first chunk computes within `budget`; None if the KV pool cannot hold them."""
+        cached_block_ids = self.block_manager.match_prefix(seq)
+        num_cached = len(cached_block_ids) * self.config.block_size
+        num_new = min(seq.num_tokens - num_cached, max(budget, 0))
+        if not self.block_manager.can_admit(cached_block_ids, num_cached + num_new):
+            return None
+        return cached_block_ids, num_new
+
+    def _schedule_chunk(self, output: SchedulerOutput, seq: Sequence, num_new: int) -> None:
+        self.block_manager.append(seq, num_new)
+        self.waiting.charge_chunk(seq, num_new)
+        output.chunks.append(self._chunk(seq, num_new))
 
     def _chunk(self, seq: Sequence, num_new: int) -> ScheduledChunk:
         start = seq.num_computed_tokens
@@ -150,7 +203,7 @@ class Scheduler:
     def _preempt(self, seq: Sequence, output: SchedulerOutput) -> None:
         self.block_manager.free(seq)
         seq.status = SequenceStatus.WAITING
-        self.waiting.appendleft(seq)
+        self.waiting.requeue(seq)
         self.num_preemptions += 1
         output.preempted_ids.append(seq.request_id)
 

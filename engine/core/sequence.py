@@ -9,7 +9,10 @@ from dataclasses import dataclass, field
 from engine.outputs import FinishReason
 from engine.sampling_params import SamplingParams
 
-__all__ = ["Sequence", "SequenceStatus"]
+__all__ = ["DEFAULT_TENANT", "Sequence", "SequenceStatus"]
+
+# The tenant of a request that names none: all such requests are one tenant (one counter, one share).
+DEFAULT_TENANT = ""
 
 
 class SequenceStatus(enum.Enum):
@@ -32,6 +35,10 @@ class Sequence:
     params: SamplingParams
     # Seed of the sampling noise, fixed at arrival so recompute and batch mates cannot change it.
     seed: int
+    # Who the request is for, and that tenant's scheduling weight (> 0): under fair tenant
+    # scheduling a tenant of weight 2 gets twice the service of one of weight 1 (engine.core.fair_policy).
+    tenant: str = DEFAULT_TENANT
+    tenant_weight: float = 1.0
     arrival_time: float = field(default_factory=time.time)
     output_token_ids: list[int] = field(default_factory=list)
     # Logprob of each output token (filled only when params.logprobs).
@@ -49,6 +56,9 @@ class Sequence:
     # Prompt tokens whose KV the prefix cache supplied when the request was first admitted (None
     # until then; a recompute after preemption does not change it).
     num_cached_prompt_tokens: int | None = None
+    # The most prompt tokens this sequence ever had in the KV cache. The fair policy charges its
+    # tenant only for prompt tokens computed beyond it, so a recompute after preemption is free.
+    max_num_computed_prompt_tokens: int = 0
 
     @property
     def token_ids(self) -> list[int]:

@@ -4,6 +4,7 @@ engine says, with no weights loaded."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator
 
 import pytest
@@ -14,6 +15,7 @@ from deployments.errors import ApiError, InvalidRequestError
 from deployments.generation import GenerationChunk, GenerationRequest
 from deployments.replica.llm_server import LLMServer, uses_engine_process
 from engine import (
+    DEFAULT_TENANT,
     EngineConfig,
     EngineStats,
     InvalidPromptError,
@@ -33,6 +35,8 @@ class FakeEngine:
         self.error = error
         self.load_seconds: float | None = None
         self.intervals: list[float | None] = []
+        # The (tenant, tenant_weight) of each request, in arrival order.
+        self.tenants: list[tuple[str, float]] = []
         self.num_waiting = 0
         self.num_running = 0
 
@@ -48,8 +52,12 @@ class FakeEngine:
         prompt: str | list[int],
         params: SamplingParams | None = None,
         stream_interval_s: float | None = 0.0,
+        *,
+        tenant: str = DEFAULT_TENANT,
+        tenant_weight: float = 1.0,
     ) -> AsyncIterator[RequestOutput]:
         self.intervals.append(stream_interval_s)
+        self.tenants.append((tenant, tenant_weight))
         if self.error is not None:
             raise self.error
         assert isinstance(prompt, list)
@@ -154,6 +162,13 @@ def test_a_streamed_choice_asks_for_news_once_per_stream_interval() -> None:
     server, engines = start_server()
     asyncio.run(collect(server.generate(request(stream=True))))
     assert engines[0].intervals == [0.1]  # stream_interval_ms defaults to 100
+
+
+def test_every_choice_carries_the_requests_tenant_and_weight_to_the_engine() -> None:
+    server, engines = start_server()
+    tenant_request = dataclasses.replace(request(n=2), tenant="team-a", tenant_weight=2.5)
+    asyncio.run(collect(server.generate(tenant_request)))
+    assert engines[0].tenants == [("team-a", 2.5), ("team-a", 2.5)]
 
 
 def test_load_signals_reach_serve_as_the_named_metrics() -> None:

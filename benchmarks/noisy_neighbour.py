@@ -1,0 +1,155 @@
+"""Noisy neighbour: does a tenant flooding a replica slow another tenant's first token?
+
+One replica's engine (AsyncLLMEngine in its own process, as an LLMServer replica runs it) on the
+bench model (the quickstart's demo Llama), with `--max-num-seqs` small enough that requests queue:
+
+    alone   tenant B sends short requests one after another; nothing else runs
+    fcfs    tenant A keeps `--a-in-flight` long requests in flight (each replaced when it ends) while
+            B does the same as alone; the engine admits first come, first served
+    fair    the same, with the engine's fair tenant scheduling (virtual token counters)
+
+Reported per scenario (medians over `--repeats` runs): B's time to first token p50 / p99, A's
+output tokens/s and the whole engine's. Targets: B's p50 under fair within 2x of alone; total
+throughput under fair within 5% of fcfs.
+
+    .venv/bin/python -m benchmarks.noisy_neighbour [--repeats 3] [--b-requests 40]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from deployments.config import ModelSource
+from deployments.replica.model_source import resolve_model_source
+from engine import AsyncLLMEngine, EngineConfig, SamplingParams
+
+SCENARIOS = ("alone", "fcfs", "fair")
+
+
+@dataclass(frozen=True)
+class Run:
+    b_ttfts_s: list[float]
+    a_tokens: int
+    b_tokens: int
+    seconds: float
+
+    @property
+    def total_tokens_per_s(self) -> float:
+        return (self.a_tokens + self.b_tokens) / self.seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--max-num-seqs", type=int, default=8)
+    parser.add_argument("--a-in-flight", type=int, default=32)
+    parser.add_argument("--a-prompt-len", type=int, default=64)
+    parser.add_argument("--a-output-len", type=int, default=128)
+    parser.add_argument("--b-requests", type=int, default=30)
+    parser.add_argument("--b-prompt-len", type=int, default=16)
+    parser.add_argument("--b-output-len", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads of the engine process")
+    parser.add_argument("--model-dir", type=Path, default=Path.home() / ".cache" / "switchyard" / "demo-llama")
+    args = parser.parse_args()
+    model = resolve_model_source(ModelSource(demo="llama", demo_dir=str(args.model_dir)))
+    runs: dict[str, list[Run]] = {scenario: [] for scenario in SCENARIOS}
+    for _ in range(args.repeats):
+        for scenario in SCENARIOS:  # round-robin, so the machine's noise falls on every scenario alike
+            runs[scenario].append(asyncio.run(_run(model, scenario, args)))
+    _print(runs, args)
+
+
+async def _run(model: str, scenario: str, args: argparse.Namespace) -> Run:
+    policy = "fcfs" if scenario == "fcfs" else "fair"
+    config = EngineConfig(
+        model=model, max_num_seqs=args.max_num_seqs, num_kv_blocks=1024, max_model_len=512, tenant_scheduling=policy
+    )
+    engine = AsyncLLMEngine(config, engine_process=True, num_threads=args.threads)
+    await engine.start()
+    ids = itertools.count()
+    a_tokens = 0
+    stop_a = asyncio.Event()
+
+    async def one(tenant: str, prompt_len: int, output_len: int) -> tuple[float, int]:
+        params = SamplingParams(max_tokens=output_len, temperature=0.0, ignore_eos=True)
+        prompt = [(7 * next(ids) + i) % 200 + 10 for i in range(prompt_len)]  # no shared prefixes
+        sent = time.perf_counter()
+        ttft = None
+        tokens = 0
+        async for output in engine.generate(f"{tenant}-{next(ids)}", prompt, params, tenant=tenant):
+            ttft = time.perf_counter() - sent if ttft is None else ttft
+            tokens = output.num_generated_tokens
+        return ttft or 0.0, tokens
+
+    async def tenant_a_lane() -> None:
+        nonlocal a_tokens
+        while not stop_a.is_set():
+            _, tokens = await one("a", args.a_prompt_len, args.a_output_len)
+            a_tokens += tokens
+
+    try:
+        lanes = []
+        if scenario != "alone":
+            lanes = [asyncio.create_task(tenant_a_lane()) for _ in range(args.a_in_flight)]
+            await _until_queued(engine, args.max_num_seqs)
+        started = time.perf_counter()
+        a_before = a_tokens
+        b = [await one("b", args.b_prompt_len, args.b_output_len) for _ in range(args.b_requests)]
+        seconds = time.perf_counter() - started
+        a_during = a_tokens - a_before  # tokens of A's requests that ended while B ran
+        stop_a.set()
+        for lane in lanes:
+            lane.cancel()
+        await asyncio.gather(*lanes, return_exceptions=True)
+        return Run([ttft for ttft, _ in b], a_during, sum(tokens for _, tokens in b), seconds)
+    finally:
+        engine.close()
+
+
+async def _until_queued(engine: AsyncLLMEngine, max_num_seqs: int) -> None:
+    """Wait until A fills every slot and has requests waiting (the engine is saturated)."""
+    deadline = time.monotonic() + 60
+    while True:
+        stats = await engine.stats()
+        if stats.num_running >= max_num_seqs and stats.num_waiting > 0:
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError("tenant A never saturated the engine")
+        await asyncio.sleep(0.05)
+
+
+def _print(runs: dict[str, list[Run]], args: argparse.Namespace) -> None:
+    print(
+        f"noisy neighbour: max_num_seqs {args.max_num_seqs}; A keeps {args.a_in_flight} requests of "
+        f"{args.a_prompt_len}+{args.a_output_len} tokens in flight; B sends {args.b_requests} requests of "
+        f"{args.b_prompt_len}+{args.b_output_len} one after another; medians of {args.repeats} runs"
+    )
+    print(f"{'scenario':<8} {'B TTFT p50 ms':>14} {'B TTFT p99 ms':>14} {'A tok/s':>9} {'total tok/s':>12}")
+    figures = {}
+    for scenario, scenario_runs in runs.items():
+        p50 = statistics.median(statistics.median(run.b_ttfts_s) for run in scenario_runs) * 1000
+        p99 = statistics.median(_percentile(run.b_ttfts_s, 0.99) for run in scenario_runs) * 1000
+        a_rate = statistics.median(run.a_tokens / run.seconds for run in scenario_runs)
+        total = statistics.median(run.total_tokens_per_s for run in scenario_runs)
+        figures[scenario] = (p50, total)
+        a_text = "-" if scenario == "alone" else f"{a_rate:.1f}"
+        print(f"{scenario:<8} {p50:>14.1f} {p99:>14.1f} {a_text:>9} {total:>12.1f}")
+    fair_vs_alone = figures["fair"][0] / figures["alone"][0]
+    fair_vs_fcfs = figures["fair"][1] / figures["fcfs"][1]
+    print(f"B p50 TTFT fair / alone: {fair_vs_alone:.2f}x (target <= 2x: {'met' if fair_vs_alone <= 2 else 'NOT met'})")
+    print(f"total throughput fair / fcfs: {fair_vs_fcfs:.3f} (target >= 0.95: {'met' if fair_vs_fcfs >= 0.95 else 'NOT met'})")
+
+
+def _percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,106 @@
+"""Real services the tests run against, started on free local ports and stopped after.
+
+    RedisServer  a redis-server in a temporary folder; stop, kill or pause it and start (or resume)
+                 it again on the same port and data, to test what a store does while Redis is down
+                 or hung, and after it is back
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+__all__ = ["RedisServer", "free_port"]
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class RedisServer:
+    """A redis-server on 127.0.0.1 keeping its data in `directory`.
+
+    Every write is in the append-only file, fsynced before Redis answers (`appendfsync="always"`),
+    so what a test wrote survives `stop()` and even `kill()`, and is there again after `start()`.
+    Benchmarks pass "everysec", Redis's own default for the append-only file."""
+
+    def __init__(self, directory: Path, executable: str = "redis-server", appendfsync: str = "always") -> None:
+        self.directory = directory
+        self.executable = executable
+        self.appendfsync = appendfsync
+        self.port = free_port()
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, timeout_s: float = 10.0) -> None:
+        """Start the server and return once it answers PING (it may first be loading its data)."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        log = self.directory / "redis.log"
+        command = [
+            self.executable,
+            "--port", str(self.port),
+            "--bind", "127.0.0.1",
+            "--dir", str(self.directory),
+            "--appendonly", "yes",
+            "--appendfsync", self.appendfsync,
+            "--save", "",
+            "--logfile", str(log),
+        ]  # fmt: skip
+        self._process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout_s
+        while not self._answers_ping():
+            if self._process.poll() is not None:
+                raise RuntimeError(f"redis-server exited with {self._process.returncode}: {_tail(log)}")
+            if time.monotonic() > deadline:
+                self.kill()
+                raise TimeoutError(f"redis-server did not answer PING within {timeout_s} s: {_tail(log)}")
+            time.sleep(0.01)
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Shut down as Redis does on SIGTERM (the append-only file is complete)."""
+        if self._process is not None:
+            self._process.send_signal(signal.SIGCONT)  # a paused server handles SIGTERM only once resumed
+            self._process.terminate()
+            self._process.wait(timeout_s)
+            self._process = None
+
+    def kill(self) -> None:
+        """SIGKILL: Redis stops at once, as in a crash."""
+        if self._process is not None:
+            self._process.kill()
+            self._process.wait()
+            self._process = None
+
+    def pause(self) -> None:
+        """SIGSTOP: Redis keeps its connections but answers nothing, as when it hangs."""
+        self._signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        self._signal(signal.SIGCONT)
+
+    def _signal(self, signum: signal.Signals) -> None:
+        if self._process is None:
+            raise RuntimeError("redis-server is not running")
+        self._process.send_signal(signum)
+
+    def _answers_ping(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1.0) as connection:
+                connection.sendall(b"PING\r\n")
+                # '-LOADING ...' while it loads its data, '+PONG' once it serves.
+                return connection.recv(64).startswith(b"+PONG")
+        except OSError:
+            return False
+
+
+def _tail(log: Path, num_chars: int = 2000) -> str:
+    return log.read_text(errors="replace")[-num_chars:] if log.exists() else "(no log)"
