@@ -42,13 +42,26 @@ class InstantModel:
 
 def _config(store_url: str | None) -> AppConfig:
     args: dict = {
-        "models": [{"name": "m", "source": {"demo": "llama"}, "engine": {"max_model_len": 512},
-                    "pricing": {"input_per_million": 0.1, "output_per_million": 0.4}}],
+        "models": [
+            {
+                "name": "m",
+                "source": {"demo": "llama"},
+                "engine": {"max_model_len": 512},
+                "pricing": {"input_per_million": 0.1, "output_per_million": 0.4},
+            }
+        ],
     }
     if store_url is not None:
         args["auth"] = {"enabled": True, "store": store_url}
-        args["tenants"] = [{"name": "t", "requests_per_minute": 10**6, "tokens_per_minute": 10**9,
-                            "max_concurrent_requests": 64, "budget": {"amount_usd": 10**6}}]
+        args["tenants"] = [
+            {
+                "name": "t",
+                "requests_per_minute": 10**6,
+                "tokens_per_minute": 10**9,
+                "max_concurrent_requests": 64,
+                "budget": {"amount_usd": 10**6},
+            }
+        ]
     return AppConfig.model_validate(args)
 
 
@@ -61,8 +74,9 @@ class Server:
         self.key = ""
         if self.gate is not None:
             created = self.loop.run_until_complete(
-                create_key(self.gate.store, "t", known_tenants=None, description="bench", expires_in_s=None,
-                           now=time.time())
+                create_key(
+                    self.gate.store, "t", known_tenants=None, description="bench", expires_in_s=None, now=time.time()
+                )
             )
             self.key = created[0].key
         app = build_openai_app({"m": InstantModel()}, [ModelCard("m", "demo", 0)], gate=self.gate)

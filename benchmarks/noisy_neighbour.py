@@ -142,8 +142,12 @@ def _print(runs: dict[str, list[Run]], args: argparse.Namespace) -> None:
         print(f"{scenario:<8} {p50:>14.1f} {p99:>14.1f} {a_text:>9} {total:>12.1f}")
     fair_vs_alone = figures["fair"][0] / figures["alone"][0]
     fair_vs_fcfs = figures["fair"][1] / figures["fcfs"][1]
-    print(f"B p50 TTFT fair / alone: {fair_vs_alone:.2f}x (target <= 2x: {'met' if fair_vs_alone <= 2 else 'NOT met'})")
-    print(f"total throughput fair / fcfs: {fair_vs_fcfs:.3f} (target >= 0.95: {'met' if fair_vs_fcfs >= 0.95 else 'NOT met'})")
+    print(f"B p50 TTFT fair / alone: {fair_vs_alone:.2f}x (target <= 2x: {_verdict(fair_vs_alone <= 2)})")
+    print(f"total throughput fair / fcfs: {fair_vs_fcfs:.3f} (target >= 0.95: {_verdict(fair_vs_fcfs >= 0.95)})")
+
+
+def _verdict(met: bool) -> str:
+    return "met" if met else "NOT met"
 
 
 def _percentile(values: list[float], fraction: float) -> float:

@@ -44,7 +44,7 @@ class SchedulerOutput:
     """One step's batch, in the order the runner packs it."""
 
     chunks: list[ScheduledChunk] = field(default_factory=list)
-    # Sequences evicted in this step to free KV blocks.
+    # Sequences evicted in this step (to free KV blocks, or a slot for a tenant below its fair share).
     preempted_ids: list[str] = field(default_factory=list)
 
     @property

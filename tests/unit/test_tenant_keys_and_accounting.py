@@ -19,7 +19,9 @@ from deployments.tenants.store import LimitState
 from engine import SamplingParams
 
 
-def request(prompt: str | list[int] | None = "héllo", max_tokens: int | None = 10, n: int = 1, **kw) -> GenerationRequest:
+def request(
+    prompt: str | list[int] | None = "héllo", max_tokens: int | None = 10, n: int = 1, **kw
+) -> GenerationRequest:
     return GenerationRequest("r", prompt, kw.get("messages"), SamplingParams(), max_tokens, n=n)
 
 

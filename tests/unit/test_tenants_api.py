@@ -85,8 +85,14 @@ class Platform:
 
     def key(self, tenant: str, expires_in_s: float | None = None) -> str:
         key, _ = self.run(
-            create_key(self.store, tenant, known_tenants=None, description="test", expires_in_s=expires_in_s,
-                       now=self.gate.clock())
+            create_key(
+                self.store,
+                tenant,
+                known_tenants=None,
+                description="test",
+                expires_in_s=expires_in_s,
+                now=self.gate.clock(),
+            )
         )
         return key.key
 
@@ -168,7 +174,9 @@ def test_a_key_works_until_it_expires_or_is_revoked(sqlite_url: str) -> None:
         with pytest.raises(openai.AuthenticationError, match="expired"):
             complete(platform.client(expiring))
         key_id = revoked.split("-")[1]
-        response = httpx.delete(f"{platform.base_url}/admin/keys/{key_id}", headers={"Authorization": f"Bearer {ADMIN_KEY}"})
+        response = httpx.delete(
+            f"{platform.base_url}/admin/keys/{key_id}", headers={"Authorization": f"Bearer {ADMIN_KEY}"}
+        )
         assert response.json()["status"] == "revoked"
         with pytest.raises(openai.AuthenticationError, match="revoked"):
             complete(platform.client(revoked))
