@@ -74,6 +74,7 @@ def add_admin_routes(app: FastAPI, gate: TenantGate, admin_key: str | None, admi
     @app.delete("/admin/keys/{key_id}")
     async def revoke(key_id: str, request: Request) -> dict[str, Any]:
         require_admin(request)
+        gate.forget_key(key_id)
         if not await gate.store.revoke_key(key_id, gate.clock()):
             raise NotFoundError(f"No key {key_id!r}.", param="key_id", code="key_not_found")
         logger.info("admin: revoked key %s", key_id)

@@ -14,6 +14,7 @@ response's last byte); its answer carries the tenant's x-ratelimit-* headers.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 import uuid
@@ -36,6 +37,7 @@ from deployments.ingress.responses import Endpoint, ResponseWriter
 from deployments.ingress.settlement import Settlement
 from deployments.ingress.translate import chat_to_generation, completion_to_generation
 from deployments.tenants.gate import Caller, TenantGate
+from deployments.tenants.store import StoreUnavailableError
 
 __all__ = ["KEEPALIVE", "ModelCard", "ModelClient", "StatesSource", "build_openai_app", "model_card"]
 
@@ -103,6 +105,11 @@ def build_openai_app(
         response = _error_response(_http_error_as_api_error(error))
         response.headers.update(error.headers or {})
         return response
+
+    @app.exception_handler(StoreUnavailableError)
+    async def _store_error(request: Request, error: StoreUnavailableError) -> JSONResponse:
+        # Routes other than the completions (models, usage, admin) meet the store too.
+        return _error_response(error)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
@@ -209,7 +216,7 @@ async def _respond(
             await asyncio.wait({first_chunk}, timeout=keepalive_interval_s)
             if not first_chunk.done():
                 events = _sse_after_wait(first_chunk, chunks, writer, include_usage, keepalive_interval_s, settlement)
-                return _event_stream(events, settlement.headers())
+                return _EventStream(events, settlement.headers(), _closer(first_chunk, chunks, writer, settlement))
         first = await first_chunk
         if not generation.stream:
             writer.add(first)
@@ -224,15 +231,43 @@ async def _respond(
         settlement.settle_soon(writer)
         await _close(first_chunk, chunks)
         raise
-    return _event_stream(_sse(first, chunks, writer, include_usage, settlement), settlement.headers())
+    events = _sse(first, chunks, writer, include_usage, settlement)
+    return _EventStream(events, settlement.headers(), _closer(first_chunk, chunks, writer, settlement))
 
 
-def _event_stream(events: AsyncIterator[str], headers: dict[str, str]) -> StreamingResponse:
-    return StreamingResponse(
-        events,
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"} | headers,
-    )
+class _EventStream(StreamingResponse):
+    """An SSE response that, however it ends, settles and closes the model's stream: Starlette
+    neither starts nor closes the body iterator when the client is gone before the first event."""
+
+    def __init__(
+        self, events: AsyncIterator[str], headers: dict[str, str], on_close: Callable[[], Awaitable[None]]
+    ) -> None:
+        super().__init__(
+            events,
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"} | headers,
+        )
+        self._on_close = on_close
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self._on_close()
+
+
+def _closer(
+    first_chunk: asyncio.Future[GenerationChunk],
+    chunks: AsyncGenerator[GenerationChunk, None],
+    writer: ResponseWriter,
+    settlement: Settlement,
+) -> Callable[[], Awaitable[None]]:
+    async def close() -> None:
+        settlement.settle_soon(writer)  # nothing to do when the stream settled itself
+        with contextlib.suppress(RuntimeError):  # the events' generator is closing the stream itself
+            await _close(first_chunk, chunks)
+
+    return close
 
 
 async def _close(first_chunk: asyncio.Future[GenerationChunk], chunks: AsyncGenerator[GenerationChunk, None]) -> None:

@@ -148,7 +148,10 @@ async def _bounded_slot(
     """A dispatch slot of the model's fair queue, waited for at most `timeout_s`."""
     slot = queue.slot(request.tenant, request.tenant_weight)
     try:
-        await asyncio.wait_for(slot.__aenter__(), timeout_s)
+        # In this task (not wait_for's, which on Python 3.11 may swallow a cancellation that
+        # comes just as the slot is granted).
+        async with asyncio.timeout(timeout_s):
+            await slot.__aenter__()
     except QueueFullError:
         raise OverloadedError(
             f"Too many requests are queued for model {model!r}; retry later.",

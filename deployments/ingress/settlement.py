@@ -32,15 +32,20 @@ class Settlement:
         return self.ticket.headers() if self.ticket is not None else {}
 
     async def settle(self, writer: ResponseWriter) -> None:
+        """Settle and wait for it; a cancelled caller does not cancel the settle (it is shielded)."""
         if self._claim():
-            await self._record(writer)
+            await asyncio.shield(self._spawn(writer))
 
     def settle_soon(self, writer: ResponseWriter) -> None:
         """Settle without waiting (the client left: this request's task is being cancelled)."""
         if self._claim():
-            task = asyncio.get_running_loop().create_task(self._record(writer))
-            _BACKGROUND.add(task)
-            task.add_done_callback(_BACKGROUND.discard)
+            self._spawn(writer)
+
+    def _spawn(self, writer: ResponseWriter) -> asyncio.Task[None]:
+        task = asyncio.get_running_loop().create_task(self._record(writer))
+        _BACKGROUND.add(task)
+        task.add_done_callback(_BACKGROUND.discard)
+        return task
 
     def _claim(self) -> bool:
         """True once, for the first caller, when there is something to settle."""

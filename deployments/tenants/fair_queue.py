@@ -34,6 +34,9 @@ class FairQueue:
     in_flight: int = 0
     # Dispatched requests per unit of weight, per tenant.
     counters: dict[str, float] = field(default_factory=dict)
+    # The counter of the tenant granted last: where a tenant that starts waiting while no one else
+    # waits is lifted to.
+    virtual_time: float = 0.0
     _waiting: dict[str, deque[tuple[asyncio.Future[None], float]]] = field(default_factory=dict)
 
     @property
@@ -78,11 +81,12 @@ class FairQueue:
     def _grant(self, tenant: str, weight: float) -> None:
         self.in_flight += 1
         self.counters[tenant] = self.counters.get(tenant, 0.0) + 1.0 / weight
+        self.virtual_time = self.counters[tenant]
 
     def _lift(self, tenant: str) -> None:
-        if self._waiting:
-            floor = min(self.counters.get(name, 0.0) for name in self._waiting)
-            self.counters[tenant] = max(self.counters.get(tenant, 0.0), floor)
+        waiting = [self.counters.get(name, 0.0) for name in self._waiting]
+        floor = min(waiting) if waiting else self.virtual_time
+        self.counters[tenant] = max(self.counters.get(tenant, 0.0), floor)
 
     def _dispatch(self) -> None:
         while self.in_flight < self.capacity and self._waiting:

@@ -186,13 +186,31 @@ class TenantGate:
             period=period_index(now, limits.budget_period_s),
             expires_at=now + self.access.auth.reservation_ttl_s,
         )
-        admission = await self.store.admit(reservation, limits, now)
+        admitting = asyncio.ensure_future(self.store.admit(reservation, limits, now))
+        try:
+            admission = await asyncio.shield(admitting)
+        except asyncio.CancelledError:
+            # The client left while the store admitted it: release what was reserved, once done.
+            admitting.add_done_callback(lambda done: self._release_if_admitted(done, reservation))
+            raise
         if not admission.admitted:
             logger.info("tenant %s (key %s): refused by %s", caller.tenant.name, caller.key_id, admission.refusal)
             error = _refusal_error(caller.tenant, admission, reservation)
-            error.extra_headers = rate_limit_headers(admission.limits)
+            error.extra_headers = rate_limit_headers(admission.limits) | error.extra_headers
             raise error
         return Ticket(caller, reservation, admission.limits)
+
+    def _release_if_admitted(self, admitting: asyncio.Future[Admission], reservation: Reservation) -> None:
+        if admitting.cancelled() or admitting.exception() is not None or not admitting.result().admitted:
+            return
+        ticket = Ticket(Caller(self._tenants[reservation.tenant], ""), reservation, admitting.result().limits)
+        task = asyncio.get_running_loop().create_task(self.settle(ticket, 0, 0))
+        self._retrying.add(task)
+        task.add_done_callback(self._retrying.discard)
+
+    def forget_key(self, key_id: str) -> None:
+        """Drop a cached key (revoked here: this replica refuses it at once)."""
+        self._keys.pop(key_id, None)
 
     async def settle(self, ticket: Ticket, prompt_tokens: int, completion_tokens: int) -> None:
         """Record what the request used (once). If the store is unreachable, keep trying in the
@@ -296,7 +314,8 @@ def _refusal_error(tenant: TenantConfig, admission: Admission, reservation: Rese
         if retry_after is None:
             return TokenRateLimitError(
                 f"This request may use up to {reservation.tokens} tokens, more than tenant {name!r}'s limit of "
-                f"{tenant.tokens_per_minute} tokens per minute; lower max_tokens or the prompt."
+                f"{tenant.tokens_per_minute} tokens per minute; lower max_tokens or the prompt.",
+                extra_headers={"x-should-retry": "false"},  # it can never pass as it is
             )
         return TokenRateLimitError(
             f"Rate limit reached for tenant {name!r}: {tenant.tokens_per_minute} tokens per minute "
