@@ -215,7 +215,10 @@ class WaitingQueue:
         if excess[giver] <= 0 or excess[gainer] + 1 >= excess[giver]:
             return None
         victim = next(seq for seq in reversed(running) if self._tenant_of(seq) == giver)
-        if (tenants[giver].counter, victim.arrival_time) <= (tenants[gainer].counter, candidate.arrival_time):
+        # The admission right after: the victim, back at its queue's head, against the candidate.
+        giver_after = _order_key(tenants[giver], tenants[giver].num_running - 1, victim.arrival_time)
+        gainer_now = _order_key(tenants[gainer], tenants[gainer].num_running, candidate.arrival_time)
+        if giver_after <= gainer_now:
             return None
         return victim
 
@@ -235,6 +238,12 @@ class WaitingQueue:
             del self._active[name]
 
 
-def _fair_order(state: TenantState) -> tuple[float, float]:
-    """Sort key of a tenant with waiting sequences: least counter first, then earliest head."""
-    return state.counter, state.waiting[0].arrival_time
+def _fair_order(state: TenantState) -> tuple[float, float, float]:
+    """Sort key of a tenant with waiting sequences: least counter first; on a tie (a newcomer is
+    lifted to exactly the least counter), the fewest running sequences per unit of weight, then
+    the earliest head."""
+    return _order_key(state, state.num_running, state.waiting[0].arrival_time)
+
+
+def _order_key(state: TenantState, num_running: int, arrival_time: float) -> tuple[float, float, float]:
+    return state.counter, num_running / state.weight, arrival_time

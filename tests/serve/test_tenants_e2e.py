@@ -127,7 +127,7 @@ def test_spend_survives_the_routers_being_killed_and_replaced(tenants_url: str, 
     key = new_key(redis)
     complete(tenants_url, key)
     before = usage(tenants_url, key)["models"]
-    routers = [actor for actor in ray.util.list_named_actors(all_namespaces=True) if "Router" in actor["name"]]
+    routers = [actor for actor in ray.util.list_named_actors(all_namespaces=True) if f"{APP}#Router#" in actor["name"]]
     assert len(routers) == 2, routers
     for actor in routers:
         ray.kill(ray.get_actor(actor["name"], namespace=actor["namespace"]), no_restart=True)

@@ -37,14 +37,17 @@ PRICING = {"input_per_million": 1.0, "output_per_million": 2.0}
 
 
 class FakeModel:
-    """Generates `max_tokens` (default 4) one-token chunks, `delay_s` apart."""
+    """Generates `max_tokens` (default 4) one-token chunks, `delay_s` apart, the first after
+    `first_delay_s` more."""
 
-    def __init__(self, delay_s: float = 0.0) -> None:
+    def __init__(self, delay_s: float = 0.0, first_delay_s: float = 0.0) -> None:
         self.delay_s = delay_s
+        self.first_delay_s = first_delay_s
         self.requests: list[GenerationRequest] = []
 
     async def stream(self, request: GenerationRequest) -> AsyncGenerator[GenerationChunk, None]:
         self.requests.append(request)
+        await asyncio.sleep(self.first_delay_s)
         num_tokens = request.max_tokens or 4
         for index in range(request.n):
             for generated in range(1, num_tokens + 1):
@@ -70,14 +73,17 @@ def app_config(store_url: str, **tenant_fields: Any) -> AppConfig:
 class Platform:
     """A Router app on a free port, its gate, and a helper to mint keys."""
 
-    def __init__(self, config: AppConfig, model: FakeModel, clock: list[float] | None = None) -> None:
+    def __init__(
+        self, config: AppConfig, model: FakeModel, clock: list[float] | None = None, keepalive_interval_s: float = 5.0
+    ) -> None:
         access = TenantAccess.from_config(config)
         assert access is not None
         self.store: TenantStore = open_store(config.auth.store)
         self.gate = TenantGate(access, self.store, clock=(lambda: clock[0]) if clock else time.time)
         self.model = model
         cards = [ModelCard(m.name, "demo:llama", 0) for m in config.models]
-        self.app: FastAPI = build_openai_app({m.name: model for m in config.models}, cards, gate=self.gate)
+        models = {m.name: model for m in config.models}
+        self.app: FastAPI = build_openai_app(models, cards, gate=self.gate, keepalive_interval_s=keepalive_interval_s)
         add_admin_routes(self.app, self.gate, ADMIN_KEY, "SWITCHYARD_ADMIN_KEY")
         self.loop = asyncio.new_event_loop()
         self.port = _free_port()
@@ -109,8 +115,13 @@ class Platform:
 
 
 @contextmanager
-def running(config: AppConfig, model: FakeModel | None = None, clock: list[float] | None = None) -> Iterator[Platform]:
-    platform = Platform(config, model or FakeModel(), clock)
+def running(
+    config: AppConfig,
+    model: FakeModel | None = None,
+    clock: list[float] | None = None,
+    keepalive_interval_s: float = 5.0,
+) -> Iterator[Platform]:
+    platform = Platform(config, model or FakeModel(), clock, keepalive_interval_s)
     server = uvicorn.Server(uvicorn.Config(platform.app, host="127.0.0.1", port=platform.port, log_level="warning"))
     thread = threading.Thread(target=platform.loop.run_until_complete, args=(server.serve(),), daemon=True)
     thread.start()
@@ -377,3 +388,38 @@ def test_the_admin_api_creates_lists_and_revokes_keys_behind_the_admin_key(sqlit
 def test_usage_needs_a_key(sqlite_url: str) -> None:
     with running(app_config(sqlite_url)) as platform:
         assert httpx.get(f"{platform.base_url}/v1/usage").status_code == 401
+
+
+def test_a_stream_left_before_its_first_token_is_settled_and_frees_its_slot(sqlite_url: str) -> None:
+    model = FakeModel(first_delay_s=1.0)
+    config = app_config(sqlite_url, max_concurrent_requests=1)
+    with running(config, model, keepalive_interval_s=0.05) as platform:
+        key = platform.key("team-a")
+        body = {"model": "small", "prompt": "hi", "max_tokens": 4, "stream": True}
+        headers = {"Authorization": f"Bearer {key}"}
+        with httpx.stream("POST", f"{platform.base_url}/v1/completions", json=body, headers=headers) as response:
+            assert response.status_code == 200
+            assert next(response.iter_text())  # a keep-alive comment: no token yet; then leave
+        deadline = time.monotonic() + 10
+        while (usage := platform.usage(key))["limits"]["max_concurrent_requests"]["in_flight"]:
+            assert time.monotonic() < deadline, "the abandoned stream still holds its slot"
+            time.sleep(0.05)
+        assert usage["models"][0]["requests"] == 1 and usage["models"][0]["completion_tokens"] == 0
+        assert complete(platform.client(key)).choices[0].text  # the one slot is free again
+
+
+def test_a_store_that_is_down_answers_503_on_every_route(redis_server: Any) -> None:
+    with running(app_config(redis_server.url)) as platform:
+        key = platform.key("team-b")
+        redis_server.kill()
+        for method, path in (("GET", "/v1/models"), ("GET", "/v1/usage"), ("POST", "/v1/completions")):
+            response = httpx.request(
+                method,
+                f"{platform.base_url}{path}",
+                headers={"Authorization": f"Bearer {key}"},
+                json={"model": "small", "prompt": "hi"},
+                timeout=30,
+            )
+            assert response.status_code == 503, (path, response.text)
+            assert response.json()["error"]["code"] == "store_unavailable"
+            assert response.headers["retry-after"] == "1"
