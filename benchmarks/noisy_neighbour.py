@@ -61,7 +61,13 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0, help="how long B sends requests, per run")
     parser.add_argument("--b-prompt-len", type=int, default=16)
     parser.add_argument("--b-output-len", type=int, default=4)
-    parser.add_argument("--threads", type=int, default=1, help="torch threads of the engine process")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads of the engine")
+    parser.add_argument(
+        "--engine-process",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="run the engine in its own process, as a replica does (--no-engine-process: on a thread)",
+    )
     parser.add_argument("--model-dir", type=Path, default=Path.home() / ".cache" / "switchyard" / "demo-llama")
     args = parser.parse_args()
     model = resolve_model_source(ModelSource(demo="llama", demo_dir=str(args.model_dir)))
@@ -77,7 +83,13 @@ async def _run(model: str, scenario: str, args: argparse.Namespace) -> Run:
     config = EngineConfig(
         model=model, max_num_seqs=args.max_num_seqs, num_kv_blocks=1024, max_model_len=512, tenant_scheduling=policy
     )
-    engine = AsyncLLMEngine(config, engine_process=True, num_threads=args.threads)
+    if args.engine_process:
+        engine = AsyncLLMEngine(config, engine_process=True, num_threads=args.threads)
+    else:
+        import torch
+
+        torch.set_num_threads(args.threads)
+        engine = AsyncLLMEngine(config)
     await engine.start()
     ids = itertools.count()
     stop_a = asyncio.Event()
