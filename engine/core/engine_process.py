@@ -176,7 +176,10 @@ class EngineProcess:
         return _unwrap(self.run_commands([("abort_request", (request_id,))])[0])
 
     def has_unfinished_requests(self) -> bool:
-        return bool(self._mirrors)
+        # Outputs received while awaiting a command's reply wait in `_outputs` for `step`, even
+        # the one that finished the last request: without them counted here, nobody would call
+        # `step` again and that request's stream would wait forever.
+        return bool(self._mirrors or self._outputs)
 
     def step(self) -> list[RequestOutput]:
         """The outputs of the child's next step, and of the few after it already sent."""

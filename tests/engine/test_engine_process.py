@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -189,5 +190,24 @@ def test_an_add_and_an_abort_of_one_request_in_one_message_leave_nothing_running
         assert outcomes == [(True, None), (True, True)]
         assert not engine.has_unfinished_requests()
         assert engine.stats().kv_blocks_used == 0
+    finally:
+        engine.close()
+
+
+def test_outputs_received_during_a_commands_reply_are_still_stepped_out(llama_dir: Path) -> None:
+    # The last request finishes in a step whose outputs arrive while a later command (a stats
+    # call) awaits its reply: the engine must still count as unfinished until `step` hands them over.
+    engine = EngineProcess(config(llama_dir), num_threads=1)
+    try:
+        engine.run_commands([("add_request", ("x", [5, 6, 7], SamplingParams(max_tokens=1)))])
+        deadline = time.monotonic() + 60
+        while not engine._conn.poll():  # the child has sent the finishing step's outputs
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        engine.stats()  # takes those outputs in while awaiting its reply
+        assert engine.has_unfinished_requests()
+        [output] = engine.step()
+        assert output.request_id == "x" and output.finished
+        assert not engine.has_unfinished_requests()
     finally:
         engine.close()
