@@ -6,11 +6,14 @@ stays importable (and testable) without Ray.
 """
 
 from autoscaling.policy import (
+    CAUSES,
+    Cause,
     Direction,
     PendingScale,
     ScalingDecision,
     ScalingSettings,
     decide,
+    desired_cause,
     desired_num_replicas,
     is_idle_past_timeout,
     is_starved,
@@ -18,7 +21,9 @@ from autoscaling.policy import (
 from autoscaling.signals import METRIC_NAMES, LoadSignals, ScalingSignals
 
 __all__ = [
+    "CAUSES",
     "METRIC_NAMES",
+    "Cause",
     "Direction",
     "LoadSignals",
     "PendingScale",
@@ -26,6 +31,7 @@ __all__ = [
     "ScalingSettings",
     "ScalingSignals",
     "decide",
+    "desired_cause",
     "desired_num_replicas",
     "is_idle_past_timeout",
     "is_starved",

@@ -18,17 +18,24 @@ from typing import Literal
 from autoscaling.signals import ScalingSignals
 
 __all__ = [
+    "CAUSES",
+    "Cause",
     "Direction",
     "PendingScale",
     "ScalingDecision",
     "ScalingSettings",
     "decide",
+    "desired_cause",
     "desired_num_replicas",
     "is_idle_past_timeout",
     "is_starved",
 ]
 
 Direction = Literal["up", "down"]
+# What a decision rests on: the queue (requests per replica), KV usage above its target, an idle
+# timeout passed, requests waiting with nothing running them, or replicas that have not reported.
+Cause = Literal["queue", "kv_usage", "idle", "starved", "missing_metrics"]
+CAUSES: tuple[Cause, ...] = ("queue", "kv_usage", "idle", "starved", "missing_metrics")
 
 
 @dataclass(frozen=True)
@@ -92,6 +99,10 @@ class ScalingDecision:
     reason: str
     # The move still waiting out its delay; None when nothing is pending. Pass it to the next call.
     pending: PendingScale | None
+    # Why: what the decision (or the move it waits to make) rests on.
+    cause: Cause
+    # Replicas the load calls for now, before any delay (None while replicas have not reported).
+    desired: int | None
 
 
 def decide(
@@ -103,21 +114,22 @@ def decide(
         # Deciding on part of the fleet would under-count its load. The pending move is kept:
         # no news is not a change of mind.
         reason = f"{signals.num_replicas_missing_metrics} running replica(s) have not reported metrics yet"
-        return ScalingDecision(target, f"hold at {target}: {reason}", pending)
+        return ScalingDecision(target, f"hold at {target}: {reason}", pending, "missing_metrics", None)
 
     desired = desired_num_replicas(signals, settings)
+    cause = desired_cause(signals, settings)
     load = f"{signals.num_requests:.1f} requests, mean KV usage {signals.mean_kv_usage:.2f}"
     if desired > target and is_starved(signals):
         reason = f"{signals.num_waiting_requests:.1f} requests wait and none runs"
-        return ScalingDecision(desired, f"up to {desired} at once: {reason}", None)
+        return ScalingDecision(desired, f"up to {desired} at once: {reason}", None, "starved", desired)
     if desired > target:
-        return _after_delay("up", desired, settings.upscale_delay_s, target, pending, now, load)
+        return _after_delay("up", desired, settings.upscale_delay_s, target, pending, now, load, cause)
     if desired < target and is_idle_past_timeout(signals, settings):
         reason = f"no requests, idle for {signals.min_idle_s:.0f}s >= idle_timeout_s {settings.idle_timeout_s}"
-        return ScalingDecision(desired, f"down to {desired} at once: {reason}", None)
+        return ScalingDecision(desired, f"down to {desired} at once: {reason}", None, "idle", desired)
     if desired < target:
-        return _after_delay("down", desired, settings.downscale_delay_s, target, pending, now, load)
-    return ScalingDecision(target, f"hold at {target}: {load}", None)
+        return _after_delay("down", desired, settings.downscale_delay_s, target, pending, now, load, cause)
+    return ScalingDecision(target, f"hold at {target}: {load}", None, cause, desired)
 
 
 def desired_num_replicas(signals: ScalingSignals, settings: ScalingSettings) -> int:
@@ -128,6 +140,17 @@ def desired_num_replicas(signals: ScalingSignals, settings: ScalingSettings) -> 
         # that help is already on its way, so hold the target rather than add more.
         desired = max(desired, signals.num_running_replicas + 1, signals.target_num_replicas)
     return min(max(desired, _fewest_replicas(signals, settings)), settings.max_replicas)
+
+
+def desired_cause(signals: ScalingSignals, settings: ScalingSettings) -> Cause:
+    """What `desired_num_replicas` rests on: KV usage when it raised the count above the queue's
+    call, the idle timeout when it let the floor drop to min_replicas, else the queue."""
+    by_queue = math.ceil(signals.num_requests / settings.target_queue_per_replica)
+    if signals.mean_kv_usage > settings.kv_usage_target and desired_num_replicas(signals, settings) > by_queue:
+        return "kv_usage"
+    if is_idle_past_timeout(signals, settings):
+        return "idle"
+    return "queue"
 
 
 def is_starved(signals: ScalingSignals) -> bool:
@@ -163,12 +186,13 @@ def _after_delay(
     pending: PendingScale | None,
     now: float,
     load: str,
+    cause: Cause,
 ) -> ScalingDecision:
     """Move to `desired` once `direction` has been wanted for `delay_s`; until then hold `target`.
     A pending move in the other direction does not count: the timer restarts."""
     since = pending.since if pending is not None and pending.direction == direction else now
     waited_s = now - since
     if waited_s >= delay_s:
-        return ScalingDecision(desired, f"{direction} to {desired} after {waited_s:.0f}s: {load}", None)
+        return ScalingDecision(desired, f"{direction} to {desired} after {waited_s:.0f}s: {load}", None, cause, desired)
     reason = f"hold at {target}, {direction} to {desired} in {delay_s - waited_s:.0f}s: {load}"
-    return ScalingDecision(target, reason, PendingScale(direction, since))
+    return ScalingDecision(target, reason, PendingScale(direction, since), cause, desired)

@@ -18,6 +18,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
+from autoscaling.metrics import AutoscalingMetrics
 from autoscaling.policy import PendingScale, ScalingSettings, decide
 from autoscaling.signals import METRIC_NAMES, LoadSignals, ScalingSignals
 
@@ -40,10 +41,12 @@ LAST_REQUEST_STATE_KEY = "switchyard_last_request_at"
 class LLMAutoscalingPolicy:
     """A Serve custom autoscaling policy over LLMServer's engine signals."""
 
-    def __init__(self, **policy_kwargs: Any) -> None:
+    def __init__(self, model: str | None = None, **policy_kwargs: Any) -> None:
+        """`model`: the `model` label of the decisions' metrics (None records none)."""
         # Raises ValueError (or TypeError for an unknown name) here, in the controller, when the
         # deployment is created; validate the same kwargs at the config edge to fail at `serve run`.
         self.settings = ScalingSettings(**policy_kwargs)
+        self.metrics = AutoscalingMetrics(model) if model is not None else None
 
     def __call__(self, ctx: AutoscalingContext) -> tuple[int, dict[str, Any]]:
         now = ctx.current_time if ctx.current_time is not None else time.time()
@@ -54,6 +57,8 @@ class LLMAutoscalingPolicy:
         decision = decide(signals, self.settings, _read_pending(ctx.policy_state), now)
         if decision.num_replicas != ctx.target_num_replicas:
             logger.info("autoscaling %s: %s", ctx.deployment_id, decision.reason)
+        if self.metrics is not None:
+            self.metrics.record(decision, len(ctx.running_replicas))
         # Start from the state Serve handed in so that its own keys survive the round trip.
         state = dict(ctx.policy_state)
         state.pop(PENDING_STATE_KEY, None)

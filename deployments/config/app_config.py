@@ -116,6 +116,8 @@ class ModelConfig(Strict):
         """Keyword arguments for this model's `Deployment.options`: with tensor-parallel shards, the
         replica and its shards are one placement group, so Serve adds and removes whole groups."""
         options = self.deployment.to_serve_options()
+        if "autoscaling_config" in options:  # the policy labels its metrics with the model's name
+            options["autoscaling_config"]["policy"]["policy_kwargs"]["model"] = self.name
         if self.engine.tensor_parallel_size > 1:
             options["placement_group_bundles"] = self.placement_group_bundles()
             options["placement_group_strategy"] = self.engine.placement_strategy

@@ -34,6 +34,7 @@ from engine.core.engine_process import EngineProcess
 from engine.core.llm_engine import LLMEngine, Prompt
 from engine.core.sequence import DEFAULT_TENANT
 from engine.errors import EngineDeadError, EngineError, EngineStoppedError
+from engine.metrics.stats import StatsCallback, StepStats
 from engine.outputs import EngineStats, RequestOutput, ShardInfo
 from engine.sampling_params import SamplingParams
 
@@ -47,7 +48,8 @@ logger = logging.getLogger(__name__)
 class _Mailbox:
     """One request's undelivered output: consecutive deltas merge while nobody reads."""
 
-    def __init__(self) -> None:
+    def __init__(self, tenant: str) -> None:
+        self.tenant = tenant
         self.pending: RequestOutput | EngineError | None = None
         self.ready = asyncio.Event()
         # Set when the pending item ends the stream (the last output, or an error).
@@ -100,11 +102,20 @@ class AsyncLLMEngine:
     failed start) requests end, and calls fail, with `EngineStoppedError`.
     """
 
-    def __init__(self, config: EngineConfig, engine_process: bool = False, num_threads: int | None = None) -> None:
+    def __init__(
+        self,
+        config: EngineConfig,
+        engine_process: bool = False,
+        num_threads: int | None = None,
+        on_stats: StatsCallback | None = None,
+    ) -> None:
         """`engine_process`: run the model in a child process (`EngineProcess`) rather than in this
         one, so this process's Python never holds the step loop's GIL; `num_threads`: its torch
-        threads (in process, the caller sets them)."""
+        threads (in process, the caller sets them); `on_stats`: as in `LLMEngine` (called on the
+        engine thread), plus one call on the event loop, with `errored`, when a failed step ends
+        the requests in flight."""
         self.config = config
+        self.on_stats = on_stats
         self.engine_process = engine_process
         self.num_threads = num_threads
         self.engine: LLMEngine | EngineProcess | None = None
@@ -122,7 +133,8 @@ class AsyncLLMEngine:
 
     @classmethod
     def from_engine(cls, engine: LLMEngine) -> AsyncLLMEngine:
-        """Wrap an engine that is already loaded; call `start()` before use."""
+        """Wrap an engine that is already loaded (with its own `on_stats`, if any); call `start()`
+        before use."""
         async_engine = cls(engine.config)
         async_engine.engine = engine
         return async_engine
@@ -170,7 +182,7 @@ class AsyncLLMEngine:
         self._raise_if_dead()
         if request_id in self._streams:
             raise ValueError(f"request_id must be unique, {request_id!r} is already running")
-        stream = _Mailbox()
+        stream = _Mailbox(tenant)
         self._streams[request_id] = stream
         try:
             await self._call("add_request", request_id, prompt, params, tenant, tenant_weight)
@@ -250,6 +262,11 @@ class AsyncLLMEngine:
     def _die(self, error: BaseException) -> None:
         logger.error("engine step failed; ending %d requests", len(self._streams), exc_info=error)
         self._dead = error
+        if self.on_stats is not None:
+            errored: dict[str, int] = {}
+            for stream in self._streams.values():
+                errored[stream.tenant] = errored.get(stream.tenant, 0) + 1
+            self.on_stats(StepStats(errored=errored))
         self._end_streams(EngineDeadError(f"engine step failed: {type(error).__name__}"))
 
     def _end_streams(self, error: EngineError) -> None:
@@ -292,8 +309,8 @@ class AsyncLLMEngine:
 
     def _load(self) -> LLMEngine | EngineProcess:
         if self.engine_process:
-            return EngineProcess(self.config, self.num_threads)
-        return LLMEngine(self.config)
+            return EngineProcess(self.config, self.num_threads, self.on_stats)
+        return LLMEngine(self.config, self.on_stats)
 
     def _serve(self, engine: LLMEngine | EngineProcess, loaded: Future[None]) -> None:
         """Step until stopped or a step fails; returns with the engine no longer accepting work."""

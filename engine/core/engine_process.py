@@ -16,6 +16,10 @@ this side rebuilds the `RequestOutput`s with their full history, so a message ne
 request's length. Prompts are validated in the child (its errors come back raised here), and the
 tokenizer is loaded on both sides: here for the server's prompts, there for detokenizing.
 
+With `on_stats`, the child's engine collects `StepStats`, which ride along with each message it
+sends (a step's outputs, or a command's reply) and are handed to `on_stats` here, on the thread
+that reads them.
+
 The child exits when its socket closes: if this process dies, so does the engine. A child that
 dies (or a step that fails) surfaces as `EngineDeadError` from the next call.
 """
@@ -39,6 +43,7 @@ from engine.config import EngineConfig
 from engine.core.sequence import DEFAULT_TENANT
 from engine.core.tokenizer import load_tokenizer
 from engine.errors import EngineDeadError
+from engine.metrics.stats import StatsCallback, StepStats
 from engine.outputs import EngineStats, FinishReason, OutputHistory, RequestOutput, RequestTiming, ShardInfo
 from engine.sampling_params import SamplingParams
 
@@ -113,8 +118,12 @@ class EngineProcess:
     the same EngineDeadError.
     """
 
-    def __init__(self, config: EngineConfig, num_threads: int | None = None) -> None:
-        """`num_threads`: the child's torch intra-op threads (None: torch's default)."""
+    def __init__(
+        self, config: EngineConfig, num_threads: int | None = None, on_stats: StatsCallback | None = None
+    ) -> None:
+        """`num_threads`: the child's torch intra-op threads (None: torch's default); `on_stats`:
+        as in `LLMEngine`, called here with the child's stats."""
+        self._on_stats = on_stats
         self._outputs: list[RequestOutput] = []  # received, not yet returned by step()
         self._mirrors: dict[str, _Mirror] = {}
         self._died: EngineDeadError | None = None
@@ -134,7 +143,7 @@ class EngineProcess:
             theirs.close()
         self._conn = Connection(ours.detach())
         try:
-            self._conn.send((config, num_threads))
+            self._conn.send((config, num_threads, on_stats is not None))
             ready = self._receive_reply()
             self.tokenizer: PreTrainedTokenizerBase | None = load_tokenizer(config.tokenizer or config.model)
         except BaseException:
@@ -234,12 +243,15 @@ class EngineProcess:
         if self._died is not None:
             raise self._died
         try:
-            message = self._conn.recv()
+            kind, payload, stats = self._conn.recv()
         except (EOFError, OSError) as error:
             raise self._die(None) from error
-        if message[0] == "died":  # the step loop failed and the child is exiting
-            raise self._die(message[1])
-        return message
+        if self._on_stats is not None:
+            for step_stats in stats:
+                self._on_stats(step_stats)
+        if kind == "died":  # the step loop failed and the child is exiting
+            raise self._die(payload)
+        return kind, payload
 
     def _die(self, reason: str | None) -> EngineDeadError:
         """Record the child's death (once) and return the error every later call raises."""
@@ -344,22 +356,28 @@ def _unwrap(outcome: Outcome) -> Any:
     return value
 
 
-def _serve(engine: LLMEngine, conn: Connection) -> None:
-    """Run commands between steps, and step while requests are unfinished, until told to stop."""
+def _serve(engine: LLMEngine, conn: Connection, stats: list[StepStats]) -> None:
+    """Run commands between steps, and step while requests are unfinished, until told to stop.
+    `stats`: where the engine's on_stats puts its StepStats; each message takes them along."""
+
+    def send(kind: str, payload: Any) -> None:
+        conn.send((kind, payload, stats[:]))
+        stats.clear()
+
     while True:
         # Idle: wait for a command. Busy: take the commands that have arrived, then step.
         while not engine.has_unfinished_requests() or conn.poll():
             message = conn.recv()
             if message[0] == "stop":
                 return
-            conn.send(("reply", [_run(engine, method, args) for method, args in message[1]]))
+            send("reply", [_run(engine, method, args) for method, args in message[1]])
         try:
             outputs = engine.step()
         except Exception as error:
             logger.exception("engine step failed")
-            conn.send(("died", f"{type(error).__name__}: {error}"))
+            send("died", f"{type(error).__name__}: {error}")
             raise _StepFailed from error
-        conn.send(("outputs", [OutputDelta.of(output) for output in outputs]))
+        send("outputs", [OutputDelta.of(output) for output in outputs])
 
 
 def _run(engine: LLMEngine, method: str, args: tuple[Any, ...]) -> Outcome:
@@ -391,21 +409,22 @@ def _child_main(fd: int, parent_pid: int) -> int:
     # Ctrl-C of a `serve run` reaches the whole process group: the server decides, not the child.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     conn = Connection(fd)
-    config, num_threads = conn.recv()
+    config, num_threads, collects_stats = conn.recv()
     import torch
 
     from engine.core.llm_engine import LLMEngine
 
     if num_threads is not None:
         torch.set_num_threads(num_threads)
+    stats: list[StepStats] = []
     try:
-        engine = LLMEngine(config)
+        engine = LLMEngine(config, on_stats=stats.append if collects_stats else None)
     except Exception as error:  # noqa: BLE001 - raised again on the server's side
-        conn.send(("error", _picklable(error)))
+        conn.send(("error", _picklable(error), []))
         return 1
     try:
-        conn.send(("reply", _Ready(engine.config, engine.context_limit)))
-        _serve(engine, conn)
+        conn.send(("reply", _Ready(engine.config, engine.context_limit), []))
+        _serve(engine, conn, stats)
     except _StepFailed:
         return 1
     except (EOFError, OSError):

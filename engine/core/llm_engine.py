@@ -5,15 +5,18 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import time
 from typing import TYPE_CHECKING
 
 from engine.config import EngineConfig
 from engine.core.output_processor import OutputProcessor
 from engine.core.scheduler import Scheduler
+from engine.core.stats_collector import StatsCollector
 from engine.core.sequence import DEFAULT_TENANT, Sequence
 from engine.core.tokenizer import eos_token_ids, load_tokenizer
 from engine.errors import ContextLengthError, InvalidPromptError
 from engine.hardware import resolve_dtype
+from engine.metrics.stats import StatsCallback
 from engine.outputs import EngineStats, RequestOutput, ShardInfo
 from engine.parallel.executor import create_executor
 from engine.sampling_params import SamplingParams
@@ -32,7 +35,9 @@ Prompt = str | list[int]
 class LLMEngine:
     """Continuous batching over a paged KV cache. One step = schedule -> execute -> update."""
 
-    def __init__(self, config: EngineConfig) -> None:
+    def __init__(self, config: EngineConfig, on_stats: StatsCallback | None = None) -> None:
+        """`on_stats`: called with each step's `StepStats` (and an abort's), on the stepping
+        thread; e.g. `EngineMetrics.record`. None collects nothing."""
         config = resolve_dtype(config)  # every shard then runs the dtype this node chose
         self.config = config
         self.executor = create_executor(config)
@@ -48,6 +53,7 @@ class LLMEngine:
                 eos_token_ids=eos_token_ids(self.executor.generation_config, model_config, self.tokenizer),
             )
             self.output_processor = OutputProcessor(self.scheduler, self.tokenizer)
+            self._stats_collector = StatsCollector(self.scheduler, on_stats) if on_stats is not None else None
         except BaseException:
             self.executor.close()  # tensor-parallel shards outlive a failed engine otherwise
             raise
@@ -90,18 +96,27 @@ class LLMEngine:
     def abort_request(self, request_id: str) -> bool:
         """End a request and free its KV blocks. False if it is not running or waiting."""
         self.output_processor.discard(request_id)
-        return self.scheduler.finish(request_id, "abort") is not None
+        seq = self.scheduler.finish(request_id, "abort")
+        if seq is None:
+            return False
+        if self._stats_collector is not None:
+            self._stats_collector.report_abort(seq)
+        return True
 
     def has_unfinished_requests(self) -> bool:
         return self.scheduler.has_unfinished()
 
     def step(self) -> list[RequestOutput]:
+        started = time.perf_counter()
         batch = self.scheduler.schedule()
         if batch.is_empty:
             return []
         sampled = self.executor.execute(batch)
         updated = self.scheduler.update(batch, sampled)
-        return self.output_processor.process(updated)
+        outputs = self.output_processor.process(updated)
+        if self._stats_collector is not None:
+            self._stats_collector.report_step(batch, updated, time.perf_counter() - started)
+        return outputs
 
     def generate(
         self, prompts: list[Prompt], params: SamplingParams | list[SamplingParams] | None = None

@@ -164,6 +164,7 @@ class Scheduler:
             self.prefix_cache_hit_tokens += num_cached
             if seq.num_cached_prompt_tokens is None:
                 seq.num_cached_prompt_tokens = min(num_cached, seq.num_prompt_tokens)
+                seq.first_scheduled_time = time.time()
             seq.status = SequenceStatus.RUNNING
             self.running.append(seq)
             if num_new > 0:

@@ -51,6 +51,9 @@ class Sequence:
     block_ids: list[int] = field(default_factory=list)
     status: SequenceStatus = SequenceStatus.WAITING
     finish_reason: FinishReason | None = None
+    # When it was first admitted to the running batch (time.time() seconds); a recompute after
+    # preemption does not change it.
+    first_scheduled_time: float | None = None
     first_token_time: float | None = None
     finish_time: float | None = None
     # Prompt tokens whose KV the prefix cache supplied when the request was first admitted (None
