@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install serve test bench clean redis-server
+.PHONY: install serve test bench clean redis-server prometheus
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,7 +26,13 @@ redis-server:
 	command -v redis-server >/dev/null || \
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server)
 
-test: $(STAMP) redis-server
+# The metrics tests check the dashboard and alert rules against a real Prometheus (and promtool,
+# which Debian's package brings).
+prometheus:
+	command -v prometheus >/dev/null && command -v promtool >/dev/null || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus)
+
+test: $(STAMP) redis-server prometheus
 	$(BIN)/python -m pytest
 
 bench: $(STAMP)

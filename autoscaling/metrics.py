@@ -22,9 +22,7 @@ _GAUGES = {
     "switchyard_autoscaling_desired_replicas": "Replicas the model's load calls for now, before scaling delays.",
 }
 _CAUSE = "switchyard_autoscaling_cause"
-_CAUSE_HELP = (
-    "1 for the cause the last autoscaling decision rests on (" + ", ".join(CAUSES) + "), 0 for the others."
-)
+_CAUSE_HELP = "1 for the cause the last autoscaling decision rests on (" + ", ".join(CAUSES) + "), 0 for the others."
 AUTOSCALING_METRIC_NAMES = (*_GAUGES, _CAUSE)
 
 # One set of Ray gauges per controller process, shared by every deployment's policy.

@@ -1,13 +1,17 @@
-"""Switchyard's engine under each scheduling policy, with its prefix-cache and KV-waste counters."""
+"""Switchyard's engine under each scheduling policy, with its prefix-cache and KV-waste counters
+(and, for the metrics-cost row, recording its metrics as a server does)."""
 
 from __future__ import annotations
 
 import statistics
 import time
 
+from prometheus_client import CollectorRegistry
+
 from benchmarks.settings import BenchSettings, RunResult
 from benchmarks.workloads import Request, Workload, check_lengths
 from engine import EngineConfig, LLMEngine, SamplingParams
+from engine.metrics import EngineMetrics, PrometheusBackend
 
 __all__ = [
     "engine_config",
@@ -15,6 +19,7 @@ __all__ = [
     "run_engine",
     "time_engine",
     "run_continuous",
+    "run_continuous_with_metrics",
     "run_continuous_no_prefix_cache",
     "run_static",
     "run_request",
@@ -65,9 +70,13 @@ def run_engine(
     return time_engine(engine_config(settings, scheduling, prefix_caching), workload, warmup)
 
 
-def time_engine(config: EngineConfig, workload: Workload, warmup: list[Request]) -> RunResult:
-    """A fresh engine from `config`, warmed up untimed on `warmup`, timed on `workload`."""
-    engine = LLMEngine(config)
+def time_engine(
+    config: EngineConfig, workload: Workload, warmup: list[Request], with_metrics: bool = False
+) -> RunResult:
+    """A fresh engine from `config`, warmed up untimed on `warmup`, timed on `workload`;
+    `with_metrics`: recording every step into prometheus_client instruments (a fresh registry)."""
+    on_stats = EngineMetrics(PrometheusBackend(CollectorRegistry()), "bench").record if with_metrics else None
+    engine = LLMEngine(config, on_stats=on_stats)
     drive_engine(engine, warmup, "warmup-")
     before = engine.stats()
     start = time.perf_counter()
@@ -88,6 +97,11 @@ def time_engine(config: EngineConfig, workload: Workload, warmup: list[Request])
 
 def run_continuous(settings: BenchSettings, workload: Workload, warmup: list[Request]) -> RunResult:
     return run_engine(settings, workload, warmup, "continuous", prefix_caching=True)
+
+
+def run_continuous_with_metrics(settings: BenchSettings, workload: Workload, warmup: list[Request]) -> RunResult:
+    config = engine_config(settings, "continuous", prefix_caching=True)
+    return time_engine(config, workload, warmup, with_metrics=True)
 
 
 def run_continuous_no_prefix_cache(settings: BenchSettings, workload: Workload, warmup: list[Request]) -> RunResult:

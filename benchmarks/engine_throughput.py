@@ -9,6 +9,8 @@ auto: bfloat16 where this CPU multiplies it fast, else float32):
     hf-continuous               transformers' continuous batching (`init_continuous_batching`, SDPA,
                                 its prefix sharing on), with the engine's batch cap, step budget and KV pool
     continuous                  the engine, iteration-level scheduling, prefix caching on
+    continuous-metrics          the same, recording its metrics (prometheus_client) every step: the
+                                cost of metrics (not run by default; `--systems continuous,continuous-metrics`)
     continuous-no-prefix-cache  the same with prefix caching off (by default on W3 only)
     static                      the engine, batches of `--batch-size` that run until their last member ends
     request                     the engine, one request at a time
@@ -69,16 +71,18 @@ SYSTEMS: tuple[str, ...] = (
     "hf-static",
     "hf-continuous",
     "continuous",
+    "continuous-metrics",
     "continuous-no-prefix-cache",
     "static",
     "request",
 )
 WORKLOADS: tuple[str, ...] = ("W1", "W2", "W3")
 # Prefix caching only changes anything on W3, so only W3 runs the engine without it by default.
+_COMPARED = tuple(system for system in SYSTEMS if system != "continuous-metrics")
 DEFAULT_SYSTEMS: dict[str, tuple[str, ...]] = {
-    "W1": tuple(system for system in SYSTEMS if system != "continuous-no-prefix-cache"),
-    "W2": tuple(system for system in SYSTEMS if system != "continuous-no-prefix-cache"),
-    "W3": SYSTEMS,
+    "W1": tuple(system for system in _COMPARED if system != "continuous-no-prefix-cache"),
+    "W2": tuple(system for system in _COMPARED if system != "continuous-no-prefix-cache"),
+    "W3": _COMPARED,
 }
 DEFAULT_MODEL_DIR = Path.home() / ".cache" / "switchyard" / "bench-llama"
 

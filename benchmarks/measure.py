@@ -5,7 +5,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from benchmarks.engine_runners import run_continuous, run_continuous_no_prefix_cache, run_request, run_static
+from benchmarks.engine_runners import (
+    run_continuous,
+    run_continuous_no_prefix_cache,
+    run_continuous_with_metrics,
+    run_request,
+    run_static,
+)
 from benchmarks.hf_runners import run_hf_continuous, run_hf_sequential, run_hf_static
 from benchmarks.report import Row
 from benchmarks.settings import BenchSettings, RunResult
@@ -20,6 +26,7 @@ RUNNERS: dict[str, Runner] = {
     "hf-static": run_hf_static,
     "hf-continuous": run_hf_continuous,
     "continuous": run_continuous,
+    "continuous-metrics": run_continuous_with_metrics,
     "continuous-no-prefix-cache": run_continuous_no_prefix_cache,
     "static": run_static,
     "request": run_request,

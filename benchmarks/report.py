@@ -221,6 +221,15 @@ def build_metrics(rows: list[Row]) -> list[Metric]:
             continuous_metric(rows, "W3", lambda row: row.prefix_hit_rate),
             "%",
         ),
+        *[
+            Metric(
+                f"{workload} metrics on / off, tok/s",
+                speedup(rows, workload, "continuous-metrics", "continuous"),
+                "x",
+                Target(0.98, at_least=True),
+            )
+            for workload in ("W1", "W2", "W3")
+        ],
     ]
 
 

@@ -16,6 +16,9 @@
     │                              shutting down, or the tenants store is unreachable); Retry-After
     └── InternalServerError        500 anything else; the body carries no internals
 
+Each class names its `rejection_reason`, the Router's metrics label for a refused request
+(deployments.observability.router_metrics.REJECTION_REASONS); None for a server failure.
+
 `to_api_error` turns any exception (ours, the engine's, Ray's or Serve's) into an ApiError; the
 Router answers every failure through it and nowhere else.
 """
@@ -61,6 +64,7 @@ class ApiError(Exception):
 
     status_code = 500
     error_type = "server_error"
+    rejection_reason: str | None = None
 
     def __init__(
         self,
@@ -105,6 +109,7 @@ def _rebuild(
 class InvalidRequestError(ApiError):
     status_code = 400
     error_type = "invalid_request_error"
+    rejection_reason = "bad_request"
 
 
 class ContextLengthExceededError(InvalidRequestError):
@@ -116,6 +121,7 @@ class ContextLengthExceededError(InvalidRequestError):
 class AuthenticationError(ApiError):
     status_code = 401
     error_type = "invalid_request_error"
+    rejection_reason = "bad_key"
 
     def __init__(self, message: str, **kwargs: Any) -> None:
         kwargs.setdefault("code", "invalid_api_key")
@@ -131,6 +137,7 @@ class NotFoundError(ApiError):
 
 
 class ModelNotFoundError(NotFoundError):
+    rejection_reason = "model_not_found"
 
     @classmethod
     def for_model(cls, model: str, available: list[str]) -> ModelNotFoundError:
@@ -144,11 +151,13 @@ class ModelNotFoundError(NotFoundError):
 class RequestTooLargeError(ApiError):
     status_code = 413
     error_type = "invalid_request_error"
+    rejection_reason = "bad_request"
 
 
 class OverloadedError(ApiError):
     status_code = 429
     error_type = "rate_limit_error"
+    rejection_reason = "queue_full"
 
 
 class RateLimitError(ApiError):
@@ -156,6 +165,7 @@ class RateLimitError(ApiError):
 
     status_code = 429
     error_type = "requests"
+    rejection_reason = "rate_limited"
 
     def __init__(self, message: str, **kwargs: Any) -> None:
         kwargs.setdefault("code", "rate_limit_exceeded")
@@ -171,6 +181,7 @@ class QuotaExceededError(ApiError):
 
     status_code = 429
     error_type = "insufficient_quota"
+    rejection_reason = "over_budget"
 
     def __init__(self, message: str, **kwargs: Any) -> None:
         kwargs.setdefault("code", "insufficient_quota")
@@ -184,6 +195,7 @@ class QuotaExceededError(ApiError):
 class ModelUnavailableError(ApiError):
     status_code = 503
     error_type = "service_unavailable_error"
+    rejection_reason = "unavailable"
 
 
 class InternalServerError(ApiError):

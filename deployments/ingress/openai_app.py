@@ -9,6 +9,9 @@ at once and sent SSE comments until the chunk comes, so its failures are events 
 With a `TenantGate` (auth on), every request is authenticated, checked against its tenant's models
 and admitted against its limits before any engine work, and settled once when it ends (before the
 response's last byte); its answer carries the tenant's x-ratelimit-* headers.
+
+Every completion request, however it ends, is counted once in the Router's metrics and logged as
+one structured line (`RequestRecord`, finished by its `Settlement`).
 """
 
 from __future__ import annotations
@@ -36,6 +39,8 @@ from deployments.ingress.protocol import ChatCompletionRequest, CompletionReques
 from deployments.ingress.responses import Endpoint, ResponseWriter
 from deployments.ingress.settlement import Settlement
 from deployments.ingress.translate import chat_to_generation, completion_to_generation
+from deployments.observability.request_log import RequestRecord
+from deployments.observability.router_recorder import RouterMetrics
 from deployments.tenants.gate import Caller, TenantGate
 from deployments.tenants.store import StoreUnavailableError
 
@@ -75,11 +80,13 @@ def build_openai_app(
     keepalive_interval_s: float = 5.0,
     limits: RequestLimits | None = None,
     gate: TenantGate | None = None,
+    metrics: RouterMetrics | None = None,
 ) -> FastAPI:
     """`states`: each model's replica state for /v1/models (none: the cards alone).
     `keepalive_interval_s`: a stream whose first token takes longer starts with keep-alive comments.
     `limits`: what one request may ask for (default: `RequestLimits()`).
-    `gate`: API keys and tenants' limits (none: open to anyone)."""
+    `gate`: API keys and tenants' limits (none: open to anyone).
+    `metrics`: where each request's end is counted (none: only its log line)."""
     limits = limits or RequestLimits()
     app = FastAPI(title="Switchyard", summary="OpenAI-compatible API over many models")
 
@@ -135,11 +142,11 @@ def build_openai_app(
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:
-        return await _answer("completion", request, models, keepalive_interval_s, limits, gate)
+        return await _answer("completion", request, models, keepalive_interval_s, limits, gate, metrics)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
-        return await _answer("chat", request, models, keepalive_interval_s, limits, gate)
+        return await _answer("chat", request, models, keepalive_interval_s, limits, gate, metrics)
 
     @app.get("/v1/usage")
     async def usage(request: Request) -> dict[str, Any]:
@@ -158,15 +165,19 @@ async def _answer(
     keepalive_interval_s: float,
     limits: RequestLimits,
     gate: TenantGate | None,
+    metrics: RouterMetrics | None,
 ) -> Response:
     """Authenticate, validate, pick the model, admit, run the request; any failure becomes an
     OpenAI-shaped error (after settling what an admitted request used)."""
     model: str | None = None
     user: str | None = None
-    settlement = Settlement()
+    record = RequestRecord(endpoint, metrics)
+    settlement = Settlement(record)
     writer: ResponseWriter | None = None
     try:
         caller = None if gate is None else await gate.authenticate(request.headers.get("authorization"))
+        if caller is not None:
+            record.tenant, record.key_id = caller.tenant.name, caller.key_id
         raw_body = await read_body(request, limits.max_body_bytes)
         if endpoint == "completion":
             completion = parse_body(CompletionRequest, raw_body)
@@ -180,6 +191,7 @@ async def _answer(
             model, include_usage = chat.model, chat.include_usage
             generation = chat_to_generation(chat, f"chatcmpl-{uuid.uuid4().hex}")
             with_logprobs = chat.logprobs
+        record.model, record.request_id = model, generation.request_id
         user = generation.user
         if gate is not None and caller is not None:
             gate.check_model(caller, model)
@@ -189,12 +201,12 @@ async def _answer(
             raise ModelNotFoundError.for_model(model, list(models))
         writer = ResponseWriter(endpoint, generation.request_id, model, generation.n, with_logprobs)
         if gate is not None and caller is not None:
-            settlement = Settlement(gate, await gate.admit(caller, model, generation))
+            settlement.gate, settlement.ticket = gate, await gate.admit(caller, model, generation)
         return await _respond(client, generation, writer, include_usage, keepalive_interval_s, settlement)
     except Exception as error:  # noqa: BLE001 - the one place failures become HTTP answers
-        if writer is not None:
-            await settlement.settle(writer)
-        response = _error_response(error, model, user)
+        api_error = to_api_error(error, model=model, user=user)
+        await settlement.settle(writer, api_error.status_code, api_error)
+        response = _api_error_response(api_error)
         response.headers.update(settlement.headers())
         return response
 
@@ -222,7 +234,7 @@ async def _respond(
             writer.add(first)
             async for chunk in chunks:
                 writer.add(chunk)
-            await settlement.settle(writer)
+            await settlement.settle(writer, 200)
             return JSONResponse(writer.response(), headers=settlement.headers())
     except Exception:
         await _close(first_chunk, chunks)
@@ -293,8 +305,9 @@ async def _sse_after_wait(
         first = first_chunk.result()
     except Exception as error:  # noqa: BLE001 - the status is sent: report the failure in-stream
         await _close(first_chunk, chunks)
-        await settlement.settle(writer)
-        yield _event(to_api_error(error, model=writer.model).body())
+        api_error = to_api_error(error, model=writer.model)
+        await settlement.settle(writer, api_error.status_code, api_error)
+        yield _event(api_error.body())
         yield "data: [DONE]\n\n"
         return
     except BaseException:  # the client left while waiting
@@ -318,12 +331,13 @@ async def _sse(
         yield _event(writer.stream_chunk(first))
         async for chunk in chunks:
             yield _event(writer.stream_chunk(chunk))
-        await settlement.settle(writer)
+        await settlement.settle(writer, 200)
         if include_usage:
             yield _event(writer.usage_chunk())
     except Exception as error:  # noqa: BLE001 - the status is sent: report the failure in-stream
-        await settlement.settle(writer)
-        yield _event(to_api_error(error, model=writer.model).body())
+        api_error = to_api_error(error, model=writer.model)
+        await settlement.settle(writer, api_error.status_code, api_error)
+        yield _event(api_error.body())
     finally:
         settlement.settle_soon(writer)  # the client left mid-stream (nothing to do otherwise)
         await chunks.aclose()
@@ -334,8 +348,11 @@ def _event(body: dict[str, Any]) -> str:
     return f"data: {json.dumps(body, separators=(',', ':'))}\n\n"
 
 
-def _error_response(error: BaseException, model: str | None = None, user: str | None = None) -> JSONResponse:
-    api_error = to_api_error(error, model=model, user=user)
+def _error_response(error: BaseException) -> JSONResponse:
+    return _api_error_response(to_api_error(error))
+
+
+def _api_error_response(api_error: ApiError) -> JSONResponse:
     return JSONResponse(api_error.body(), status_code=api_error.status_code, headers=api_error.headers())
 
 

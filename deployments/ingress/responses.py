@@ -42,6 +42,8 @@ class ResponseWriter:
         # Prompt tokens served from the prefix cache, as choice 0 reports them (later choices of
         # the same prompt find it cached anyway).
         self.num_cached_tokens = 0
+        # When the first chunk came (time.monotonic() seconds; None before).
+        self.first_chunk_at: float | None = None
 
     # ----- streaming ----------------------------------------------------------------------
 
@@ -102,6 +104,8 @@ class ResponseWriter:
     # ----- pieces -------------------------------------------------------------------------
 
     def _record(self, chunk: GenerationChunk) -> _Choice:
+        if self.first_chunk_at is None:
+            self.first_chunk_at = time.monotonic()
         choice = self.choices[chunk.index]
         choice.num_generated_tokens = chunk.num_generated_tokens
         choice.finish_reason = chunk.finish_reason or choice.finish_reason

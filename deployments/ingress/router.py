@@ -21,6 +21,8 @@ from deployments.generation import GenerationChunk, GenerationRequest
 from deployments.ingress.admin import add_admin_routes
 from deployments.ingress.model_states import ModelState, ServeModelStates
 from deployments.ingress.openai_app import ModelCard, build_openai_app
+from deployments.observability.ray_metrics import RayMetricsBackend
+from deployments.observability.router_recorder import RouterMetrics
 from deployments.tenants.fair_queue import FairQueue, QueueFullError
 from deployments.tenants.gate import TenantAccess, TenantGate
 from deployments.tenants.store import open_store
@@ -62,10 +64,13 @@ class HandleModelClient:
         route: ModelRoute,
         states: ServeModelStates,
         fair_share_of: int | None = None,
+        metrics: RouterMetrics | None = None,
     ) -> None:
         """`fair_share_of`: with tenants, the number of router replicas sharing the model's replicas
-        (requests beyond this replica's share wait in a FairQueue); None: Serve's queue alone."""
+        (requests beyond this replica's share wait in a FairQueue); None: Serve's queue alone.
+        `metrics`: where held cold starts are counted."""
         self.name = name
+        self.metrics = metrics
         self.handle = handle.options(stream=True)
         self.route = route
         self.states = states
@@ -105,12 +110,20 @@ class HandleModelClient:
         responses = self.handle.generate.remote(request)
         finished = False
         try:
-            item = await self._first(responses, timeout_s)
+            try:
+                item = await self._first(responses, timeout_s)
+            except Exception:
+                if cold and self.metrics is not None:
+                    self.metrics.cold_start(self.name, served=False, wait_s=time.monotonic() - queued)
+                raise
             if cold:
+                waited_s = time.monotonic() - queued
+                if self.metrics is not None:
+                    self.metrics.cold_start(self.name, served=True, wait_s=waited_s)
                 logger.info(
                     "%s: cold start: the request waited %.1fs for its first token (%s at arrival)",
                     self.name,
-                    time.monotonic() - queued,
+                    waited_s,
                     state.state if state is not None else "unknown",
                 )
             while True:
@@ -188,15 +201,20 @@ class Router:
         app_name = serve.get_replica_context().app_name
         self.states = ServeModelStates(app_name, {name: route.deployment_name for name, route in routes.items()})
         fair_share_of = None if access is None else num_router_replicas
+        self.metrics = RouterMetrics(RayMetricsBackend())
         self.clients = {
-            name: HandleModelClient(name, handle, routes[name], self.states, fair_share_of)
+            name: HandleModelClient(name, handle, routes[name], self.states, fair_share_of, self.metrics)
             for name, handle in handles.items()
         }
         self.cards = cards
         self.keepalive_interval_s = keepalive_interval_s
         self.limits = limits
         self.access = access
-        self.gate = None if access is None else TenantGate(access, open_store(access.auth.store))
+        self.gate = (
+            None
+            if access is None
+            else TenantGate(access, open_store(access.auth.store), on_settle=self.metrics.tenant_settled)
+        )
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         app = build_openai_app(
@@ -206,8 +224,10 @@ class Router:
             keepalive_interval_s=self.keepalive_interval_s,
             limits=self.limits,
             gate=self.gate,
+            metrics=self.metrics,
         )
         if self.gate is not None and self.access is not None:
             env = self.access.auth.admin_key_env
             add_admin_routes(app, self.gate, os.environ.get(env), env)
         return app
+

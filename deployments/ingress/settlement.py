@@ -1,4 +1,5 @@
-"""A request's settlement: what its tenant pays, recorded once when it ends, however it ends.
+"""A request's end: recorded once (metrics and its log line), and what its tenant pays settled once,
+however it ends.
 
 Finished, failed or abandoned by its client, a request settles the tokens its ResponseWriter has
 seen (an aborted stream pays for what it was sent). The Router awaits the settle before sending a
@@ -10,7 +11,9 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
+from deployments.errors import ApiError
 from deployments.ingress.responses import ResponseWriter
+from deployments.observability.request_log import CLIENT_CLOSED, RequestRecord
 from deployments.tenants.gate import TenantGate, Ticket
 
 __all__ = ["Settlement"]
@@ -21,8 +24,9 @@ _BACKGROUND: set[asyncio.Task[None]] = set()
 
 @dataclass
 class Settlement:
-    """No gate or no ticket (auth off, or refused before admission): settling does nothing."""
+    """Without a gate and a ticket (auth off, or refused before admission) only the record is kept."""
 
+    record: RequestRecord
     gate: TenantGate | None = None
     ticket: Ticket | None = None
     _done: bool = False
@@ -31,14 +35,16 @@ class Settlement:
         """The tenant's x-ratelimit-* headers, as of its admission."""
         return self.ticket.headers() if self.ticket is not None else {}
 
-    async def settle(self, writer: ResponseWriter) -> None:
-        """Settle and wait for it; a cancelled caller does not cancel the settle (it is shielded)."""
-        if self._claim():
+    async def settle(self, writer: ResponseWriter | None, status_code: int, error: ApiError | None = None) -> None:
+        """End the request with `status_code` and wait for its settle; a cancelled caller does not
+        cancel the settle (it is shielded)."""
+        if self._claim(writer, status_code, error) and writer is not None:
             await asyncio.shield(self._spawn(writer))
 
     def settle_soon(self, writer: ResponseWriter) -> None:
-        """Settle without waiting (the client left: this request's task is being cancelled)."""
-        if self._claim():
+        """End the request as closed by its client and settle without waiting (its task is being
+        cancelled). Nothing to do when it ended already."""
+        if self._claim(writer, CLIENT_CLOSED, None):
             self._spawn(writer)
 
     def _spawn(self, writer: ResponseWriter) -> asyncio.Task[None]:
@@ -47,12 +53,13 @@ class Settlement:
         task.add_done_callback(_BACKGROUND.discard)
         return task
 
-    def _claim(self) -> bool:
-        """True once, for the first caller, when there is something to settle."""
-        if self._done or self.gate is None or self.ticket is None:
+    def _claim(self, writer: ResponseWriter | None, status_code: int, error: ApiError | None) -> bool:
+        """For the first caller only: record the end; True when there is something to settle."""
+        if self._done:
             return False
         self._done = True
-        return True
+        self.record.finish(status_code, writer, error)
+        return self.gate is not None and self.ticket is not None
 
     async def _record(self, writer: ResponseWriter) -> None:
         assert self.gate is not None and self.ticket is not None  # _claim checked

@@ -19,10 +19,12 @@ from autoscaling import LoadSignals
 from deployments.config import ModelConfig
 from deployments.errors import ApiError, invalid_request
 from deployments.generation import GenerationChunk, GenerationRequest, TokenLogprob
+from deployments.observability.ray_metrics import RayMetricsBackend
 from deployments.replica.engine_client import EngineClient
 from deployments.replica.model_source import resolve_model_source
 from deployments.replica.prompts import PromptBuilder
 from engine import EngineConfig, EngineStats, InvalidPromptError, RequestOutput, SamplingParams, ShardInfo
+from engine.metrics import EngineMetrics
 
 __all__ = ["EngineFactory", "LLMServer", "default_engine_factory"]
 
@@ -34,16 +36,17 @@ EngineFactory = Callable[[EngineConfig, ModelConfig], EngineClient]
 
 def default_engine_factory(config: EngineConfig, model: ModelConfig) -> EngineClient:
     """The real engine: AsyncLLMEngine, in a child process unless the settings say otherwise
-    (imported here, so building the app loads no torch)."""
+    (imported here, so building the app loads no torch), recording its metrics through Ray's."""
     from engine import AsyncLLMEngine
 
+    on_stats = EngineMetrics(RayMetricsBackend(), model.name).record
     if uses_engine_process(model):
-        return AsyncLLMEngine(config, engine_process=True, num_threads=_process_threads(model))
+        return AsyncLLMEngine(config, engine_process=True, num_threads=_process_threads(model), on_stats=on_stats)
     if model.engine.device == "cpu":
         import torch  # the engine loads it anyway; building the app does not
 
         torch.set_num_threads(cpu_threads(model))
-    return AsyncLLMEngine(config)
+    return AsyncLLMEngine(config, on_stats=on_stats)
 
 
 def uses_engine_process(model: ModelConfig) -> bool:

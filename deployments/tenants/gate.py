@@ -119,6 +119,8 @@ class TenantGate:
     access: TenantAccess
     store: TenantStore
     clock: Callable[[], float] = time.time
+    # Told (tenant, model, usage) of every settle, before the store records it (the Router's metrics).
+    on_settle: Callable[[str, str, Usage], None] | None = None
     _keys: dict[str, _CachedKey] = field(default_factory=dict)
     # Settles waiting for the store to come back (held so they are not garbage-collected).
     _retrying: set[asyncio.Task[None]] = field(default_factory=set)
@@ -220,6 +222,8 @@ class TenantGate:
         ticket.settled = True
         terms = self.access.models[ticket.reservation.model]
         usage = Usage(prompt_tokens, completion_tokens, cost_pico_usd(prompt_tokens, completion_tokens, terms.pricing))
+        if self.on_settle is not None:
+            self.on_settle(ticket.reservation.tenant, ticket.reservation.model, usage)
         try:
             await self.store.settle(ticket.reservation, usage, self.clock())
         except StoreUnavailableError as error:

@@ -1,9 +1,10 @@
 """The `switchyard` command: check a serve config before Serve sees it, then run it.
 
     switchyard check manifests/quickstart.yaml   # validate every application's args
-    switchyard run manifests/quickstart.yaml     # check, then `serve run` the config
+    switchyard run manifests/quickstart.yaml     # check, then `serve run` it (Ray metrics on port 8080)
     switchyard plan --model llama-2-70b --dtype float16 --gpu-memory-gib 80 --context-len 4096
     switchyard keys create --config manifests/tenants.yaml --tenant team-a   # an API key, shown once
+    switchyard status                            # each deployed model's state, replicas, load, autoscaling
 
 `serve run` builds applications on the Serve controller: a bad config is reported in its log and
 `serve run` keeps waiting. `switchyard check` fails at once instead, naming the field, with exit 1.
@@ -12,7 +13,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,9 @@ from pydantic import ValidationError
 
 from deployments.config import AppConfig
 from deployments.tools.keys_command import add_keys_parser, run_keys
+from deployments.tools.run_command import add_run_arguments, serve_run
 from deployments.tools.serve_files import BUILD_APP
+from deployments.tools.status_command import add_status_parser, run_status
 from engine.config import DTYPES, QUANTIZATIONS
 
 __all__ = ["check_config", "main"]
@@ -63,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
         return _plan(args)
     if args.command == "keys":
         return run_keys(args)
+    if args.command == "status":
+        return run_status(args)
     problems = check_config(args.config)
     for problem in problems:
         print(problem, file=sys.stderr)
@@ -71,9 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "check":
         print(f"{args.config}: ok")
         return 0
-    serve = Path(sys.executable).parent / "serve"
-    os.execv(serve, [str(serve), "run", str(args.config)])
-    return 0  # not reached: execv replaces this process
+    return serve_run(args.config, args.metrics_export_port)
 
 
 def _plan(args: argparse.Namespace) -> int:
@@ -106,6 +108,8 @@ def _parser() -> argparse.ArgumentParser:
     for name, help_text in (("check", "validate a serve config"), ("run", "validate, then `serve run` it")):
         command = commands.add_parser(name, help=help_text)
         command.add_argument("config", type=Path, help="serve config YAML")
+        if name == "run":
+            add_run_arguments(command)
     plan = commands.add_parser("plan", help="memory and GPUs a model needs")
     plan.add_argument("--model", required=True, help="a well-known model's name, a config.json, or a model directory")
     plan.add_argument("--dtype", choices=sorted(DTYPES), default="bfloat16")
@@ -116,6 +120,7 @@ def _parser() -> argparse.ArgumentParser:
     plan.add_argument("--concurrency", type=int, default=1, help="full-length sequences to serve at once")
     plan.add_argument("--block-size", type=int, default=16, help="tokens per KV block, as in the engine config")
     add_keys_parser(commands)
+    add_status_parser(commands)
     return parser
 
 

@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING
 from engine.config import EngineConfig
 from engine.core.output_processor import OutputProcessor
 from engine.core.scheduler import Scheduler
-from engine.core.stats_collector import StatsCollector
 from engine.core.sequence import DEFAULT_TENANT, Sequence
+from engine.core.stats_collector import StatsCollector
 from engine.core.tokenizer import eos_token_ids, load_tokenizer
 from engine.errors import ContextLengthError, InvalidPromptError
 from engine.hardware import resolve_dtype

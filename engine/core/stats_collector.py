@@ -92,4 +92,6 @@ class StatsCollector:
         stats.num_running = dict(Counter(seq.tenant for seq in scheduler.running))
         stats.num_waiting = dict(Counter(seq.tenant for seq in scheduler.waiting))
         block_manager = scheduler.block_manager
-        stats.kv_cache_usage = block_manager.num_used_blocks / block_manager.num_blocks if block_manager.num_blocks else 0.0
+        stats.kv_cache_usage = (
+            block_manager.num_used_blocks / block_manager.num_blocks if block_manager.num_blocks else 0.0
+        )

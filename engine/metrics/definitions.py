@@ -81,7 +81,9 @@ _MODEL = ("model",)
 _MODEL_TENANT = ("model", "tenant")
 
 
-def _histogram(name: str, help_text: str, buckets: tuple[float, ...], labels: tuple[str, ...] = _MODEL_TENANT) -> MetricSpec:
+def _histogram(
+    name: str, help_text: str, buckets: tuple[float, ...], labels: tuple[str, ...] = _MODEL_TENANT
+) -> MetricSpec:
     return MetricSpec(name, "histogram", help_text, labels, buckets)
 
 
@@ -127,7 +129,9 @@ TIME_TO_FIRST_TOKEN = _histogram(
     "switchyard_time_to_first_token_seconds", "From arrival to the first generated token.", TTFT_BUCKETS_S
 )
 INTER_TOKEN_LATENCY = _histogram(
-    "switchyard_inter_token_latency_seconds", "Between consecutive generated tokens of a request.", TOKEN_LATENCY_BUCKETS_S
+    "switchyard_inter_token_latency_seconds",
+    "Between consecutive generated tokens of a request.",
+    TOKEN_LATENCY_BUCKETS_S,
 )
 TIME_PER_OUTPUT_TOKEN = _histogram(
     "switchyard_request_time_per_output_token_seconds",

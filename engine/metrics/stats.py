@@ -16,6 +16,7 @@ from engine.outputs import FinishReason
 
 __all__ = ["FinishedRequestStats", "StatsCallback", "StepStats", "TokenLatency"]
 
+
 @dataclass(frozen=True)
 class FinishedRequestStats:
     """One request that left the engine. Times are `time.time()` seconds."""

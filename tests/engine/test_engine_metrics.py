@@ -149,7 +149,9 @@ def test_iteration_histogram_counts_steps_and_tokens(
     # Every token run is a prompt token computed (recompute included) or a decode token: a sampled
     # token that is not a request's first, nor the one its recompute after a preemption samples
     # (the script preempts only requests that had tokens).
-    first_tokens = readings.count({spec.name: spec for spec in ENGINE_METRICS}["switchyard_time_to_first_token_seconds"])
+    first_tokens = readings.count(
+        {spec.name: spec for spec in ENGINE_METRICS}["switchyard_time_to_first_token_seconds"]
+    )
     decode_tokens = final.num_generation_tokens - first_tokens - final.num_preemptions
     assert readings.value("switchyard_iteration_tokens_sum") == final.num_prompt_tokens_computed + decode_tokens
 
@@ -180,7 +182,9 @@ def test_an_engine_process_reports_the_same_counts(
     metrics = EngineMetrics(PrometheusBackend(registry), MODEL)
 
     async def scenario() -> None:
-        engine = AsyncLLMEngine(small_pool_config(llama_dir), engine_process=True, num_threads=1, on_stats=metrics.record)
+        engine = AsyncLLMEngine(
+            small_pool_config(llama_dir), engine_process=True, num_threads=1, on_stats=metrics.record
+        )
         await engine.start(timeout_s=120)
         try:
             prompts = {"a-1": SHARED_PREFIX + [40] * 4, "a-2": SHARED_PREFIX + [41] * 4, "b": [50] * 24}

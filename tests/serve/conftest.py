@@ -59,9 +59,11 @@ def wait_until_answering(url: str, deadline_s: float = READY_TIMEOUT_S) -> None:
 
 
 class ServeCluster:
-    def __init__(self, base_url: str, demo_root: Path) -> None:
+    def __init__(self, base_url: str, demo_root: Path, metrics_port: int) -> None:
         self.base_url = base_url
         self.demo_root = demo_root
+        # The node's metrics export port: what Prometheus scrapes.
+        self.metrics_port = metrics_port
 
     def demo_app_args(self, name: str, engine: dict[str, Any], deployment: dict[str, Any]) -> dict[str, Any]:
         """build_app args for one demo Llama called `name`, written under the session's directory."""
@@ -79,15 +81,19 @@ class ServeCluster:
 @pytest.fixture(scope="session")
 def serve_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeCluster]:
     # Logical CPUs: enough for every replica of every test app; the machine has what it has.
+    # Metrics are reported every second (Ray's default is 10 s), so a scrape soon sees the traffic.
+    metrics_port = _free_port()
     ray.init(
         num_cpus=8,
         include_dashboard=False,
         runtime_env={"env_vars": {"PYTHONPATH": str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}},
+        _metrics_export_port=metrics_port,
+        _system_config={"metrics_report_interval_ms": 1000},
     )
     port = _free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     try:
-        yield ServeCluster(f"http://127.0.0.1:{port}", tmp_path_factory.mktemp("demo-models"))
+        yield ServeCluster(f"http://127.0.0.1:{port}", tmp_path_factory.mktemp("demo-models"), metrics_port)
     finally:
         serve.shutdown()
         ray.shutdown()

@@ -205,3 +205,21 @@ def test_invalid_settings_name_the_field_and_value(field: str, value: object, me
 def test_max_replicas_below_min_replicas_is_refused() -> None:
     with pytest.raises(ValueError, match=r"max_replicas must be >= min_replicas \(3\), got 2"):
         ScalingSettings(min_replicas=3, max_replicas=2)
+
+
+@pytest.mark.parametrize(
+    ("signals", "expected_cause", "expected_desired"),
+    [
+        pytest.param(fleet(replica(waiting=9.0, running=4.0)), "queue", 4, id="a long queue"),
+        pytest.param(fleet(replica(running=2.0, kv_usage=0.95)), "kv_usage", 2, id="a full cache, short queue"),
+        pytest.param(fleet(replica(idle_s=900.0)), "idle", 0, id="idle past the timeout"),
+        pytest.param(fleet(queued=3.0, target=0), "starved", 1, id="requests wait, nothing runs"),
+        pytest.param(fleet(replica(), num_missing=1), "missing_metrics", None, id="a replica has not reported"),
+        pytest.param(fleet(replica(running=2.0)), "queue", 1, id="steady"),
+    ],
+)
+def test_every_decision_names_its_cause_and_the_replicas_the_load_calls_for(
+    signals: ScalingSignals, expected_cause: str, expected_desired: int | None
+) -> None:
+    decision = decide(signals, SETTINGS, None, now=0.0)
+    assert (decision.cause, decision.desired) == (expected_cause, expected_desired)

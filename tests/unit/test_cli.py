@@ -34,12 +34,13 @@ def test_a_bad_field_is_named_and_exits_1(tmp_path: Path, capsys: pytest.Capture
 
 
 def test_run_does_not_start_serve_for_a_bad_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    started = []
-    monkeypatch.setattr(cli.os, "execv", lambda *args: started.append(args))
+    started: list[tuple[Path, int]] = []
+    monkeypatch.setattr(cli, "serve_run", lambda config, port: started.append((config, port)) or 0)
     assert cli.main(["run", str(write_config(tmp_path, {"models": []}))]) == 1
     assert started == []
     assert cli.main(["run", str(MANIFESTS / "quickstart.yaml")]) == 0
-    assert started and started[0][1][1:] == ["run", str(MANIFESTS / "quickstart.yaml")]
+    assert cli.main(["run", str(MANIFESTS / "quickstart.yaml"), "--metrics-export-port", "9100"]) == 0
+    assert started == [(MANIFESTS / "quickstart.yaml", 8080), (MANIFESTS / "quickstart.yaml", 9100)]
 
 
 @pytest.mark.parametrize(

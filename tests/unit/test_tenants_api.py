@@ -21,14 +21,17 @@ import openai
 import pytest
 import uvicorn
 from fastapi import FastAPI
+from prometheus_client import CollectorRegistry
 
 from deployments.config import AppConfig
 from deployments.generation import GenerationChunk, GenerationRequest
 from deployments.ingress.admin import add_admin_routes
 from deployments.ingress.openai_app import ModelCard, build_openai_app
+from deployments.observability.router_recorder import RouterMetrics
 from deployments.tenants.gate import TenantAccess, TenantGate
 from deployments.tenants.key_admin import create_key
 from deployments.tenants.store import TenantStore, open_store
+from engine.metrics import PrometheusBackend
 
 PROMPT_TOKENS = 5
 ADMIN_KEY = "admin-secret-for-tests"
@@ -79,11 +82,20 @@ class Platform:
         access = TenantAccess.from_config(config)
         assert access is not None
         self.store: TenantStore = open_store(config.auth.store)
-        self.gate = TenantGate(access, self.store, clock=(lambda: clock[0]) if clock else time.time)
+        self.registry = CollectorRegistry()
+        self.metrics = RouterMetrics(PrometheusBackend(self.registry))
+        self.gate = TenantGate(
+            access,
+            self.store,
+            clock=(lambda: clock[0]) if clock else time.time,
+            on_settle=self.metrics.tenant_settled,
+        )
         self.model = model
         cards = [ModelCard(m.name, "demo:llama", 0) for m in config.models]
         models = {m.name: model for m in config.models}
-        self.app: FastAPI = build_openai_app(models, cards, gate=self.gate, keepalive_interval_s=keepalive_interval_s)
+        self.app: FastAPI = build_openai_app(
+            models, cards, gate=self.gate, keepalive_interval_s=keepalive_interval_s, metrics=self.metrics
+        )
         add_admin_routes(self.app, self.gate, ADMIN_KEY, "SWITCHYARD_ADMIN_KEY")
         self.loop = asyncio.new_event_loop()
         self.port = _free_port()
@@ -107,6 +119,15 @@ class Platform:
 
     def client(self, key: str, max_retries: int = 0) -> openai.OpenAI:
         return openai.OpenAI(base_url=f"{self.base_url}/v1", api_key=key, max_retries=max_retries)
+
+    def metric(self, name: str, **labels: str) -> float:
+        """The sum of `name`'s samples with these labels in the Router's metrics."""
+        return sum(
+            sample.value
+            for family in self.registry.collect()
+            for sample in family.samples
+            if sample.name == name and all(sample.labels.get(key) == value for key, value in labels.items())
+        )
 
     def usage(self, key: str) -> dict[str, Any]:
         response = httpx.get(f"{self.base_url}/v1/usage", headers={"Authorization": f"Bearer {key}"})
@@ -165,6 +186,7 @@ def test_a_malformed_or_unknown_key_is_401_invalid_api_key(sqlite_url: str, key:
         assert raised.value.code == "invalid_api_key"
         assert raised.value.response.headers["www-authenticate"] == "Bearer"
         assert platform.model.requests == []  # refused before any engine work
+        assert platform.metric("switchyard_router_rejections_total", reason="bad_key", tenant="anonymous") == 1
 
 
 def test_a_request_without_a_key_is_401_before_its_body_is_read(sqlite_url: str) -> None:
@@ -244,6 +266,8 @@ def test_requests_per_minute_answer_429_with_retry_after_and_the_ratelimit_heade
         assert raised.value.response.headers["x-ratelimit-remaining-requests"] == "0"
         clock[0] += 50  # the next window
         assert complete(client).choices[0].text
+        rejected = platform.metric("switchyard_router_rejections_total", tenant="team-a", reason="rate_limited")
+        assert rejected == 1
 
 
 def test_tokens_per_minute_count_the_worst_case_then_what_was_used(sqlite_url: str) -> None:
@@ -290,6 +314,7 @@ def test_a_spent_budget_is_429_insufficient_quota_and_the_client_does_not_retry(
         assert raised.value.body["type"] == "insufficient_quota"
         assert raised.value.response.headers["x-should-retry"] == "false"
         assert len(platform.model.requests) == 1  # one admitted, and the SDK did not retry the refusal
+        assert platform.metric("switchyard_router_rejections_total", tenant="team-a", reason="over_budget") == 1
 
 
 # ----- accounting --------------------------------------------------------------------------------
@@ -314,6 +339,13 @@ def test_the_usage_clients_received_sums_to_the_stored_spend_exactly(sqlite_url:
         completion = sum(response.usage.completion_tokens for response in responses)
         assert (small["requests"], small["prompt_tokens"], small["completion_tokens"]) == (24, prompt, completion)
         assert small["spend_pico_usd"] == prompt * 10**6 + completion * 2 * 10**6
+        # The Router's metrics say the same, per tenant.
+        tokens = "switchyard_tenant_tokens_total"
+        assert platform.metric(tokens, tenant="team-a", model="small", kind="prompt") == prompt
+        assert platform.metric(tokens, tenant="team-a", model="small", kind="completion") == completion
+        spend = platform.metric("switchyard_tenant_spend_usd_total", tenant="team-a", model="small")
+        assert spend == pytest.approx(small["spend_usd"])
+        assert platform.metric("switchyard_router_requests_total", tenant="team-a", status_code="200") == 24
 
 
 def test_twenty_concurrent_requests_never_spend_more_than_the_budget(sqlite_url: str) -> None:

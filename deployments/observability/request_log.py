@@ -1,0 +1,97 @@
+"""One structured line per request, and the Router's metrics of it: `RequestRecord.finish`, once.
+
+    {"event": "request", "request_id": "chatcmpl-...", "serve_request_id": "...", "model": "demo",
+     "endpoint": "chat", "tenant": "team-a", "key_id": "k1", "status": 200, "prompt_tokens": 12,
+     "completion_tokens": 32, "cached_tokens": 0, "ttft_s": 0.041, "e2e_s": 0.52,
+     "finish_reason": "length", "error_code": null}
+
+Never the prompt, the completion or a key: only ids and counts. `serve_request_id` is the id Ray
+Serve gives the HTTP request (the `x-request-id` response header, and the id in Serve's own log
+lines), so a line can be matched with the proxy's and replica's logs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+
+from deployments.errors import ApiError
+from deployments.ingress.responses import ResponseWriter
+from deployments.observability.router_recorder import RouterMetrics
+from deployments.observability.serve_context import serve_request_id
+
+__all__ = ["CLIENT_CLOSED", "RequestRecord"]
+
+# Serve's logger: the line lands in the Router replica's log with Serve's request id.
+logger = logging.getLogger("ray.serve")
+
+# The status of a request whose client left before its answer ended (nginx's "client closed request").
+CLIENT_CLOSED = 499
+
+
+@dataclass
+class RequestRecord:
+    """What is known of one request as it goes; `finish` counts and logs it (only the first call)."""
+
+    endpoint: str
+    metrics: RouterMetrics | None = None
+    started: float = field(default_factory=time.monotonic)
+    serve_request_id: str = field(default_factory=serve_request_id)
+    request_id: str | None = None
+    model: str | None = None
+    tenant: str | None = None
+    key_id: str | None = None
+    _finished: bool = False
+
+    def finish(self, status_code: int, writer: ResponseWriter | None = None, error: ApiError | None = None) -> None:
+        """The request ended with `status_code` (for a stream that failed after its 200, the
+        failure's status; CLIENT_CLOSED when the client left first)."""
+        if self._finished:
+            return
+        self._finished = True
+        e2e_s = time.monotonic() - self.started
+        ttft_s = None
+        if writer is not None and writer.first_chunk_at is not None:
+            ttft_s = writer.first_chunk_at - self.started
+        if self.metrics is not None:
+            self.metrics.request_finished(
+                model=self.model,
+                endpoint=self.endpoint,
+                status_code=status_code,
+                tenant=self.tenant,
+                rejection_reason=error.rejection_reason if error is not None else None,
+                duration_s=e2e_s,
+                ttft_s=ttft_s,
+            )
+        logger.info(json.dumps(self._line(status_code, writer, error, ttft_s, e2e_s), separators=(",", ":")))
+
+    def _line(
+        self,
+        status_code: int,
+        writer: ResponseWriter | None,
+        error: ApiError | None,
+        ttft_s: float | None,
+        e2e_s: float,
+    ) -> dict[str, object]:
+        finish_reasons = (
+            sorted({choice.finish_reason for choice in writer.choices if choice.finish_reason}) if writer else []
+        )
+        return {
+            "event": "request",
+            "request_id": self.request_id,
+            "serve_request_id": self.serve_request_id,
+            "model": self.model,
+            "endpoint": self.endpoint,
+            "tenant": self.tenant,
+            "key_id": self.key_id,
+            "status": status_code,
+            "prompt_tokens": writer.num_prompt_tokens if writer else 0,
+            "completion_tokens": writer.num_generated_tokens if writer else 0,
+            "cached_tokens": writer.num_cached_tokens if writer else 0,
+            "ttft_s": None if ttft_s is None else round(ttft_s, 4),
+            "e2e_s": round(e2e_s, 4),
+            "finish_reason": ",".join(finish_reasons) or None,
+            "error_code": (error.code or error.error_type) if error is not None else None,
+        }
