@@ -36,7 +36,7 @@ from tests.serve.conftest import REPO_ROOT, ServeCluster, manifest_args
 from tests.services import PrometheusServer
 
 APP = "metrics"
-COLD = "metrics-llama"  # scaled to zero; a KV pool of 6 blocks x 16 tokens, so 4 requests preempt
+COLD = "metrics-llama"  # scaled to zero; a KV pool of 6 blocks x 16 tokens: two 53-token requests preempt
 WARM = "metrics-qwen"
 DASHBOARD = REPO_ROOT / "monitoring" / "grafana" / "switchyard.json"
 ALERTS = REPO_ROOT / "monitoring" / "prometheus" / "alerts.yml"
@@ -84,8 +84,8 @@ def platform(serve_cluster: ServeCluster, tmp_path_factory: pytest.TempPathFacto
     store = f"sqlite:///{directory / 'tenants.db'}"
     args["auth"] = {"enabled": True, "store": store, "key_cache_ttl_s": 1.0}
     args["tenants"] = [
-        {"name": "team-a", "models": "*"},
-        {"name": "team-abort", "models": "*"},
+        {"name": "team-a", "models": ["*"]},
+        {"name": "team-abort", "models": ["*"]},
         {"name": "team-limited", "models": [WARM], "requests_per_minute": 2},
     ]
     prometheus = PrometheusServer(directory / "prometheus", [f"127.0.0.1:{serve_cluster.metrics_port}"], [ALERTS])
@@ -113,8 +113,10 @@ async def _send_traffic(platform: Platform) -> Traffic:
         )
 
     team_a = client("team-a")
-    # The cold model first, alone: its first request is held while its replica starts.
+    # The cold model first, alone: its first request is held while its replica starts. The
+    # Router's view of the model is then allowed to catch up, so no later request counts as cold.
     await _complete(team_a, COLD, sent)
+    await _until_ready(team_a, COLD)
     for model in (COLD, WARM):
         calls = [_complete(team_a, model, sent) for _ in range(4)]  # four at once: the cold model preempts
         calls += [_stream_chat(team_a, model, sent) for _ in range(2)]
@@ -136,8 +138,16 @@ async def _send_traffic(platform: Platform) -> Traffic:
     return sent
 
 
+async def _until_ready(client: openai.AsyncOpenAI, model: str, deadline_s: float = 30.0) -> None:
+    """Poll /v1/models (a fresh read of the replicas' states) until `model` is ready."""
+    deadline = time.monotonic() + deadline_s
+    while (await client.models.retrieve(model)).model_extra["status"]["state"] != "ready":
+        assert time.monotonic() < deadline, f"{model} is not ready"
+        await asyncio.sleep(0.2)
+
+
 async def _complete(client: openai.AsyncOpenAI, model: str, sent: Traffic) -> None:
-    response = await client.completions.create(model=model, prompt="The metrics of", max_tokens=16, temperature=0)
+    response = await client.completions.create(model=model, prompt="The metrics of", max_tokens=48, temperature=0)
     assert response.usage is not None
     _count(sent, model, response.usage.completion_tokens)
 
