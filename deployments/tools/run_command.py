@@ -30,6 +30,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
 def serve_run(config: Path, metrics_export_port: int) -> int:
     """Join the running Ray or start one exporting metrics on `metrics_export_port`, then block in
     `serve run config` (Ctrl-C shuts the applications down, as with `serve run`)."""
+    import click
     import ray
     from ray.serve.scripts import cli as serve_cli
 
@@ -38,5 +39,8 @@ def serve_run(config: Path, metrics_export_port: int) -> int:
     except ConnectionError:  # no Ray running: start one with a known metrics port
         ray.init(namespace="serve", _metrics_export_port=metrics_export_port)
         print(f"switchyard: Ray metrics at http://127.0.0.1:{metrics_export_port}/metrics", flush=True)
-    serve_cli.main(["run", str(config)], prog_name="serve", standalone_mode=False)
+    try:
+        serve_cli.main(["run", str(config)], prog_name="serve", standalone_mode=False)
+    except click.exceptions.Abort:  # a second Ctrl-C while Serve was shutting down
+        return 130
     return 0
