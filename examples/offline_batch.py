@@ -4,9 +4,13 @@ Run from the repository root:
 
     .venv/bin/python examples/offline_batch.py                       # the built-in demo model
     .venv/bin/python examples/offline_batch.py --model /models/qwen  # any HF model directory or hub id
+    .venv/bin/python examples/offline_batch.py --metrics-port 9400   # engine metrics on :9400/metrics
 
 Without `--model` it writes the demo model (a tiny random-weight Llama, so the text is gibberish)
-to ~/.cache/switchyard/demo-llama on first use; nothing is downloaded.
+to ~/.cache/switchyard/demo-llama on first use; nothing is downloaded. With `--metrics-port` the
+engine records its metrics (`switchyard_*`, the same definitions Serve exports through Ray) with
+plain prometheus_client and serves them on that port; it then waits for Enter before exiting, so
+they can be scraped.
 """
 
 from __future__ import annotations
@@ -16,8 +20,11 @@ import asyncio
 import time
 from pathlib import Path
 
+import prometheus_client
+
 from engine import AsyncLLMEngine, EngineConfig, LLMEngine, SamplingParams
 from engine.demo.tiny_models import DEMO_LLAMA, write_tiny_model
+from engine.metrics import EngineMetrics, PrometheusBackend, StatsCallback
 
 DEMO_MODEL_DIR = Path.home() / ".cache" / "switchyard" / "demo-llama"
 
@@ -74,9 +81,15 @@ async def run_streams(engine: AsyncLLMEngine, max_tokens: int) -> None:
     await asyncio.gather(*(one(index, prompt) for index, prompt in enumerate(STREAMED_PROMPTS)))
 
 
-async def main(model: str, device: str, max_tokens: int) -> None:
+async def main(model: str, device: str, max_tokens: int, metrics_port: int | None) -> None:
+    on_stats: StatsCallback | None = None
+    if metrics_port is not None:
+        on_stats = EngineMetrics(PrometheusBackend(), model=Path(model).name).record
+        prometheus_client.start_http_server(metrics_port, addr="127.0.0.1")
+        print(f"engine metrics at http://127.0.0.1:{metrics_port}/metrics")
     started = time.perf_counter()
-    engine = LLMEngine(EngineConfig(model=model, device=device, max_model_len=1024, max_num_seqs=16))
+    config = EngineConfig(model=model, device=device, max_model_len=1024, max_num_seqs=16)
+    engine = LLMEngine(config, on_stats=on_stats)
     print(f"loaded {model} in {time.perf_counter() - started:.1f}s ({engine.stats().kv_blocks_total} KV blocks)")
 
     print("LLMEngine.generate, one batch:")
@@ -90,6 +103,8 @@ async def main(model: str, device: str, max_tokens: int) -> None:
         await run_streams(async_engine, max_tokens)
     finally:
         await async_engine.shutdown()
+    if metrics_port is not None:
+        await asyncio.to_thread(input, "press Enter to exit (the metrics stay up until then) ")
 
 
 if __name__ == "__main__":
@@ -97,6 +112,7 @@ if __name__ == "__main__":
     parser.add_argument("--model", help=f"HF model directory or hub id (default: the demo model in {DEMO_MODEL_DIR})")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
     parser.add_argument("--max-tokens", type=int, default=32, help="tokens to generate per prompt (default: 32)")
+    parser.add_argument("--metrics-port", type=int, help="serve the engine's Prometheus metrics on this port")
     args = parser.parse_args()
     model = args.model or str(write_tiny_model(DEMO_MODEL_DIR, DEMO_LLAMA))
-    asyncio.run(main(model, args.device, args.max_tokens))
+    asyncio.run(main(model, args.device, args.max_tokens, args.metrics_port))

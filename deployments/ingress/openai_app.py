@@ -192,6 +192,7 @@ async def _answer(
             generation = chat_to_generation(chat, f"chatcmpl-{uuid.uuid4().hex}")
             with_logprobs = chat.logprobs
         record.model, record.request_id = model, generation.request_id
+        record.model_is_deployed = model in models
         user = generation.user
         if gate is not None and caller is not None:
             gate.check_model(caller, model)

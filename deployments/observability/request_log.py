@@ -22,13 +22,16 @@ from deployments.ingress.responses import ResponseWriter
 from deployments.observability.router_recorder import RouterMetrics
 from deployments.observability.serve_context import serve_request_id
 
-__all__ = ["CLIENT_CLOSED", "RequestRecord"]
+__all__ = ["CLIENT_CLOSED", "OTHER_MODEL", "RequestRecord"]
 
 # Serve's logger: the line lands in the Router replica's log with Serve's request id.
 logger = logging.getLogger("ray.serve")
 
 # The status of a request whose client left before its answer ended (nginx's "client closed request").
 CLIENT_CLOSED = 499
+# The `model` label of a request that named no deployed model: a client cannot add series to the
+# metrics by inventing model names.
+OTHER_MODEL = "other"
 
 
 @dataclass
@@ -40,7 +43,9 @@ class RequestRecord:
     started: float = field(default_factory=time.monotonic)
     serve_request_id: str = field(default_factory=serve_request_id)
     request_id: str | None = None
+    # The model the request named (None: no body could be read), and whether it is deployed.
     model: str | None = None
+    model_is_deployed: bool = False
     tenant: str | None = None
     key_id: str | None = None
     _finished: bool = False
@@ -57,7 +62,7 @@ class RequestRecord:
             ttft_s = writer.first_chunk_at - self.started
         if self.metrics is not None:
             self.metrics.request_finished(
-                model=self.model,
+                model=self._model_label(),
                 endpoint=self.endpoint,
                 status_code=status_code,
                 tenant=self.tenant,
@@ -66,6 +71,11 @@ class RequestRecord:
                 ttft_s=ttft_s,
             )
         logger.info(json.dumps(self._line(status_code, writer, error, ttft_s, e2e_s), separators=(",", ":")))
+
+    def _model_label(self) -> str:
+        if self.model is None:
+            return ""
+        return self.model if self.model_is_deployed else OTHER_MODEL
 
     def _line(
         self,

@@ -17,7 +17,7 @@ class RouterMetrics:
     def request_finished(
         self,
         *,
-        model: str | None,
+        model: str,
         endpoint: str,
         status_code: int,
         tenant: str | None,
@@ -25,14 +25,14 @@ class RouterMetrics:
         duration_s: float,
         ttft_s: float | None,
     ) -> None:
-        """One request's end. `model` None: it named none (or no valid body)."""
-        model_label = model or ""
+        """One request's end; `model` is its label (a deployed model's name, or what RequestRecord
+        puts for others)."""
         tenant_label = tenant or ANONYMOUS_TENANT_LABEL
-        labels = {"model": model_label, "endpoint": endpoint}
+        labels = {"model": model, "endpoint": endpoint}
         self._instruments[m.REQUESTS.name].inc(1, {**labels, "status_code": str(status_code), "tenant": tenant_label})
         if rejection_reason is not None:
             self._instruments[m.REJECTIONS.name].inc(
-                1, {"model": model_label, "reason": rejection_reason, "tenant": tenant_label}
+                1, {"model": model, "reason": rejection_reason, "tenant": tenant_label}
             )
         self._instruments[m.REQUEST_DURATION.name].observe(duration_s, labels)
         if ttft_s is not None:

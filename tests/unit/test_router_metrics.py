@@ -143,11 +143,15 @@ def test_a_body_that_is_not_json_is_a_bad_request_of_no_model(caplog: pytest.Log
     assert line["status"] == 400 and line["model"] is None and line["error_code"] == "invalid_request_error"
 
 
-def test_an_unknown_model_is_counted_under_its_name() -> None:
+def test_unknown_models_share_one_label_so_clients_cannot_add_series(caplog: pytest.LogCaptureFixture) -> None:
     registry = Registry()
-    response = send(app_with(registry), "chat", BODIES["chat"] | {"model": "nope"})
-    assert response.status_code == 404
-    assert registry.value("switchyard_router_rejections_total", model="nope", reason="model_not_found") == 1
+    caplog.set_level(logging.INFO, logger="ray.serve")
+    for name in ("nope", "nope-2", "x" * 200):
+        assert send(app_with(registry), "chat", BODIES["chat"] | {"model": name}).status_code == 404
+    assert registry.value("switchyard_router_rejections_total", model="other", reason="model_not_found") == 3
+    labels = {sample.labels.get("model") for metric in registry.registry.collect() for sample in metric.samples}
+    assert labels <= {"other", None}
+    assert [line["model"] for line in request_lines(caplog)] == ["nope", "nope-2", "x" * 200]  # logged as sent
 
 
 def test_a_stream_that_fails_after_its_200_counts_the_failure_status() -> None:
