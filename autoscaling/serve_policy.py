@@ -58,7 +58,10 @@ class LLMAutoscalingPolicy:
         if decision.num_replicas != ctx.target_num_replicas:
             logger.info("autoscaling %s: %s", ctx.deployment_id, decision.reason)
         if self.metrics is not None:
-            self.metrics.record(decision, len(ctx.running_replicas))
+            try:
+                self.metrics.record(decision, len(ctx.running_replicas), self.settings.max_replicas)
+            except Exception:  # noqa: BLE001 - metrics are advisory: the decision stands
+                logger.exception("recording the autoscaling metrics of %s failed", ctx.deployment_id)
         # Start from the state Serve handed in so that its own keys survive the round trip.
         state = dict(ctx.policy_state)
         state.pop(PENDING_STATE_KEY, None)

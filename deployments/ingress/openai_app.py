@@ -179,20 +179,17 @@ async def _answer(
         if caller is not None:
             record.tenant, record.key_id = caller.tenant.name, caller.key_id
         raw_body = await read_body(request, limits.max_body_bytes)
-        if endpoint == "completion":
-            completion = parse_body(CompletionRequest, raw_body)
-            check_request_limits(completion, limits)
-            model, include_usage = completion.model, completion.include_usage
-            generation = completion_to_generation(completion, f"cmpl-{uuid.uuid4().hex}")
-            with_logprobs = completion.logprobs is not None
+        body = parse_body(CompletionRequest if endpoint == "completion" else ChatCompletionRequest, raw_body)
+        model, include_usage = body.model, body.include_usage
+        record.model, record.model_is_deployed, record.stream = model, model in models, body.stream
+        check_request_limits(body, limits)
+        if isinstance(body, CompletionRequest):
+            generation = completion_to_generation(body, f"cmpl-{uuid.uuid4().hex}")
+            with_logprobs = body.logprobs is not None
         else:
-            chat = parse_body(ChatCompletionRequest, raw_body)
-            check_request_limits(chat, limits)
-            model, include_usage = chat.model, chat.include_usage
-            generation = chat_to_generation(chat, f"chatcmpl-{uuid.uuid4().hex}")
-            with_logprobs = chat.logprobs
-        record.model, record.request_id = model, generation.request_id
-        record.model_is_deployed = model in models
+            generation = chat_to_generation(body, f"chatcmpl-{uuid.uuid4().hex}")
+            with_logprobs = body.logprobs
+        record.request_id = generation.request_id
         user = generation.user
         if gate is not None and caller is not None:
             gate.check_model(caller, model)
@@ -210,6 +207,9 @@ async def _answer(
         response = _api_error_response(api_error)
         response.headers.update(settlement.headers())
         return response
+    except BaseException:  # the client left (this task is cancelled) before the answer began
+        settlement.settle_soon(writer)
+        raise
 
 
 async def _respond(

@@ -230,4 +230,3 @@ class Router:
             env = self.access.auth.admin_key_env
             add_admin_routes(app, self.gate, os.environ.get(env), env)
         return app
-

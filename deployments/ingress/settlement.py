@@ -41,10 +41,10 @@ class Settlement:
         if self._claim(writer, status_code, error) and writer is not None:
             await asyncio.shield(self._spawn(writer))
 
-    def settle_soon(self, writer: ResponseWriter) -> None:
+    def settle_soon(self, writer: ResponseWriter | None) -> None:
         """End the request as closed by its client and settle without waiting (its task is being
         cancelled). Nothing to do when it ended already."""
-        if self._claim(writer, CLIENT_CLOSED, None):
+        if self._claim(writer, CLIENT_CLOSED, None) and writer is not None:
             self._spawn(writer)
 
     def _spawn(self, writer: ResponseWriter) -> asyncio.Task[None]:

@@ -31,7 +31,7 @@ logger = logging.getLogger("ray.serve")
 CLIENT_CLOSED = 499
 # The `model` label of a request that named no deployed model: a client cannot add series to the
 # metrics by inventing model names.
-OTHER_MODEL = "other"
+OTHER_MODEL = "_other"  # not a valid model name (config refuses a leading underscore)
 
 
 @dataclass
@@ -46,6 +46,8 @@ class RequestRecord:
     # The model the request named (None: no body could be read), and whether it is deployed.
     model: str | None = None
     model_is_deployed: bool = False
+    # A streamed request's first chunk is its first token; a whole one's comes at its end.
+    stream: bool = False
     tenant: str | None = None
     key_id: str | None = None
     _finished: bool = False
@@ -57,19 +59,25 @@ class RequestRecord:
             return
         self._finished = True
         e2e_s = time.monotonic() - self.started
+        started_answering = writer is not None and writer.first_chunk_at is not None
         ttft_s = None
-        if writer is not None and writer.first_chunk_at is not None:
+        if self.stream and writer is not None and writer.first_chunk_at is not None:
             ttft_s = writer.first_chunk_at - self.started
+        # A failure after the first chunk is an error, not a refusal.
+        rejection_reason = error.rejection_reason if error is not None and not started_answering else None
         if self.metrics is not None:
-            self.metrics.request_finished(
-                model=self._model_label(),
-                endpoint=self.endpoint,
-                status_code=status_code,
-                tenant=self.tenant,
-                rejection_reason=error.rejection_reason if error is not None else None,
-                duration_s=e2e_s,
-                ttft_s=ttft_s,
-            )
+            try:
+                self.metrics.request_finished(
+                    model=self._model_label(),
+                    endpoint=self.endpoint,
+                    status_code=status_code,
+                    tenant=self.tenant,
+                    rejection_reason=rejection_reason,
+                    duration_s=e2e_s,
+                    ttft_s=ttft_s,
+                )
+            except Exception:  # noqa: BLE001 - metrics are advisory: the request's end goes on
+                logger.exception("recording the Router's metrics of %s failed", self.request_id)
         logger.info(json.dumps(self._line(status_code, writer, error, ttft_s, e2e_s), separators=(",", ":")))
 
     def _model_label(self) -> str:

@@ -119,7 +119,8 @@ class TenantGate:
     access: TenantAccess
     store: TenantStore
     clock: Callable[[], float] = time.time
-    # Told (tenant, model, usage) of every settle, before the store records it (the Router's metrics).
+    # Told (tenant, model, usage) of every settle once the store recorded it (the Router's metrics);
+    # an exception it raises is logged, never the request's.
     on_settle: Callable[[str, str, Usage], None] | None = None
     _keys: dict[str, _CachedKey] = field(default_factory=dict)
     # Settles waiting for the store to come back (held so they are not garbage-collected).
@@ -222,10 +223,9 @@ class TenantGate:
         ticket.settled = True
         terms = self.access.models[ticket.reservation.model]
         usage = Usage(prompt_tokens, completion_tokens, cost_pico_usd(prompt_tokens, completion_tokens, terms.pricing))
-        if self.on_settle is not None:
-            self.on_settle(ticket.reservation.tenant, ticket.reservation.model, usage)
         try:
             await self.store.settle(ticket.reservation, usage, self.clock())
+            self._tell_settled(ticket.reservation, usage)
         except StoreUnavailableError as error:
             logger.warning("settling %s later: %s", ticket.reservation.reservation_id, error)
             task = asyncio.get_running_loop().create_task(self._settle_later(ticket.reservation, usage))
@@ -237,10 +237,19 @@ class TenantGate:
             await asyncio.sleep(SETTLE_RETRY_S)
             try:
                 await self.store.settle(reservation, usage, self.clock())
-                return
             except StoreUnavailableError:
                 continue
+            self._tell_settled(reservation, usage)
+            return
         logger.error("could not settle %s before its reservation expired", reservation.reservation_id)
+
+    def _tell_settled(self, reservation: Reservation, usage: Usage) -> None:
+        if self.on_settle is None:
+            return
+        try:
+            self.on_settle(reservation.tenant, reservation.model, usage)
+        except Exception:  # noqa: BLE001 - metrics are advisory: the settle is done
+            logger.exception("recording the settle of %s failed", reservation.reservation_id)
 
     async def usage(self, tenant: TenantConfig) -> dict[str, Any]:
         """The tenant's usage in the current period and what remains of each limit (GET /v1/usage)."""
@@ -337,4 +346,3 @@ def _refusal_error(tenant: TenantConfig, admission: Admission, reservation: Rese
         f"{retry_after}s.",
         retry_after_s=retry_after,
     )
-

@@ -51,14 +51,13 @@ __all__ = [
 # `ModelConfig.deployment_name` is f"{MODEL_DEPLOYMENT_PREFIX}{name}" (a test pins the two together).
 MODEL_DEPLOYMENT_PREFIX = "LLMServer:"
 
-# Ray's exporter prefixes application metrics with `ray_`. The autoscaling names are the ones
-# `autoscaling.metrics` records (a test pins them to its AUTOSCALING_METRIC_NAMES).
+# Ray's exporter prefixes application metrics with `ray_`. The autoscaling names are among the
+# ones `autoscaling.metrics` records (a test pins them to its AUTOSCALING_METRIC_NAMES).
 _REQUESTS_RUNNING = f"ray_{NUM_REQUESTS_RUNNING.name}"
 _REQUESTS_WAITING = f"ray_{NUM_REQUESTS_WAITING.name}"
 _KV_USAGE = f"ray_{KV_CACHE_USAGE.name}"
 _TARGET_REPLICAS = "ray_switchyard_autoscaling_target_replicas"
 _DESIRED_REPLICAS = "ray_switchyard_autoscaling_desired_replicas"
-_AUTOSCALER_RUNNING_REPLICAS = "ray_switchyard_autoscaling_running_replicas"
 _CAUSE = "ray_switchyard_autoscaling_cause"
 
 _METRICS_TIMEOUT_S = 5.0
@@ -81,7 +80,6 @@ class ModelFigures:
     kv_usage: list[float] = field(default_factory=list)  # one sample per replica, in [0, 1]
     target_replicas: float | None = None  # what the policy set as Serve's target
     desired_replicas: float | None = None  # what the load calls for, before scaling delays
-    autoscaler_running_replicas: float | None = None  # running replicas as the policy saw them
     causes: dict[str, float] = field(default_factory=dict)  # cause -> summed 0/1 gauge
 
     @property
@@ -143,7 +141,6 @@ _SUMMED = {
     _REQUESTS_WAITING: "num_requests_waiting",
     _TARGET_REPLICAS: "target_replicas",
     _DESIRED_REPLICAS: "desired_replicas",
-    _AUTOSCALER_RUNNING_REPLICAS: "autoscaler_running_replicas",
 }
 
 
@@ -155,7 +152,6 @@ def _add(figures: ModelFigures, name: str, labels: Mapping[str, str], value: flo
     elif name in _SUMMED:
         attribute = _SUMMED[name]
         setattr(figures, attribute, (getattr(figures, attribute) or 0.0) + value)
-
 
 
 # ---- rows: Serve's status + figures -> one row per model -----------------------------------------

@@ -34,7 +34,7 @@ from engine.core.engine_process import EngineProcess
 from engine.core.llm_engine import LLMEngine, Prompt
 from engine.core.sequence import DEFAULT_TENANT
 from engine.errors import EngineDeadError, EngineError, EngineStoppedError
-from engine.metrics.stats import StatsCallback, StepStats
+from engine.metrics.stats import StatsCallback, StepStats, never_raising
 from engine.outputs import EngineStats, RequestOutput, ShardInfo
 from engine.sampling_params import SamplingParams
 
@@ -44,6 +44,7 @@ if TYPE_CHECKING:
 __all__ = ["AsyncLLMEngine"]
 
 logger = logging.getLogger(__name__)
+
 
 class _Mailbox:
     """One request's undelivered output: consecutive deltas merge while nobody reads."""
@@ -116,6 +117,7 @@ class AsyncLLMEngine:
         the requests in flight."""
         self.config = config
         self.on_stats = on_stats
+        self._report_errored = never_raising(on_stats) if on_stats is not None else None
         self.engine_process = engine_process
         self.num_threads = num_threads
         self.engine: LLMEngine | EngineProcess | None = None
@@ -133,9 +135,9 @@ class AsyncLLMEngine:
 
     @classmethod
     def from_engine(cls, engine: LLMEngine) -> AsyncLLMEngine:
-        """Wrap an engine that is already loaded (with its own `on_stats`, if any); call `start()`
-        before use."""
-        async_engine = cls(engine.config)
+        """Wrap an engine that is already loaded (its `on_stats` also gets the failed-step report);
+        call `start()` before use."""
+        async_engine = cls(engine.config, on_stats=engine.on_stats)
         async_engine.engine = engine
         return async_engine
 
@@ -262,12 +264,12 @@ class AsyncLLMEngine:
     def _die(self, error: BaseException) -> None:
         logger.error("engine step failed; ending %d requests", len(self._streams), exc_info=error)
         self._dead = error
-        if self.on_stats is not None:
-            errored: dict[str, int] = {}
-            for stream in self._streams.values():
-                errored[stream.tenant] = errored.get(stream.tenant, 0) + 1
-            self.on_stats(StepStats(errored=errored))
+        errored: dict[str, int] = {}
+        for stream in self._streams.values():
+            errored[stream.tenant] = errored.get(stream.tenant, 0) + 1
         self._end_streams(EngineDeadError(f"engine step failed: {type(error).__name__}"))
+        if self._report_errored is not None:
+            self._report_errored(StepStats(errored=errored))
 
     def _end_streams(self, error: EngineError) -> None:
         for stream in self._streams.values():

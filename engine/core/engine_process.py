@@ -43,7 +43,7 @@ from engine.config import EngineConfig
 from engine.core.sequence import DEFAULT_TENANT
 from engine.core.tokenizer import load_tokenizer
 from engine.errors import EngineDeadError
-from engine.metrics.stats import StatsCallback, StepStats
+from engine.metrics.stats import StatsCallback, StepStats, never_raising
 from engine.outputs import EngineStats, FinishReason, OutputHistory, RequestOutput, RequestTiming, ShardInfo
 from engine.sampling_params import SamplingParams
 
@@ -123,7 +123,7 @@ class EngineProcess:
     ) -> None:
         """`num_threads`: the child's torch intra-op threads (None: torch's default); `on_stats`:
         as in `LLMEngine`, called here with the child's stats."""
-        self._on_stats = on_stats
+        self._on_stats = never_raising(on_stats) if on_stats is not None else None
         self._outputs: list[RequestOutput] = []  # received, not yet returned by step()
         self._mirrors: dict[str, _Mirror] = {}
         self._died: EngineDeadError | None = None
@@ -197,7 +197,10 @@ class EngineProcess:
         for _ in range(_MAX_STEPS_PER_READ - 1):
             if not self._conn.poll():
                 break
-            self._receive_step()
+            try:
+                self._receive_step()
+            except EngineDeadError:
+                break  # hand over what arrived before the child died; the next call raises
         outputs, self._outputs = self._outputs, []
         return outputs
 

@@ -16,7 +16,7 @@ from engine.core.stats_collector import StatsCollector
 from engine.core.tokenizer import eos_token_ids, load_tokenizer
 from engine.errors import ContextLengthError, InvalidPromptError
 from engine.hardware import resolve_dtype
-from engine.metrics.stats import StatsCallback
+from engine.metrics.stats import StatsCallback, never_raising
 from engine.outputs import EngineStats, RequestOutput, ShardInfo
 from engine.parallel.executor import create_executor
 from engine.sampling_params import SamplingParams
@@ -53,7 +53,11 @@ class LLMEngine:
                 eos_token_ids=eos_token_ids(self.executor.generation_config, model_config, self.tokenizer),
             )
             self.output_processor = OutputProcessor(self.scheduler, self.tokenizer)
-            self._stats_collector = StatsCollector(self.scheduler, on_stats) if on_stats is not None else None
+            # Kept for AsyncLLMEngine.from_engine, which reports a failed step's requests through it.
+            self.on_stats = on_stats
+            self._stats_collector = (
+                StatsCollector(self.scheduler, never_raising(on_stats)) if on_stats is not None else None
+            )
         except BaseException:
             self.executor.close()  # tensor-parallel shards outlive a failed engine otherwise
             raise

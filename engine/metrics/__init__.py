@@ -4,7 +4,7 @@ Torch-free; prometheus_client is imported only when a `PrometheusBackend` is bui
 from engine.metrics.backend import Instrument, MetricsBackend, PrometheusBackend
 from engine.metrics.definitions import ENGINE_METRICS, MetricSpec
 from engine.metrics.engine_metrics import ANONYMOUS_TENANT_LABEL, ERROR_REASON, EngineMetrics
-from engine.metrics.stats import FinishedRequestStats, StatsCallback, StepStats, TokenLatency
+from engine.metrics.stats import FinishedRequestStats, StatsCallback, StepStats, TokenLatency, never_raising
 
 __all__ = [
     "ANONYMOUS_TENANT_LABEL",
@@ -19,4 +19,5 @@ __all__ = [
     "StatsCallback",
     "StepStats",
     "TokenLatency",
+    "never_raising",
 ]

@@ -1,12 +1,14 @@
 """Instruments for `MetricSpec`s: the protocol a recorder writes to, and its prometheus_client form.
 
-A backend turns each spec into one instrument (the same spec twice gives the same instrument, so
-several engines in one process share their metrics, told apart by the `model` label). Inside Serve
+A backend turns each spec into one instrument; every backend over the same registry gives the
+same instrument for a spec, so several engines in one process share their metrics, told apart by
+the `model` label. Inside Serve
 the backend is Ray's metrics (deployments.observability.ray_metrics), with the same specs.
 """
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -15,9 +17,12 @@ from engine.metrics.definitions import MetricSpec
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
-__all__ = ["Instrument", "MetricsBackend", "PrometheusBackend"]
+__all__ = ["Instrument", "Labels", "MetricsBackend", "PrometheusBackend"]
 
 Labels = Mapping[str, str]
+
+# Per registry, its instruments by metric name (prometheus_client refuses a name registered twice).
+_INSTRUMENTS: weakref.WeakKeyDictionary[Any, dict[str, _PrometheusInstrument]] = weakref.WeakKeyDictionary()
 
 
 class Instrument(Protocol):
@@ -60,7 +65,7 @@ class PrometheusBackend:
 
         self._client = prometheus_client
         self.registry = registry if registry is not None else prometheus_client.REGISTRY
-        self._instruments: dict[str, _PrometheusInstrument] = {}
+        self._instruments = _INSTRUMENTS.setdefault(self.registry, {})
 
     def instrument(self, spec: MetricSpec) -> Instrument:
         instrument = self._instruments.get(spec.name)

@@ -9,12 +9,15 @@ request that names none).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from engine.outputs import FinishReason
 
-__all__ = ["FinishedRequestStats", "StatsCallback", "StepStats", "TokenLatency"]
+__all__ = ["FinishedRequestStats", "StatsCallback", "StepStats", "TokenLatency", "never_raising"]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -73,3 +76,19 @@ class StepStats:
 
 
 StatsCallback = Callable[[StepStats], None]
+
+
+def never_raising(callback: StatsCallback) -> StatsCallback:
+    """`callback`, made harmless: an exception it raises is logged (with its traceback the first
+    time) and swallowed, so a metrics failure never fails a step, an abort or a stream."""
+    failures = 0
+
+    def report(stats: StepStats) -> None:
+        nonlocal failures
+        try:
+            callback(stats)
+        except Exception:  # noqa: BLE001 - metrics are advisory; serving goes on
+            failures += 1
+            logger.error("recording engine metrics failed (%d times so far)", failures, exc_info=failures == 1)
+
+    return report

@@ -92,7 +92,7 @@ def promtool(*args: str) -> subprocess.CompletedProcess[str]:
 def test_the_extractor_finds_metric_names_and_nothing_else() -> None:
     promql = (
         'histogram_quantile(0.9, sum by (le, model) (rate(a_bucket{model=~"$m", le!="x"}[1m])))'
-        ' or on (model) sum by (model) (increase(b_total[1h])) * 0 > bool 1 unless c'
+        " or on (model) sum by (model) (increase(b_total[1h])) * 0 > bool 1 unless c"
     )
     assert metric_names(promql) == {"a_bucket", "b_total", "c"}
 
@@ -209,14 +209,15 @@ def _alert_input_series() -> list[dict[str, str]]:
         _series(requests, 'model="bad", status_code="200"', "0+54x20"),
         _series(requests, 'model="bad", status_code="503"', "0+6x20"),
         _series(requests, 'model="ok", status_code="200"', "0+60x20"),
-        # "full": requests wait, every targeted replica runs and the policy wants no more.
+        # "full": requests wait, every targeted replica runs and the target is max_replicas.
         _series(waiting, 'model="full", tenant="t"', "3x20"),
-        *(_series(gauges.format(kind), 'model="full"', "2x20") for kind in ("running", "target", "desired")),
-        # "scaling": requests wait but the policy wants a third replica: no alert.
+        *(_series(gauges.format(kind), 'model="full"', "2x20") for kind in ("running", "target", "desired", "max")),
+        # "scaling": requests wait but the autoscaler may add a third replica: no alert.
         _series(waiting, 'model="scaling", tenant="t"', "3x20"),
         _series(gauges.format("running"), 'model="scaling"', "2x20"),
         _series(gauges.format("target"), 'model="scaling"', "2x20"),
-        _series(gauges.format("desired"), 'model="scaling"', "3x20"),
+        _series(gauges.format("desired"), 'model="scaling"', "2x20"),
+        _series(gauges.format("max"), 'model="scaling"', "3x20"),
         # "stuck": one replica targeted, none running.
         _series(gauges.format("target"), 'model="stuck"', "1x20"),
         _series(gauges.format("running"), 'model="stuck"', "0x20"),

@@ -32,6 +32,7 @@ from deployments.errors import (
     RequestTooLargeError,
 )
 from deployments.ingress.openai_app import build_openai_app
+from deployments.observability.request_log import OTHER_MODEL
 from deployments.observability.router_metrics import REJECTION_REASONS
 from deployments.observability.router_recorder import RouterMetrics
 from engine.metrics import PrometheusBackend
@@ -93,13 +94,14 @@ def test_a_served_request_is_counted_timed_and_logged_once(
     labels = {"model": MODEL, "endpoint": endpoint}
     assert registry.value("switchyard_router_requests_total", **labels, status_code="200", tenant="anonymous") == 1
     assert registry.value("switchyard_router_request_duration_seconds_count", **labels) == 1
-    assert registry.value("switchyard_router_time_to_first_token_seconds_count", **labels) == 1
+    # Only a stream's first chunk is its first token (a whole answer's comes when it is done).
+    assert registry.value("switchyard_router_time_to_first_token_seconds_count", **labels) == int(stream)
     assert registry.value("switchyard_router_rejections_total") == 0
     [line] = request_lines(caplog)
     assert line["status"] == 200 and line["model"] == MODEL and line["endpoint"] == endpoint
     assert line["request_id"].startswith("cmpl-" if endpoint == "completion" else "chatcmpl-")
     assert (line["prompt_tokens"], line["completion_tokens"], line["finish_reason"]) == (5, 3, "stop")
-    assert 0 <= line["ttft_s"] <= line["e2e_s"]
+    assert (0 <= line["ttft_s"] <= line["e2e_s"]) if stream else line["ttft_s"] is None
     logged = " ".join(record.getMessage() for record in caplog.records)
     assert SECRET_PROMPT not in logged and TEXT not in logged
 
@@ -148,13 +150,13 @@ def test_unknown_models_share_one_label_so_clients_cannot_add_series(caplog: pyt
     caplog.set_level(logging.INFO, logger="ray.serve")
     for name in ("nope", "nope-2", "x" * 200):
         assert send(app_with(registry), "chat", BODIES["chat"] | {"model": name}).status_code == 404
-    assert registry.value("switchyard_router_rejections_total", model="other", reason="model_not_found") == 3
+    assert registry.value("switchyard_router_rejections_total", model=OTHER_MODEL, reason="model_not_found") == 3
     labels = {sample.labels.get("model") for metric in registry.registry.collect() for sample in metric.samples}
-    assert labels <= {"other", None}
+    assert labels <= {OTHER_MODEL, None}
     assert [line["model"] for line in request_lines(caplog)] == ["nope", "nope-2", "x" * 200]  # logged as sent
 
 
-def test_a_stream_that_fails_after_its_200_counts_the_failure_status() -> None:
+def test_a_stream_that_fails_after_its_200_counts_the_failure_status_but_no_refusal() -> None:
     registry = Registry()
     client = FakeModelClient(
         [chunk("a", 1), chunk("b", 2)], error=ModelUnavailableError("gone"), num_chunks_before_error=1
@@ -163,6 +165,32 @@ def test_a_stream_that_fails_after_its_200_counts_the_failure_status() -> None:
     assert response.status_code == 200 and '"error"' in response.text
     assert registry.value("switchyard_router_requests_total", status_code="503") == 1
     assert registry.value("switchyard_router_requests_total", status_code="200") == 0
+    assert registry.value("switchyard_router_rejections_total") == 0
+
+
+def test_a_request_over_a_limit_is_counted_under_the_model_it_named(caplog: pytest.LogCaptureFixture) -> None:
+    registry = Registry()
+    caplog.set_level(logging.INFO, logger="ray.serve")
+    assert send(app_with(registry), "completion", BODIES["completion"] | {"n": 100}).status_code == 400
+    assert registry.value("switchyard_router_rejections_total", model=MODEL, reason="bad_request") == 1
+    [line] = request_lines(caplog)
+    assert line["model"] == MODEL
+
+
+def test_a_broken_metrics_backend_fails_no_request() -> None:
+    class Broken:
+        def instrument(self, spec: object) -> Broken:
+            return self
+
+        def inc(self, amount: float, labels: object) -> None:
+            raise RuntimeError("backend down")
+
+        observe = set = inc
+
+    app = build_openai_app({MODEL: FakeModelClient()}, CARDS, metrics=RouterMetrics(Broken()))
+    for stream in (False, True):
+        response = send(app, "completion", BODIES["completion"] | {"stream": stream})
+        assert response.status_code == 200 and '"error"' not in response.text
 
 
 def test_a_client_that_leaves_mid_stream_is_counted_as_499_once(caplog: pytest.LogCaptureFixture) -> None:
