@@ -28,11 +28,9 @@ from ray import serve
 from autoscaling.metrics import AUTOSCALING_METRIC_NAMES
 from deployments.app import build_app
 from deployments.observability.router_metrics import ROUTER_METRICS
-from deployments.tenants.key_admin import create_key
-from deployments.tenants.store import open_store
 from engine.metrics import ENGINE_METRICS
 from monitoring.queries import alert_rules, dashboard_queries, to_promql
-from tests.serve.conftest import REPO_ROOT, ServeCluster, manifest_args
+from tests.serve.conftest import REPO_ROOT, ServeCluster, manifest_args, new_api_key
 from tests.services import PrometheusServer
 
 APP = "metrics"
@@ -92,7 +90,7 @@ def platform(serve_cluster: ServeCluster, tmp_path_factory: pytest.TempPathFacto
     prometheus.start()
     try:
         url = serve_cluster.deploy(APP, build_app(args))
-        keys = {tenant["name"]: _new_key(store, tenant["name"]) for tenant in args["tenants"]}
+        keys = {tenant["name"]: new_api_key(store, tenant["name"]) for tenant in args["tenants"]}
         yield Platform(url, keys, prometheus)
         serve.delete(APP)
     finally:
@@ -180,20 +178,6 @@ async def _abort_stream(client: openai.AsyncOpenAI, model: str, sent: Traffic) -
             break
     await stream.close()
     sent.aborted[model] = sent.aborted.get(model, 0) + 1
-
-
-def _new_key(store_url: str, tenant: str) -> str:
-    async def go() -> str:
-        store = open_store(store_url)
-        try:
-            key, _ = await create_key(
-                store, tenant, known_tenants=None, description="e2e", expires_in_s=None, now=time.time()
-            )
-            return key.key
-        finally:
-            await store.close()
-
-    return asyncio.run(go())
 
 
 def _on_path(name: str) -> bool:

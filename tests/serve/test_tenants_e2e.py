@@ -20,9 +20,8 @@ import ray
 from ray import serve
 
 from deployments.app import build_app
-from deployments.tenants.key_admin import create_key
 from deployments.tenants.store import open_store
-from tests.serve.conftest import ServeCluster, wait_until_answering
+from tests.serve.conftest import ServeCluster, new_api_key, wait_until_answering
 from tests.services import RedisServer
 
 APP = "tenants"
@@ -56,17 +55,7 @@ def tenants_url(serve_cluster: ServeCluster, redis: RedisServer) -> Iterator[str
 
 
 def new_key(redis: RedisServer, tenant: str = "team-a") -> str:
-    async def go() -> str:
-        store = open_store(redis.url)
-        try:
-            key, _ = await create_key(
-                store, tenant, known_tenants=None, description="e2e", expires_in_s=None, now=time.time()
-            )
-            return key.key
-        finally:
-            await store.close()
-
-    return asyncio.run(go())
+    return new_api_key(redis.url, tenant)
 
 
 def client(url: str, key: str) -> openai.OpenAI:
