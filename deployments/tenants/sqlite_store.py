@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import astuple, fields
@@ -45,6 +46,8 @@ __all__ = ["BUSY_TIMEOUT_S", "CLEANUP_BATCH", "SqliteStore"]
 # How long a call waits for another connection's write lock (the CLI's, another store's) before
 # giving up; transactions here last well under a millisecond, so only a stuck writer waits this long.
 BUSY_TIMEOUT_S = 2.0
+# Pause between tries to switch a new file to WAL mode while another connection writes to it.
+_WAL_RETRY_S = 0.01
 
 # Expired reservations deleted per admit at most, so a tenant whose router died mid-burst does not
 # make one admit pay for all of them.
@@ -243,7 +246,7 @@ class SqliteStore:
         # isolation_level=None: no implicit transactions; each call begins its own.
         connection = sqlite3.connect(self._path, timeout=self._busy_timeout_s, isolation_level=None)
         try:
-            connection.execute("PRAGMA journal_mode=WAL")
+            self._use_wal(connection)
             # In WAL mode NORMAL loses no committed transaction when a process crashes, only on power
             # loss (the last few), and saves an fsync per admit and per settle.
             connection.execute("PRAGMA synchronous=NORMAL")
@@ -253,6 +256,20 @@ class SqliteStore:
             raise
         self._connection = connection
         return connection
+
+    def _use_wal(self, connection: sqlite3.Connection) -> None:
+        """Switch the file to WAL mode (it stays so). Switching a file another connection is writing
+        to fails at once, without the busy timeout's wait (as when two stores, or a store and the
+        keys CLI, open a new file together): retry until the timeout, as a busy lock would wait."""
+        deadline = time.monotonic() + self._busy_timeout_s
+        while True:
+            try:
+                connection.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as error:
+                if "locked" not in str(error) or time.monotonic() >= deadline:
+                    raise
+                time.sleep(_WAL_RETRY_S)
 
     def _close_connection(self) -> None:
         if self._connection is not None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 import time
 from pathlib import Path
 
@@ -163,3 +164,17 @@ async def _admit_and_close(store: TenantStore, reservation: Reservation) -> None
         await store.admit(reservation, TenantLimits(), NOW)
     finally:
         await store.close()
+
+
+def test_a_new_sqlite_file_opened_while_another_store_writes_to_it_waits_for_wal(tmp_path: Path) -> None:
+    """Switching a file to WAL mode fails at once, busy timeout or not, while another connection
+    holds its write lock: the store retries it within its busy timeout."""
+    path = tmp_path / "tenants.db"
+    writer = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    writer.execute("BEGIN IMMEDIATE")
+    writer.execute("CREATE TABLE held (x)")
+    store = SqliteStore(str(path), busy_timeout_s=5.0)
+    threading.Timer(0.2, writer.execute, args=("COMMIT",)).start()
+    assert asyncio.run(store.list_keys()) == []
+    asyncio.run(store.close())
+    writer.close()
