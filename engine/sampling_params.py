@@ -5,11 +5,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-__all__ = ["MAX_PENALTY", "MAX_TOP_LOGPROBS", "SamplingParams"]
+__all__ = ["MAX_LOGIT_BIAS", "MAX_PENALTY", "MAX_TOP_LOGPROBS", "SamplingParams"]
 
-# OpenAI's bounds: penalties in [-MAX_PENALTY, MAX_PENALTY], at most MAX_TOP_LOGPROBS alternatives.
+# OpenAI's bounds: penalties in [-MAX_PENALTY, MAX_PENALTY], at most MAX_TOP_LOGPROBS alternatives,
+# logit biases in [-MAX_LOGIT_BIAS, MAX_LOGIT_BIAS].
 MAX_PENALTY = 2.0
 MAX_TOP_LOGPROBS = 20
+MAX_LOGIT_BIAS = 100.0
 
 
 @dataclass
@@ -33,15 +35,32 @@ class SamplingParams:
     # temperature, top-k and top-p. Positive values discourage repetition, negative encourage it.
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
+    # Hugging Face's (and vLLM's) multiplicative penalty over every token of the prompt and the
+    # output so far: a seen token's logit is divided by it when positive, multiplied when negative.
+    # 1 is none; > 1 discourages repetition.
+    repetition_penalty: float = 1.0
+    # Added to the logits of these token ids before the choice (OpenAI's logit_bias, -100 bans
+    # a token, 100 all but forces it). Reported logprobs stay the model's.
+    logit_bias: dict[int, float] = field(default_factory=dict)
+    # Keep only tokens whose probability (after temperature) is at least min_p times the most
+    # likely one's; 0 keeps all. Sampling only: greedy takes the most likely token anyway.
+    min_p: float = 0.0
+    # Generate at least this many tokens: until then the end-of-sequence and stop_token_ids
+    # cannot be chosen and stop strings are not looked for.
+    min_tokens: int = 0
     # Same seed and prompt give the same tokens, whatever else shares the batch. None draws from
     # the engine's seed and the request id.
     seed: int | None = None
-    # Generation stops when the text contains one of these; the stop string is not returned.
+    # Generation stops when the text contains one of these; the stop string is not returned
+    # unless include_stop_str_in_output.
     stop: list[str] = field(default_factory=list)
+    include_stop_str_in_output: bool = False
     # Generation stops after one of these tokens (it is kept in token_ids).
     stop_token_ids: list[int] = field(default_factory=list)
     # Keep generating past the model's end-of-sequence token.
     ignore_eos: bool = False
+    # Leave special tokens (end-of-sequence, chat markers) out of the text; token ids keep them.
+    skip_special_tokens: bool = True
     # Return the chosen token's logprob (under the model's unmodified distribution) per step.
     logprobs: bool = False
     # Also return, per step, this many most likely tokens with their logprobs (same unmodified
@@ -65,7 +84,27 @@ class SamplingParams:
             raise ValueError(f"stop_token_ids must be non-negative integers, got {self.stop_token_ids!r}")
         for name in ("presence_penalty", "frequency_penalty"):
             _check_penalty(name, getattr(self, name))
+        penalty = self.repetition_penalty
+        if not (_is_number(penalty) and math.isfinite(penalty) and penalty > 0):
+            raise ValueError(f"repetition_penalty must be a finite number > 0, got {self.repetition_penalty!r}")
+        if not (_is_number(self.min_p) and 0.0 <= self.min_p <= 1.0):
+            raise ValueError(f"min_p must be in [0, 1], got {self.min_p!r}")
+        if isinstance(self.min_tokens, bool) or not isinstance(self.min_tokens, int) or self.min_tokens < 0:
+            raise ValueError(f"min_tokens must be an integer >= 0, got {self.min_tokens!r}")
+        if self.min_tokens > self.max_tokens:
+            raise ValueError(f"min_tokens must be <= max_tokens ({self.max_tokens}), got {self.min_tokens}")
+        self._check_logit_bias()
         self._check_top_logprobs()
+
+    def _check_logit_bias(self) -> None:
+        for token_id, bias in self.logit_bias.items():
+            if isinstance(token_id, bool) or not isinstance(token_id, int) or token_id < 0:
+                raise ValueError(f"logit_bias keys must be token ids (integers >= 0), got {token_id!r}")
+            if not (_is_number(bias) and math.isfinite(bias) and abs(bias) <= MAX_LOGIT_BIAS):
+                raise ValueError(
+                    f"logit_bias values must be in [-{MAX_LOGIT_BIAS:g}, {MAX_LOGIT_BIAS:g}], got {bias!r} "
+                    f"for token {token_id}"
+                )
 
     def _check_top_logprobs(self) -> None:
         top_logprobs = self.top_logprobs
@@ -81,10 +120,19 @@ class SamplingParams:
 
     @property
     def has_penalties(self) -> bool:
+        """Presence or frequency penalty: the sampler needs the generated tokens' ids."""
         return self.presence_penalty != 0.0 or self.frequency_penalty != 0.0
+
+    @property
+    def has_repetition_penalty(self) -> bool:
+        """The sampler needs the prompt's and the generated tokens' ids."""
+        return self.repetition_penalty != 1.0
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _check_penalty(name: str, value: float) -> None:
-    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if not (is_number and math.isfinite(value) and -MAX_PENALTY <= value <= MAX_PENALTY):
+    if not (_is_number(value) and math.isfinite(value) and -MAX_PENALTY <= value <= MAX_PENALTY):
         raise ValueError(f"{name} must be a finite number in [-{MAX_PENALTY}, {MAX_PENALTY}], got {value!r}")

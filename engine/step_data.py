@@ -37,6 +37,12 @@ class ScheduledChunk:
     # (generated tokens survive preemption, so recompute sees the same counts). Filled only for a
     # sampling chunk of a request with a penalty; empty otherwise, to spare the copy.
     output_token_ids: list[int] = field(default_factory=list)
+    # Its prompt, for the repetition penalty (which counts prompt tokens too); filled only for a
+    # sampling chunk of a request with one.
+    prompt_token_ids: list[int] = field(default_factory=list)
+    # Tokens this step may not choose: the end-of-sequence and stop tokens while the request has
+    # generated fewer than its min_tokens; empty otherwise.
+    banned_token_ids: list[int] = field(default_factory=list)
 
 
 @dataclass

@@ -197,7 +197,9 @@ async def _answer(
         client = models.get(model)
         if client is None:
             raise ModelNotFoundError.for_model(model, list(models))
-        writer = ResponseWriter(endpoint, generation.request_id, model, generation.n, with_logprobs)
+        writer = ResponseWriter(
+            endpoint, generation.request_id, model, generation.n, with_logprobs, body.continuous_usage
+        )
         if gate is not None and caller is not None:
             settlement.gate, settlement.ticket = gate, await gate.admit(caller, model, generation)
         return await _respond(client, generation, writer, include_usage, keepalive_interval_s, settlement)

@@ -1,7 +1,9 @@
 """OpenAI request bodies, validated strictly: an unknown field or an out-of-range value is a 400.
 
 Parameters that would change the output and are not implemented are refused by name rather than
-ignored. Extensions beyond OpenAI (as vLLM has them): `top_k`, `ignore_eos`, `stop_token_ids`.
+ignored. Extensions beyond OpenAI, as vLLM names and means them: `top_k`, `min_p`,
+`repetition_penalty`, `min_tokens`, `ignore_eos`, `stop_token_ids`, `include_stop_str_in_output`,
+`skip_special_tokens`, and `stream_options.continuous_usage_stats`.
 """
 
 from __future__ import annotations
@@ -26,7 +28,6 @@ __all__ = [
 UNSUPPORTED_PARAMETERS: dict[str, str] = {
     "echo": "echo is not supported",
     "suffix": "suffix (insertion) is not supported",
-    "logit_bias": "logit_bias is not supported",
     "best_of": "best_of other than n is not supported; use n",
     "tools": "tool calling is not supported",
     "tool_choice": "tool calling is not supported",
@@ -97,8 +98,8 @@ class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     include_usage: bool = False
-    # Accepted for compatibility; usage never appears on the content chunks.
-    continuous_usage_stats: Literal[False] = False
+    # vLLM's: every content chunk carries the usage so far.
+    continuous_usage_stats: bool = False
 
 
 class SamplingFields(_Body):
@@ -114,11 +115,26 @@ class SamplingFields(_Body):
     seed: int | None = Field(default=None, ge=-(2**63), lt=2**63)
     presence_penalty: Penalty = 0.0
     frequency_penalty: Penalty = 0.0
+    # OpenAI's: token id (as a string key) -> bias added to its logit.
+    logit_bias: dict[str, Annotated[float, Field(ge=-100.0, le=100.0)]] = Field(default_factory=dict)
     user: str | None = None
     # Extensions.
     top_k: int = Field(default=0, ge=0, lt=2**31)
+    min_p: Probability = 0.0
+    repetition_penalty: float = Field(default=1.0, gt=0.0, le=100.0)
+    min_tokens: int = Field(default=0, ge=0)
     ignore_eos: bool = False
     stop_token_ids: list[Annotated[int, Field(ge=0)]] = Field(default_factory=list)
+    include_stop_str_in_output: bool = False
+    skip_special_tokens: bool = True
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _token_id_keys(cls, logit_bias: dict[str, float]) -> dict[str, float]:
+        for key in logit_bias:
+            if not key.isdigit():
+                raise ValueError(f"keys must be token ids (non-negative integers), got {key!r}")
+        return logit_bias
 
     @field_validator("stream_options")
     @classmethod
@@ -130,6 +146,10 @@ class SamplingFields(_Body):
     @property
     def include_usage(self) -> bool:
         return self.stream_options is not None and self.stream_options.include_usage
+
+    @property
+    def continuous_usage(self) -> bool:
+        return self.stream_options is not None and self.stream_options.continuous_usage_stats
 
     @property
     def stop_strings(self) -> list[str]:

@@ -31,8 +31,19 @@ class _Choice:
 
 
 class ResponseWriter:
-    def __init__(self, endpoint: Endpoint, request_id: str, model: str, n: int, with_logprobs: bool) -> None:
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        request_id: str,
+        model: str,
+        n: int,
+        with_logprobs: bool,
+        continuous_usage: bool = False,
+    ) -> None:
+        """`continuous_usage`: every streamed chunk carries the usage so far (vLLM's
+        `stream_options.continuous_usage_stats`)."""
         self.endpoint = endpoint
+        self.continuous_usage = continuous_usage
         self.id = request_id
         self.model = model
         self.created = int(time.time())
@@ -62,7 +73,8 @@ class ResponseWriter:
                 delta["content"] = chunk.text
             body = {"index": chunk.index, "delta": delta, "logprobs": logprobs}
         body["finish_reason"] = chunk.finish_reason
-        return self._envelope(stream=True, choices=[body])
+        envelope = self._envelope(stream=True, choices=[body])
+        return envelope | {"usage": self.usage()} if self.continuous_usage else envelope
 
     def usage_chunk(self) -> Json:
         """The last event of a stream with `stream_options.include_usage`: no choices, just usage."""

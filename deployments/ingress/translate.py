@@ -16,7 +16,7 @@ def completion_to_generation(body: CompletionRequest, request_id: str) -> Genera
         request_id=request_id,
         prompt=body.prompt,  # a single prompt after validation
         messages=None,
-        params=_sampling_params(body, logprobs=body.logprobs is not None, top_logprobs=num_top),
+        params=_sampling_params(body, body.max_tokens, logprobs=body.logprobs is not None, top_logprobs=num_top),
         max_tokens=body.max_tokens,
         n=body.n,
         stream=body.stream,
@@ -32,7 +32,9 @@ def chat_to_generation(body: ChatCompletionRequest, request_id: str) -> Generati
             ChatMessage(role=_template_role(message.role), content=message.content, name=message.name)
             for message in body.messages
         ],
-        params=_sampling_params(body, logprobs=body.logprobs, top_logprobs=body.top_logprobs or 0),
+        params=_sampling_params(
+            body, body.completion_token_limit, logprobs=body.logprobs, top_logprobs=body.top_logprobs or 0
+        ),
         max_tokens=body.completion_token_limit,
         n=body.n,
         stream=body.stream,
@@ -45,9 +47,14 @@ def _template_role(role: str) -> str:
     return "system" if role == "developer" else role
 
 
-def _sampling_params(body: SamplingFields, *, logprobs: bool, top_logprobs: int) -> SamplingParams:
+def _sampling_params(
+    body: SamplingFields, max_tokens: int | None, *, logprobs: bool, top_logprobs: int
+) -> SamplingParams:
+    """The engine's params; without a max_tokens the replica sets it from the room the prompt leaves
+    (and checks min_tokens against it), so a placeholder that min_tokens fits stands in."""
     try:
         return SamplingParams(
+            max_tokens=max_tokens if max_tokens is not None else max(1, body.min_tokens),
             temperature=body.temperature,
             top_p=body.top_p,
             top_k=body.top_k,
@@ -57,6 +64,12 @@ def _sampling_params(body: SamplingFields, *, logprobs: bool, top_logprobs: int)
             ignore_eos=body.ignore_eos,
             presence_penalty=body.presence_penalty,
             frequency_penalty=body.frequency_penalty,
+            repetition_penalty=body.repetition_penalty,
+            logit_bias={int(token_id): bias for token_id, bias in body.logit_bias.items()},
+            min_p=body.min_p,
+            min_tokens=body.min_tokens,
+            include_stop_str_in_output=body.include_stop_str_in_output,
+            skip_special_tokens=body.skip_special_tokens,
             logprobs=logprobs,
             top_logprobs=top_logprobs,
         )

@@ -49,6 +49,12 @@ class PromptBuilder:
                 f"{max(wanted, 1)} in the completion). Please reduce the length of the {where} or completion.",
                 param=request.prompt_param,
             )
+        if wanted < request.params.min_tokens:
+            raise InvalidRequestError(
+                f"min_tokens ({request.params.min_tokens}) must be <= max_tokens ({wanted}, what the context leaves "
+                "after the prompt)",
+                param="min_tokens",
+            )
         return wanted
 
     def _chat_token_ids(self, request: GenerationRequest) -> list[int]:

@@ -22,9 +22,20 @@ class IncrementalDetokenizer:
     characters are held back, so a stop string is never half-streamed.
     """
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, prompt_token_ids: list[int], stop: list[str]) -> None:
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        prompt_token_ids: list[int],
+        stop: list[str],
+        include_stop: bool = False,
+        skip_special_tokens: bool = True,
+    ) -> None:
+        """`include_stop`: keep a stop string found in the text (it is cut after, not before, it);
+        `skip_special_tokens`: leave special tokens out of the text."""
         self.tokenizer = tokenizer
         self.stop = stop
+        self.include_stop = include_stop
+        self.skip_special_tokens = skip_special_tokens
         self._hold_back = max((len(s) for s in stop), default=1) - 1
         self._ids: list[int] = prompt_token_ids[-_CONTEXT_TOKENS:]
         self._prefix_offset = 0
@@ -45,7 +56,8 @@ class IncrementalDetokenizer:
         self._read_offset = len(self._ids)
 
     def find_stop(self, num_new_chars: int) -> str | None:
-        """The stop string now in the text, if any; the text is cut before it."""
+        """The stop string now in the text, if any; the text is cut before it (after it with
+        `include_stop`)."""
         search_from = max(0, len(self.text) - num_new_chars - self._hold_back)
         found: tuple[int, str] | None = None
         for stop in self.stop:
@@ -54,8 +66,9 @@ class IncrementalDetokenizer:
                 found = (index, stop)
         if found is None:
             return None
-        self.text = self.text[: found[0]]
-        return found[1]
+        index, stop = found
+        self.text = self.text[: index + len(stop) if self.include_stop else index]
+        return stop
 
     def release(self, finished: bool) -> str:
         """Text not handed out yet that is safe to hand out now."""
@@ -69,4 +82,4 @@ class IncrementalDetokenizer:
         return self.text[: self._released]
 
     def _decode(self, token_ids: list[int]) -> str:
-        return self.tokenizer.decode(token_ids, skip_special_tokens=True)
+        return self.tokenizer.decode(token_ids, skip_special_tokens=self.skip_special_tokens)

@@ -203,7 +203,11 @@ class LLMEngine:
         return list(token_ids)
 
     def _check_fits(self, prompt_token_ids: list[int], params: SamplingParams) -> None:
-        """Raise ContextLengthError for a request that could never run, even on an idle engine."""
+        """Raise ContextLengthError for a request that could never run, even on an idle engine
+        (and InvalidPromptError for a logit_bias on a token the vocabulary does not have)."""
+        outside = [token_id for token_id in params.logit_bias if token_id >= self.vocab_size]
+        if outside:
+            raise InvalidPromptError(f"logit_bias token ids must be in [0, {self.vocab_size}), got {outside[0]}")
         num_tokens = len(prompt_token_ids) + params.max_tokens
         if num_tokens > self.max_model_len:
             raise ContextLengthError(

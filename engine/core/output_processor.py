@@ -31,8 +31,13 @@ class OutputProcessor:
             seq.output_token_ids, seq.output_logprobs, seq.output_top_logprobs, []
         )
         if self.tokenizer is not None:
+            params = seq.params
             self._detokenizers[seq.request_id] = IncrementalDetokenizer(
-                self.tokenizer, seq.prompt_token_ids, seq.params.stop
+                self.tokenizer,
+                seq.prompt_token_ids,
+                params.stop,
+                include_stop=params.include_stop_str_in_output,
+                skip_special_tokens=params.skip_special_tokens,
             )
 
     def discard(self, request_id: str) -> None:
@@ -60,7 +65,8 @@ class OutputProcessor:
         if detokenizer is not None:
             num_chars = len(detokenizer.text)
             detokenizer.add_tokens(new_token_ids, finished=seq.is_finished)
-            if detokenizer.stop and detokenizer.find_stop(len(detokenizer.text) - num_chars):
+            looks_for_stop = detokenizer.stop and seq.num_output_tokens >= seq.params.min_tokens
+            if looks_for_stop and detokenizer.find_stop(len(detokenizer.text) - num_chars):
                 self._finish_on_stop_string(seq)
             delta_text = detokenizer.release(finished=seq.is_finished)
             if delta_text:

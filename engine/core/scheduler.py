@@ -189,17 +189,27 @@ class Scheduler:
     def _chunk(self, seq: Sequence, num_new: int) -> ScheduledChunk:
         start = seq.num_computed_tokens
         reaches_end = start + num_new == seq.num_tokens
-        needs_counts = reaches_end and seq.params.has_penalties
+        params = seq.params
+        needs_prompt = reaches_end and params.has_repetition_penalty
+        needs_outputs = needs_prompt or (reaches_end and params.has_penalties)
         return ScheduledChunk(
             request_id=seq.request_id,
             token_ids=seq.token_slice(start, start + num_new),
             start_position=start,
             block_ids=list(seq.block_ids),
-            sampling=seq.params if reaches_end else None,
+            sampling=params if reaches_end else None,
             seed=seq.seed,
             num_output_tokens=seq.num_output_tokens,
-            output_token_ids=list(seq.output_token_ids) if needs_counts else [],
+            output_token_ids=list(seq.output_token_ids) if needs_outputs else [],
+            prompt_token_ids=seq.prompt_token_ids if needs_prompt else [],
+            banned_token_ids=self._banned_token_ids(seq) if reaches_end else [],
         )
+
+    def _banned_token_ids(self, seq: Sequence) -> list[int]:
+        """While a request has generated fewer than its min_tokens: its stop tokens and EOS."""
+        if seq.num_output_tokens >= seq.params.min_tokens:
+            return []
+        return sorted(self.eos_token_ids | set(seq.params.stop_token_ids))
 
     def _preempt(self, seq: Sequence, output: SchedulerOutput) -> None:
         self.block_manager.free(seq)

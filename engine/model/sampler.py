@@ -1,5 +1,6 @@
-"""Per-request token choice inside one batch: penalties, greedy, temperature, top-k, top-p, seeded
-noise; and the logprobs to report.
+"""Per-request token choice inside one batch: repetition, presence and frequency penalties, logit
+bias, banned tokens (min_tokens), greedy, temperature, top-k, top-p, min-p, seeded noise; and the
+logprobs to report.
 
 A random choice inverts the row's cumulative distribution, in token-id order, at one uniform number
 per row: `u = derive_seed(request seed, n) / 2**53`-ish for the request's output position n. So a
@@ -8,11 +9,14 @@ and recomputed; the uniform follows the token (raising the drawn token's probabi
 draw); and a step costs a cumulative sum per row rather than a vocabulary of random numbers.
 
 Reported logprobs (of the chosen token and the top alternatives) are always those of the model's
-unmodified distribution: penalties, temperature, top-k and top-p only steer the choice.
+unmodified distribution: penalties, biases, bans, temperature, top-k, top-p and min-p only steer
+the choice. Each step touches only the rows that use a setting; the others keep their logits bit
+for bit.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -21,7 +25,16 @@ from engine.sampling_params import SamplingParams
 from engine.seeds import derive_seed
 from engine.step_data import SampledTokens
 
-__all__ = ["Sampler", "SamplingRow", "apply_penalties", "output_token_counts", "uniform_for"]
+__all__ = [
+    "Sampler",
+    "SamplingRow",
+    "apply_logit_bias",
+    "apply_penalties",
+    "apply_repetition_penalty",
+    "ban_tokens",
+    "output_token_counts",
+    "uniform_for",
+]
 
 
 @dataclass(frozen=True)
@@ -34,9 +47,13 @@ class SamplingRow:
     seed: int
     # Tokens the request generated before this one: selects this output position's uniform.
     num_output_tokens: int
-    # Those tokens' ids, for the presence and frequency penalties; empty when the request has no
-    # penalty (nothing reads them then, so the scheduler does not copy them).
+    # Those tokens' ids, for the presence, frequency and repetition penalties; empty when the
+    # request has no penalty (nothing reads them then, so the scheduler does not copy them).
     output_token_ids: list[int] = field(default_factory=list)
+    # The prompt's token ids, for the repetition penalty; empty without one.
+    prompt_token_ids: list[int] = field(default_factory=list)
+    # Token ids this row may not choose (end-of-sequence and stop tokens before min_tokens).
+    banned_token_ids: list[int] = field(default_factory=list)
 
 
 def uniform_for(request_seed: int, output_position: int) -> float:
@@ -73,13 +90,59 @@ def apply_penalties(logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tens
     return logits.index_add(0, torch.tensor(penalized, device=device), penalties, alpha=-1)
 
 
+def apply_repetition_penalty(logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
+    """logits (N, V) -> the same with each row's repetition penalty on the tokens of its prompt and
+    output: a positive logit divided by the penalty, a negative one multiplied (Hugging Face's
+    RepetitionPenaltyLogitsProcessor). The input is never modified."""
+    penalized = [i for i, row in enumerate(rows) if row.params.has_repetition_penalty]
+    if not penalized:
+        return logits
+    device = logits.device
+    seen = torch.zeros(len(penalized), logits.shape[-1], dtype=torch.bool, device=device)  # (R, V)
+    for r, i in enumerate(penalized):
+        token_ids = rows[i].prompt_token_ids + rows[i].output_token_ids
+        seen[r, torch.tensor(token_ids, dtype=torch.long, device=device)] = True
+    penalty = torch.tensor([rows[i].params.repetition_penalty for i in penalized], device=device)[:, None]  # (R, 1)
+    index = torch.tensor(penalized, device=device)
+    rows_logits = logits[index]  # (R, V)
+    scaled = torch.where(rows_logits < 0, rows_logits * penalty, rows_logits / penalty)
+    return logits.index_copy(0, index, torch.where(seen, scaled, rows_logits))
+
+
+def apply_logit_bias(logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
+    """logits (N, V) -> the same plus each row's logit_bias on its tokens. The input is never modified."""
+    biased = [i for i, row in enumerate(rows) if row.params.logit_bias]
+    if not biased:
+        return logits
+    device = logits.device
+    bias = torch.zeros(len(biased), logits.shape[-1], device=device)  # (R, V)
+    for r, i in enumerate(biased):
+        token_ids = torch.tensor(list(rows[i].params.logit_bias), dtype=torch.long, device=device)
+        bias[r, token_ids] = torch.tensor(list(rows[i].params.logit_bias.values()), device=device)
+    return logits.index_add(0, torch.tensor(biased, device=device), bias)
+
+
+def ban_tokens(logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
+    """logits (N, V) -> the same with each row's banned tokens at -inf. The input is never modified."""
+    row_index = [i for i, row in enumerate(rows) for _ in row.banned_token_ids]
+    if not row_index:
+        return logits
+    token_ids = [token_id for row in rows for token_id in row.banned_token_ids]
+    banned = logits.clone()
+    banned[torch.tensor(row_index), torch.tensor(token_ids)] = float("-inf")
+    return banned
+
+
 class Sampler:
     def sample(self, logits: torch.Tensor, rows: list[SamplingRow]) -> SampledTokens:
         """logits (N, V), one row per entry of `rows` -> the chosen tokens with their logprobs and,
         for rows that asked, the top logprobs; all under the model's unmodified distribution."""
         logits = logits.float()
         logprobs = torch.log_softmax(logits, dim=-1)  # (N, V) reported, before any penalty
+        logits = apply_repetition_penalty(logits, rows)
         logits = apply_penalties(logits, rows)
+        logits = apply_logit_bias(logits, rows)
+        logits = ban_tokens(logits, rows)
         # max's indices, not argmax: the same first maximum, at about half the cost on CPU.
         chosen = logits.max(dim=-1).indices  # (N,) greedy choice for every row
         random_rows = [i for i, row in enumerate(rows) if not row.params.is_greedy]
@@ -124,11 +187,27 @@ class Sampler:
         return torch.searchsorted(cumulative, targets, right=True).squeeze(-1)
 
 
+def _keep_min_p(scaled: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
+    """scaled logits (R, V) -> the same with tokens less likely than min_p x the most likely one
+    at -inf (Hugging Face's MinPLogitsWarper): p / p_max = exp(logit - max logit), so no softmax."""
+    limited = [i for i, row in enumerate(rows) if row.params.min_p > 0.0]
+    if not limited:
+        return scaled
+    device = scaled.device
+    index = torch.tensor(limited, device=device)
+    rows_logits = scaled[index]  # (L, V)
+    log_min_p = torch.tensor([math.log(rows[i].params.min_p) for i in limited], device=device)[:, None]
+    too_unlikely = rows_logits - rows_logits.max(dim=-1, keepdim=True).values < log_min_p
+    return scaled.index_copy(0, index, rows_logits.masked_fill(too_unlikely, float("-inf")))
+
+
 def _keep_top_k_top_p(scaled: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
-    """scaled logits (R, V) -> the same with tokens outside each row's top-k and top-p set to -inf.
+    """scaled logits (R, V) -> the same with tokens outside each row's top-k, top-p and min-p set
+    to -inf.
 
     Only rows with a top-k or top-p < 1 are sorted; the others are returned as they are.
     """
+    scaled = _keep_min_p(scaled, rows)
     vocab_size = scaled.shape[-1]
     limited = [i for i, row in enumerate(rows) if row.params.top_k or row.params.top_p < 1.0]
     if not limited:

@@ -20,7 +20,14 @@ def sample_batch(runner: ModelRunner, sampler: Sampler, batch: SchedulerOutput) 
     """Run the batch's forward and sample the chunks that end a sequence's known tokens."""
     logits = runner.forward(batch)  # (N, V), one row per sampling chunk
     rows = [
-        SamplingRow(chunk.sampling, chunk.seed, chunk.num_output_tokens, chunk.output_token_ids)
+        SamplingRow(
+            chunk.sampling,
+            chunk.seed,
+            chunk.num_output_tokens,
+            chunk.output_token_ids,
+            chunk.prompt_token_ids,
+            chunk.banned_token_ids,
+        )
         for chunk in batch.chunks
         if chunk.sampling is not None
     ]

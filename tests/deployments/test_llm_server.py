@@ -116,8 +116,21 @@ def test_missing_max_tokens_is_capped_by_a_kv_pool_smaller_than_the_context(llam
         (completion(list(range(10, 40)), max_tokens=20), ContextLengthExceededError, "prompt"),
         (completion(list(range(10, 50)), max_tokens=None), ContextLengthExceededError, "prompt"),
         (completion([1, 2, 10**6]), InvalidRequestError, None),
+        # No max_tokens: the 30-token prompt leaves 10, fewer than min_tokens.
+        (
+            completion(list(range(10, 40)), max_tokens=None, params={"min_tokens": 12}),
+            InvalidRequestError,
+            "min_tokens",
+        ),
+        (completion([1, 2, 3], params={"logit_bias": {10**6: 1.0}}), InvalidRequestError, None),
     ],
-    ids=["prompt_plus_max_tokens", "prompt_fills_the_context", "token_id_outside_vocabulary"],
+    ids=[
+        "prompt_plus_max_tokens",
+        "prompt_fills_the_context",
+        "token_id_outside_vocabulary",
+        "min_tokens_beyond_the_room_left",
+        "logit_bias_outside_vocabulary",
+    ],
 )
 def test_refused_request_ends_its_stream_with_an_error_value(
     llama_dir: Path, request_: GenerationRequest, error_type: type[ApiError], param: str | None

@@ -281,7 +281,16 @@ def test_streamed_completion_logprob_offsets_continue_across_chunks() -> None:
 # ----- translation to GenerationRequest ---------------------------------------------------------
 
 OPENAI_FIELDS = {"temperature": 0.3, "top_p": 0.9, "seed": 1234, "presence_penalty": 0.5, "frequency_penalty": -1.5}
-EXTENSION_FIELDS = {"top_k": 40, "ignore_eos": True, "stop_token_ids": [2, 13]}
+EXTENSION_FIELDS = {
+    "top_k": 40,
+    "ignore_eos": True,
+    "stop_token_ids": [2, 13],
+    "min_p": 0.05,
+    "repetition_penalty": 1.2,
+    "min_tokens": 3,
+    "include_stop_str_in_output": True,
+    "skip_special_tokens": False,
+}
 
 
 @pytest.mark.parametrize("endpoint", ["completion", "chat"])
@@ -292,6 +301,33 @@ def test_sampling_fields_reach_the_engine_params(endpoint: str) -> None:
     params = client.request.params
     assert {name: getattr(params, name) for name in fields} == fields
     assert (params.stop, params.logprobs, params.top_logprobs) == ([], False, 0)
+
+
+def test_logit_bias_reaches_the_engine_with_integer_token_ids() -> None:
+    client = FakeModelClient()
+    post("chat", client, logit_bias={"50256": -100, "7": 2.5})
+    assert client.request.params.logit_bias == {50256: -100.0, 7: 2.5}
+
+
+@pytest.mark.parametrize(
+    ("logit_bias", "message_part"), [({"x": 1}, "token ids"), ({"5": 101}, "less than or equal to 100")]
+)
+def test_a_bad_logit_bias_is_400_naming_it(logit_bias: dict[str, float], message_part: str) -> None:
+    error = openai_error(post("chat", logit_bias=logit_bias), 400)
+    assert error["param"].startswith("logit_bias") and message_part in error["message"]
+
+
+def test_min_tokens_above_max_tokens_is_400() -> None:
+    error = openai_error(post("completion", min_tokens=20, max_tokens=5), 400)
+    assert "min_tokens" in error["message"]
+
+
+def test_continuous_usage_stats_puts_the_usage_so_far_on_every_chunk() -> None:
+    events = sse_events(post("completion", stream=True, stream_options={"continuous_usage_stats": True}))
+    assert [event["usage"]["completion_tokens"] for event in events] == [1, 2, 3]
+    assert all(event["usage"]["prompt_tokens"] == NUM_PROMPT_TOKENS for event in events)
+    plain = sse_events(post("completion", stream=True))
+    assert all("usage" not in event for event in plain)
 
 
 @pytest.mark.parametrize(("stop", "expected"), [("END", ["END"]), (["a", "bc"], ["a", "bc"]), (None, [])])
@@ -414,7 +450,6 @@ def test_invalid_request_is_400_naming_the_field(body: Any, param: str | None, m
     ("endpoint", "name", "value", "message_part"),
     [
         ("completion", "echo", True, "echo"),
-        ("chat", "logit_bias", {"50256": -100}, "logit_bias"),
         ("chat", "tools", [{"type": "function", "function": {"name": "f"}}], "tool"),
     ],
 )
