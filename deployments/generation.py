@@ -11,7 +11,7 @@ from typing import Literal
 
 from engine import SamplingParams
 
-__all__ = ["ChatMessage", "GenerationChunk", "GenerationRequest", "TokenLogprob"]
+__all__ = ["ChatMessage", "GenerationChunk", "GenerationRequest", "TokenLogprob", "TokenizeRequest", "Tokenized"]
 
 
 @dataclass
@@ -76,3 +76,29 @@ class GenerationChunk:
     num_generated_tokens: int
     # Prompt tokens the replica's prefix cache supplied for this choice.
     num_cached_tokens: int = 0
+
+
+@dataclass
+class TokenizeRequest:
+    """POST /tokenize, for one model's tokenizer: a text, or a conversation rendered with the chat
+    template (exactly one of the two)."""
+
+    prompt: str | None
+    messages: list[ChatMessage] | None
+    # Add the tokenizer's special tokens (BOS) when encoding the text (or the rendered conversation).
+    add_special_tokens: bool
+    # Chat: end the rendered conversation with the assistant's turn header.
+    add_generation_prompt: bool = True
+    # Also return each token as the tokenizer spells it.
+    return_token_strs: bool = False
+
+
+@dataclass
+class Tokenized:
+    """What /tokenize answers."""
+
+    token_ids: list[int]
+    # The most tokens (prompt + completion) one request of this model may have.
+    max_model_len: int
+    # Each token as the tokenizer spells it; None unless asked for.
+    token_strs: list[str] | None = None

@@ -28,17 +28,24 @@ from typing import Any, Protocol
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from deployments.config import RequestLimits
 from deployments.errors import ApiError, InvalidRequestError, ModelNotFoundError, to_api_error
-from deployments.generation import GenerationChunk, GenerationRequest
+from deployments.generation import GenerationChunk, GenerationRequest, Tokenized, TokenizeRequest
 from deployments.ingress.limits import check_request_limits, read_body
 from deployments.ingress.model_states import ModelState
-from deployments.ingress.protocol import ChatCompletionRequest, CompletionRequest, parse_body
+from deployments.ingress.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    DetokenizeBody,
+    TokenizeBody,
+    parse_body,
+)
 from deployments.ingress.responses import Endpoint, ResponseWriter
 from deployments.ingress.settlement import Settlement
-from deployments.ingress.translate import chat_to_generation, completion_to_generation
+from deployments.ingress.translate import chat_to_generation, completion_to_generation, tokenize_request
 from deployments.observability.request_log import RequestRecord
 from deployments.observability.router_recorder import RouterMetrics
 from deployments.tenants.gate import Caller, TenantGate
@@ -52,6 +59,14 @@ class ModelClient(Protocol):
 
     def stream(self, request: GenerationRequest) -> AsyncGenerator[GenerationChunk, None]:
         """The request's chunks; closing the generator cancels the request."""
+        ...
+
+    async def tokenize(self, request: TokenizeRequest) -> Tokenized:
+        """The model's tokenizer on a text or a conversation; raises ApiError for one it refuses."""
+        ...
+
+    async def detokenize(self, token_ids: list[int]) -> str:
+        """The text of token ids; raises ApiError for ids the model does not have."""
         ...
 
 
@@ -140,13 +155,23 @@ def build_openai_app(
             raise ModelNotFoundError.for_model(model_id, list(shown))
         return _model_json(card, (await current_states()).get(card.id))
 
-    @app.post("/v1/completions")
+    @app.post("/v1/completions", openapi_extra=_request_schema(CompletionRequest))
     async def completions(request: Request) -> Response:
         return await _answer("completion", request, models, keepalive_interval_s, limits, gate, metrics)
 
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", openapi_extra=_request_schema(ChatCompletionRequest))
     async def chat_completions(request: Request) -> Response:
         return await _answer("chat", request, models, keepalive_interval_s, limits, gate, metrics)
+
+    @app.post("/tokenize", openapi_extra=_request_schema(TokenizeBody))
+    async def tokenize(request: Request) -> Response:
+        return await _answer_tokenizer(request, TokenizeBody, models, limits, gate)
+
+    @app.post("/detokenize", openapi_extra=_request_schema(DetokenizeBody))
+    async def detokenize(request: Request) -> Response:
+        return await _answer_tokenizer(request, DetokenizeBody, models, limits, gate)
+
+    _document_bodies(app)
 
     @app.get("/v1/usage")
     async def usage(request: Request) -> dict[str, Any]:
@@ -212,6 +237,74 @@ async def _answer(
     except BaseException:  # the client left (this task is cancelled) before the answer began
         settlement.settle_soon(writer)
         raise
+
+
+# The request bodies the endpoints read themselves, documented in /openapi.json.
+_DOCUMENTED_BODIES: tuple[type[BaseModel], ...] = (
+    CompletionRequest,
+    ChatCompletionRequest,
+    TokenizeBody,
+    DetokenizeBody,
+)
+_SCHEMA_REF = "#/components/schemas/{model}"
+
+
+def _request_schema(body_type: type[BaseModel]) -> dict[str, Any]:
+    """The OpenAPI request body of an endpoint that reads its own: the bytes are read by
+    `read_body` (size-limited before any parsing) and validated by `parse_body` (unsupported
+    parameters named, nulls as defaults), so FastAPI is given the body's schema to document, not a
+    body to parse. Its nested models are added to the components by `_document_bodies`."""
+    schema = body_type.model_json_schema(ref_template=_SCHEMA_REF)
+    schema.pop("$defs", None)
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+
+def _document_bodies(app: FastAPI) -> None:
+    """Put the documented bodies' nested models into /openapi.json's components."""
+    build_schema = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = build_schema()
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            for body_type in _DOCUMENTED_BODIES:
+                components.update(body_type.model_json_schema(ref_template=_SCHEMA_REF).get("$defs", {}))
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+async def _answer_tokenizer(
+    request: Request,
+    body_type: type[TokenizeBody] | type[DetokenizeBody],
+    models: Mapping[str, ModelClient],
+    limits: RequestLimits,
+    gate: TenantGate | None,
+) -> Response:
+    """/tokenize and /detokenize (vLLM's shapes): behind the same keys and model permissions as the
+    completions, but no engine work, so neither admitted against limits nor settled."""
+    try:
+        caller = None if gate is None else await gate.authenticate(request.headers.get("authorization"))
+        body = parse_body(body_type, await read_body(request, limits.max_body_bytes))
+        if gate is not None and caller is not None:
+            gate.check_model(caller, body.model)
+        client = models.get(body.model)
+        if client is None:
+            raise ModelNotFoundError.for_model(body.model, list(models))
+        if isinstance(body, DetokenizeBody):
+            return JSONResponse({"prompt": await client.detokenize(body.tokens)})
+        result = await client.tokenize(tokenize_request(body))
+        return JSONResponse(
+            {
+                "count": len(result.token_ids),
+                "max_model_len": result.max_model_len,
+                "tokens": result.token_ids,
+                "token_strs": result.token_strs,
+            }
+        )
+    except Exception as error:  # noqa: BLE001 - the one place failures become HTTP answers
+        return _error_response(error)
 
 
 async def _respond(

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from typing import Annotated, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from deployments.errors import InvalidRequestError
 
@@ -20,6 +20,8 @@ __all__ = [
     "ChatCompletionRequest",
     "ChatMessageIn",
     "CompletionRequest",
+    "DetokenizeBody",
+    "TokenizeBody",
     "StreamOptions",
     "parse_body",
 ]
@@ -220,3 +222,28 @@ class ChatCompletionRequest(SamplingFields):
     @property
     def completion_token_limit(self) -> int | None:
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+
+
+class TokenizeBody(_Body):
+    """POST /tokenize (vLLM's shape): `prompt` text, or `messages` rendered with the chat template."""
+
+    model: str
+    prompt: str | None = None
+    messages: list[ChatMessageIn] | None = Field(default=None, min_length=1)
+    # Default: True for a prompt (its BOS), False for messages (the template writes its own).
+    add_special_tokens: bool | None = None
+    add_generation_prompt: bool = True
+    return_token_strs: bool = False
+
+    @model_validator(mode="after")
+    def _prompt_or_messages(self) -> TokenizeBody:
+        if (self.messages is None) == (self.prompt is None):
+            raise ValueError("send exactly one of prompt and messages")
+        return self
+
+
+class DetokenizeBody(_Body):
+    """POST /detokenize (vLLM's shape)."""
+
+    model: str
+    tokens: list[Annotated[int, Field(ge=0)]]

@@ -10,6 +10,7 @@ import os
 import time
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
+from typing import Any
 
 from fastapi import FastAPI
 from ray import serve
@@ -17,7 +18,7 @@ from ray.serve.handle import DeploymentHandle
 
 from deployments.config import RequestLimits
 from deployments.errors import DEFAULT_RETRY_AFTER_S, ApiError, ModelUnavailableError, OverloadedError
-from deployments.generation import GenerationChunk, GenerationRequest
+from deployments.generation import GenerationChunk, GenerationRequest, Tokenized, TokenizeRequest
 from deployments.ingress.admin import add_admin_routes
 from deployments.ingress.model_states import ModelState, ServeModelStates
 from deployments.ingress.openai_app import ModelCard, build_openai_app
@@ -72,6 +73,7 @@ class HandleModelClient:
         self.name = name
         self.metrics = metrics
         self.handle = handle.options(stream=True)
+        self.unary_handle = handle.options(stream=False)
         self.route = route
         self.states = states
         self.fair_share_of = fair_share_of
@@ -139,6 +141,33 @@ class HandleModelClient:
         finally:
             if not finished:
                 responses.cancel()  # the replica's generator is cancelled: its engine requests abort
+
+    async def tokenize(self, request: TokenizeRequest) -> Tokenized:
+        return await self._unary("tokenize", request)
+
+    async def detokenize(self, token_ids: list[int]) -> str:
+        return await self._unary("detokenize", token_ids)
+
+    async def _unary(self, method: str, argument: object) -> Any:
+        """A replica's answer to `method(argument)`, waited for as long as a first token (a cold
+        start's bound while no replica runs); an ApiError it answers is raised."""
+        state = (await self.states.states()).get(self.name)
+        cold = state is not None and state.running_replicas == 0
+        timeout_s = self.route.cold_start_timeout_s if cold else self.route.first_token_timeout_s
+        response = getattr(self.unary_handle, method).remote(argument)
+        try:
+            async with asyncio.timeout(timeout_s):
+                result = await response
+        except TimeoutError:
+            response.cancel()
+            raise ModelUnavailableError(
+                f"The model {self.name!r} did not answer within {timeout_s:.0f}s. Retry later.",
+                code="first_token_timeout",
+                retry_after_s=DEFAULT_RETRY_AFTER_S,
+            ) from None
+        if isinstance(result, ApiError):
+            raise result
+        return result
 
     async def _first(
         self, responses: AsyncGenerator[GenerationChunk | ApiError, None], timeout_s: float

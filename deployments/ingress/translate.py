@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 from deployments.errors import InvalidRequestError
-from deployments.generation import ChatMessage, GenerationRequest
-from deployments.ingress.protocol import ChatCompletionRequest, CompletionRequest, SamplingFields
+from deployments.generation import ChatMessage, GenerationRequest, TokenizeRequest
+from deployments.ingress.protocol import (
+    ChatCompletionRequest,
+    ChatMessageIn,
+    CompletionRequest,
+    SamplingFields,
+    TokenizeBody,
+)
 from engine import SamplingParams
 
-__all__ = ["chat_to_generation", "completion_to_generation"]
+__all__ = ["chat_to_generation", "completion_to_generation", "tokenize_request"]
 
 
 def completion_to_generation(body: CompletionRequest, request_id: str) -> GenerationRequest:
@@ -28,10 +34,7 @@ def chat_to_generation(body: ChatCompletionRequest, request_id: str) -> Generati
     return GenerationRequest(
         request_id=request_id,
         prompt=None,
-        messages=[
-            ChatMessage(role=_template_role(message.role), content=message.content, name=message.name)
-            for message in body.messages
-        ],
+        messages=_chat_messages(body.messages),
         params=_sampling_params(
             body, body.completion_token_limit, logprobs=body.logprobs, top_logprobs=body.top_logprobs or 0
         ),
@@ -40,6 +43,24 @@ def chat_to_generation(body: ChatCompletionRequest, request_id: str) -> Generati
         stream=body.stream,
         user=body.user,
     )
+
+
+def tokenize_request(body: TokenizeBody) -> TokenizeRequest:
+    is_chat = body.messages is not None
+    return TokenizeRequest(
+        prompt=body.prompt,
+        messages=_chat_messages(body.messages) if body.messages is not None else None,
+        add_special_tokens=body.add_special_tokens if body.add_special_tokens is not None else not is_chat,
+        add_generation_prompt=body.add_generation_prompt,
+        return_token_strs=body.return_token_strs,
+    )
+
+
+def _chat_messages(messages: list[ChatMessageIn]) -> list[ChatMessage]:
+    return [
+        ChatMessage(role=_template_role(message.role), content=message.content, name=message.name)
+        for message in messages
+    ]
 
 
 def _template_role(role: str) -> str:

@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Callable
 from autoscaling import LoadSignals
 from deployments.config import ModelConfig
 from deployments.errors import ApiError, invalid_request
-from deployments.generation import GenerationChunk, GenerationRequest, TokenLogprob
+from deployments.generation import GenerationChunk, GenerationRequest, Tokenized, TokenizeRequest, TokenLogprob
 from deployments.observability.ray_metrics import RayMetricsBackend
 from deployments.replica.engine_client import EngineClient
 from deployments.replica.model_source import resolve_model_source
@@ -141,6 +141,20 @@ class LLMServer:
             for choice in choices:
                 choice.cancel()  # a choice still running is aborted; its KV blocks are freed
             await asyncio.gather(*choices, return_exceptions=True)
+
+    async def tokenize(self, request: TokenizeRequest) -> Tokenized | ApiError:
+        """/tokenize with this model's tokenizer (an ApiError value for a request it refuses)."""
+        try:
+            return await asyncio.to_thread(self.prompts.tokenize, request)
+        except ApiError as error:
+            return error
+
+    async def detokenize(self, token_ids: list[int]) -> str | ApiError:
+        """/detokenize with this model's tokenizer (an ApiError value for ids it does not have)."""
+        try:
+            return await asyncio.to_thread(self.prompts.detokenize, token_ids)
+        except ApiError as error:
+            return error
 
     async def stats(self) -> EngineStats:
         """The engine's load and counters, for the router and the autoscaler."""

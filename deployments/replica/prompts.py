@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from jinja2 import TemplateError
 
 from deployments.errors import ContextLengthExceededError, InvalidRequestError
-from deployments.generation import ChatMessage, GenerationRequest
+from deployments.generation import ChatMessage, GenerationRequest, Tokenized, TokenizeRequest
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -57,20 +57,53 @@ class PromptBuilder:
             )
         return wanted
 
+    def tokenize(self, request: TokenizeRequest) -> Tokenized:
+        """/tokenize: the text's (or the rendered conversation's) token ids."""
+        tokenizer = self._require_tokenizer("messages" if request.messages is not None else "prompt")
+        if request.messages is not None:
+            text = self._render_chat(request.messages, request.add_generation_prompt)
+        else:
+            assert request.prompt is not None
+            text = request.prompt
+        token_ids = tokenizer.encode(text, add_special_tokens=request.add_special_tokens)
+        token_strs = tokenizer.convert_ids_to_tokens(token_ids) if request.return_token_strs else None
+        return Tokenized(token_ids, self.context_len, token_strs)
+
+    def detokenize(self, token_ids: list[int]) -> str:
+        """/detokenize: the text of `token_ids` (special tokens included, as written)."""
+        tokenizer = self._require_tokenizer("tokens")
+        vocab_size = len(tokenizer)
+        outside = [token_id for token_id in token_ids if not 0 <= token_id < vocab_size]
+        if outside:
+            raise InvalidRequestError(
+                f"tokens must be token ids in [0, {vocab_size}), got {outside[0]}", param="tokens"
+            )
+        return tokenizer.decode(token_ids)
+
+    def _require_tokenizer(self, param: str) -> PreTrainedTokenizerBase:
+        if self.tokenizer is None:
+            raise InvalidRequestError(f"model {self.model_name!r} has no tokenizer", param=param)
+        return self.tokenizer
+
     def _chat_token_ids(self, request: GenerationRequest) -> list[int]:
+        assert request.messages is not None
+        text = self._render_chat(request.messages, add_generation_prompt=True)
+        # The template writes any special tokens (BOS included) itself.
+        return self._require_tokenizer("messages").encode(text, add_special_tokens=False)
+
+    def _render_chat(self, messages: list[ChatMessage], add_generation_prompt: bool) -> str:
         tokenizer = self.tokenizer
         if tokenizer is None or not tokenizer.chat_template:
             raise InvalidRequestError(
                 f"model {self.model_name!r} has no chat template: use /v1/completions", param="messages"
             )
-        assert request.messages is not None
-        conversation = [_template_message(message) for message in request.messages]
+        conversation = [_template_message(message) for message in messages]
         try:
-            text = tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
+            return tokenizer.apply_chat_template(
+                conversation, add_generation_prompt=add_generation_prompt, tokenize=False
+            )
         except TemplateError as error:
             raise InvalidRequestError(f"messages do not fit the model's chat template: {error}", param="messages")
-        # The template writes any special tokens (BOS included) itself.
-        return tokenizer.encode(text, add_special_tokens=False)
 
     def _decode_one(self, token_id: int) -> str:
         return self.tokenizer.decode([token_id]) if self.tokenizer is not None else ""

@@ -12,7 +12,7 @@ import pytest
 
 from deployments.config import ModelConfig
 from deployments.errors import ApiError, ContextLengthExceededError, InvalidRequestError
-from deployments.generation import ChatMessage, GenerationChunk, GenerationRequest
+from deployments.generation import ChatMessage, GenerationChunk, GenerationRequest, Tokenized, TokenizeRequest
 from deployments.replica.llm_server import LLMServer, describe_weights
 from engine import SamplingParams, ShardInfo
 
@@ -178,3 +178,26 @@ def test_start_log_reports_weight_bytes_per_shard() -> None:
     assert describe_weights(two) == (
         "weights 2.0 MiB in 2 shards (rank 0: 1.0 MiB on cuda:0, node node0abc, rank 1: 1.0 MiB on cuda:0, node node1abc)"
     )
+
+
+def test_tokenize_and_detokenize_use_the_models_tokenizer_and_template(llama_dir: Path) -> None:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(llama_dir)
+
+    async def test(server: LLMServer) -> None:
+        text = "Hello, paged attention"
+        result = await server.tokenize(TokenizeRequest(text, None, add_special_tokens=True, return_token_strs=True))
+        assert isinstance(result, Tokenized)
+        assert result.token_ids == tokenizer.encode(text) and result.max_model_len == 40
+        assert result.token_strs == tokenizer.convert_ids_to_tokens(result.token_ids)
+        assert await server.detokenize(result.token_ids) == tokenizer.decode(result.token_ids)
+        chat = await server.tokenize(TokenizeRequest(None, [ChatMessage("user", "hi")], add_special_tokens=False))
+        chat_request = GenerationRequest("c", None, [ChatMessage("user", "hi")], SamplingParams(temperature=0.0), 2)
+        served = await collect(server.generate(chat_request))
+        assert isinstance(chat, Tokenized) and isinstance(served[0], GenerationChunk)
+        assert len(chat.token_ids) == served[0].num_prompt_tokens  # what a chat request's prompt is
+        refused = await server.detokenize([10**7])
+        assert isinstance(refused, InvalidRequestError) and refused.param == "tokens"
+
+    run(test, llama_dir, max_model_len=40)

@@ -97,6 +97,34 @@ def test_token_id_prompt_and_sampling_parameters_are_honoured(multi_model_app: s
     assert all(entry.logprob == pytest.approx(entry.top_logprobs[0].logprob) for entry in content)
 
 
+def test_vllm_extension_fields_reach_the_engine_through_the_openai_client(multi_model_app: str) -> None:
+    client = client_for(multi_model_app)
+    greedy = {"model": "llama-demo", "prompt": [10, 11, 12, 13], "max_tokens": 12, "temperature": 0}
+    plain = client.completions.create(**greedy)
+    steered = client.completions.create(
+        **greedy, logit_bias={"77": 100}, extra_body={"repetition_penalty": 1.3, "min_tokens": 12, "min_p": 0.1}
+    )
+    assert steered.choices[0].text != plain.choices[0].text
+    stream = client.completions.create(
+        **greedy, stream=True, stream_options={"include_usage": True, "continuous_usage_stats": True}
+    )
+    usages = [chunk.usage.completion_tokens for chunk in stream if chunk.usage is not None]
+    assert usages == sorted(usages) and usages[-1] == 12 and len(usages) > 2
+
+
+def test_tokenize_then_detokenize_round_trips_through_the_router(multi_model_app: str) -> None:
+    tokenized = httpx.post(
+        f"{multi_model_app}/tokenize", json={"model": "qwen-demo", "prompt": "Hello there"}, timeout=60
+    )
+    assert tokenized.status_code == 200, tokenized.text
+    body = tokenized.json()
+    assert body["count"] == len(body["tokens"]) and body["max_model_len"] == 1024
+    text = httpx.post(
+        f"{multi_model_app}/detokenize", json={"model": "qwen-demo", "tokens": body["tokens"]}, timeout=60
+    )
+    assert text.json() == {"prompt": "Hello there"}
+
+
 def test_sixteen_concurrent_streams_all_complete(multi_model_app: str) -> None:
     async def one(client: openai.AsyncOpenAI, index: int) -> tuple[str | None, int]:
         stream = await client.chat.completions.create(

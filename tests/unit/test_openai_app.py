@@ -19,7 +19,7 @@ from ray.serve._private.common import DeploymentID
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
 
 from deployments.errors import ContextLengthExceededError, InvalidRequestError, ModelUnavailableError, invalid_request
-from deployments.generation import GenerationChunk, GenerationRequest, TokenLogprob
+from deployments.generation import GenerationChunk, GenerationRequest, Tokenized, TokenizeRequest, TokenLogprob
 from deployments.ingress.model_states import ModelState
 from deployments.ingress.openai_app import ModelCard, build_openai_app
 from engine import ContextLengthError, EngineDeadError
@@ -650,3 +650,93 @@ def test_negative_token_ids_are_refused_before_any_replica_sees_them() -> None:
     response = post("completion", client, prompt=[5, -1])
     assert response.status_code == 400 and "prompt" in response.json()["error"]["message"]
     assert client.requests == []
+
+
+# ----- /tokenize and /detokenize ----------------------------------------------------------------
+
+
+class TokenizingClient(FakeModelClient):
+    """Tokenizes as one id per character; records what it was asked."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tokenize_requests: list[TokenizeRequest] = []
+
+    async def tokenize(self, request: TokenizeRequest) -> Tokenized:
+        self.tokenize_requests.append(request)
+        text = request.prompt if request.prompt is not None else "".join(m.content for m in request.messages or [])
+        token_strs = list(text) if request.return_token_strs else None
+        return Tokenized([ord(char) for char in text], 2048, token_strs)
+
+    async def detokenize(self, token_ids: list[int]) -> str:
+        if any(token_id > 0x10FFFF for token_id in token_ids):
+            raise InvalidRequestError("tokens must be token ids in [0, 1114112)", param="tokens")
+        return "".join(map(chr, token_ids))
+
+
+def test_tokenize_answers_in_vllms_shape_and_detokenize_round_trips() -> None:
+    client = TokenizingClient()
+    app = build_openai_app({MODEL: client}, CARDS)
+    body = call(app, "POST", "/tokenize", {"model": MODEL, "prompt": "hey", "return_token_strs": True}).json()
+    assert body == {"count": 3, "max_model_len": 2048, "tokens": [104, 101, 121], "token_strs": ["h", "e", "y"]}
+    assert call(app, "POST", "/detokenize", {"model": MODEL, "tokens": body["tokens"]}).json() == {"prompt": "hey"}
+
+
+@pytest.mark.parametrize(
+    ("fields", "add_special_tokens"),
+    [({"prompt": "hi"}, True), ({"messages": [{"role": "developer", "content": "hi"}]}, False)],
+)
+def test_tokenize_adds_special_tokens_to_a_prompt_and_not_to_a_conversation(
+    fields: dict[str, Any], add_special_tokens: bool
+) -> None:
+    client = TokenizingClient()
+    response = call(build_openai_app({MODEL: client}, CARDS), "POST", "/tokenize", {"model": MODEL} | fields)
+    assert response.status_code == 200
+    [request] = client.tokenize_requests
+    assert request.add_special_tokens is add_special_tokens
+    if request.messages is not None:
+        assert request.messages[0].role == "system" and request.add_generation_prompt
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status", "param"),
+    [
+        ("/tokenize", {"model": MODEL}, 400, None),
+        ("/tokenize", {"model": MODEL, "prompt": "a", "messages": [{"role": "user", "content": "b"}]}, 400, None),
+        ("/tokenize", {"model": "nope", "prompt": "a"}, 404, "model"),
+        ("/detokenize", {"model": MODEL, "tokens": [-1]}, 400, "tokens.0"),
+        ("/detokenize", {"model": MODEL, "tokens": [2**30]}, 400, "tokens"),
+        ("/detokenize", {"model": MODEL, "tokens": [1], "zap": 1}, 400, "zap"),
+    ],
+)
+def test_tokenizer_endpoints_refuse_bad_requests_in_openai_shape(
+    path: str, body: dict[str, Any], status: int, param: str | None
+) -> None:
+    error = openai_error(call(build_openai_app({MODEL: TokenizingClient()}, CARDS), "POST", path, body), status)
+    assert error["param"] == param
+
+
+def test_openapi_documents_every_request_body_and_its_fields() -> None:
+    schema = call(make_app(), "GET", "/openapi.json").json()
+    for path, required in [
+        ("/v1/completions", {"model", "prompt"}),
+        ("/v1/chat/completions", {"model", "messages"}),
+        ("/tokenize", {"model"}),
+        ("/detokenize", {"model", "tokens"}),
+    ]:
+        body = schema["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]
+        assert set(body["required"]) == required and body["additionalProperties"] is False
+        for field in body["properties"].values():
+            for ref in _refs(field):
+                assert ref.removeprefix("#/components/schemas/") in schema["components"]["schemas"], ref
+    chat = schema["paths"]["/v1/chat/completions"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert {"repetition_penalty", "min_tokens", "logit_bias", "stream_options"} <= set(chat["properties"])
+
+
+def _refs(node: Any) -> list[str]:
+    if isinstance(node, dict):
+        own = [node["$ref"]] if "$ref" in node else []
+        return own + [ref for value in node.values() for ref in _refs(value)]
+    if isinstance(node, list):
+        return [ref for value in node for ref in _refs(value)]
+    return []
