@@ -161,6 +161,13 @@ class RequestLimits(Strict):
         le=128,
         description="Most choices (`n`) per request: each is an engine sequence, so n multiplies the request's load.",
     )
+    max_prompts: int = Field(
+        default=32,
+        ge=1,
+        le=1024,
+        description="Most prompts in one /v1/completions request (a list of strings or of token-id lists); each "
+        "runs `n` engine sequences.",
+    )
     max_stop_sequences: int = Field(
         default=16, ge=0, description="Most `stop` strings per request (each is searched for at every engine step)."
     )

@@ -11,7 +11,7 @@ from starlette.requests import Request
 
 from deployments.config import RequestLimits
 from deployments.errors import InvalidRequestError, RequestTooLargeError
-from deployments.ingress.protocol import SamplingFields
+from deployments.ingress.protocol import CompletionRequest, SamplingFields
 
 __all__ = ["check_request_limits", "read_body"]
 
@@ -33,6 +33,13 @@ async def read_body(request: Request, max_bytes: int) -> bytes:
 
 def check_request_limits(body: SamplingFields, limits: RequestLimits) -> None:
     """Raise InvalidRequestError naming the limit a parsed body exceeds."""
+    num_prompts = len(body.prompts) if isinstance(body, CompletionRequest) else 1
+    if num_prompts > limits.max_prompts:
+        raise InvalidRequestError(
+            f"prompt may hold at most {limits.max_prompts} prompts (this server's max_prompts), got {num_prompts}",
+            param="prompt",
+            code="limit_exceeded",
+        )
     if body.n > limits.max_n:
         raise InvalidRequestError(
             f"n must be <= {limits.max_n} (this server's max_n), got {body.n}", param="n", code="limit_exceeded"

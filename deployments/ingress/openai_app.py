@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import time
 import uuid
@@ -45,7 +46,7 @@ from deployments.ingress.protocol import (
 )
 from deployments.ingress.responses import Endpoint, ResponseWriter
 from deployments.ingress.settlement import Settlement
-from deployments.ingress.translate import chat_to_generation, completion_to_generation, tokenize_request
+from deployments.ingress.translate import chat_to_generation, completion_to_generations, tokenize_request
 from deployments.observability.request_log import RequestRecord
 from deployments.observability.router_recorder import RouterMetrics
 from deployments.tenants.gate import Caller, TenantGate
@@ -209,25 +210,27 @@ async def _answer(
         record.model, record.model_is_deployed, record.stream = model, model in models, body.stream
         check_request_limits(body, limits)
         if isinstance(body, CompletionRequest):
-            generation = completion_to_generation(body, f"cmpl-{uuid.uuid4().hex}")
+            request_id = f"cmpl-{uuid.uuid4().hex}"
+            generations = completion_to_generations(body, request_id)
             with_logprobs = body.logprobs is not None
         else:
-            generation = chat_to_generation(body, f"chatcmpl-{uuid.uuid4().hex}")
+            request_id = f"chatcmpl-{uuid.uuid4().hex}"
+            generations = [chat_to_generation(body, request_id)]
             with_logprobs = body.logprobs
-        record.request_id = generation.request_id
-        user = generation.user
+        record.request_id, user = request_id, body.user
         if gate is not None and caller is not None:
             gate.check_model(caller, model)
-            generation.tenant, generation.tenant_weight = caller.tenant.name, caller.tenant.weight
+            for generation in generations:
+                generation.tenant, generation.tenant_weight = caller.tenant.name, caller.tenant.weight
         client = models.get(model)
         if client is None:
             raise ModelNotFoundError.for_model(model, list(models))
         writer = ResponseWriter(
-            endpoint, generation.request_id, model, generation.n, with_logprobs, body.continuous_usage
+            endpoint, request_id, model, len(generations) * body.n, with_logprobs, body.continuous_usage, body.n
         )
         if gate is not None and caller is not None:
-            settlement.gate, settlement.ticket = gate, await gate.admit(caller, model, generation)
-        return await _respond(client, generation, writer, include_usage, keepalive_interval_s, settlement)
+            settlement.gate, settlement.ticket = gate, await gate.admit(caller, model, generations, request_id)
+        return await _respond(client, generations, writer, include_usage, keepalive_interval_s, settlement)
     except Exception as error:  # noqa: BLE001 - the one place failures become HTTP answers
         api_error = to_api_error(error, model=model, user=user)
         await settlement.settle(writer, api_error.status_code, api_error)
@@ -309,24 +312,25 @@ async def _answer_tokenizer(
 
 async def _respond(
     client: ModelClient,
-    generation: GenerationRequest,
+    generations: list[GenerationRequest],
     writer: ResponseWriter,
     include_usage: bool,
     keepalive_interval_s: float,
     settlement: Settlement,
 ) -> Response:
-    chunks = client.stream(generation)
+    chunks = _stream_all(client, generations)
+    stream = generations[0].stream
     first_chunk = asyncio.ensure_future(anext(chunks))
     try:
         # Wait for the first chunk before answering, so a refused request gets its own status. A
         # stream whose first chunk is slow (a replica starting) is answered at once, kept alive.
-        if generation.stream:
+        if stream:
             await asyncio.wait({first_chunk}, timeout=keepalive_interval_s)
             if not first_chunk.done():
                 events = _sse_after_wait(first_chunk, chunks, writer, include_usage, keepalive_interval_s, settlement)
                 return _EventStream(events, settlement.headers(), _closer(first_chunk, chunks, writer, settlement))
         first = await first_chunk
-        if not generation.stream:
+        if not stream:
             writer.add(first)
             async for chunk in chunks:
                 writer.add(chunk)
@@ -341,6 +345,47 @@ async def _respond(
         raise
     events = _sse(first, chunks, writer, include_usage, settlement)
     return _EventStream(events, settlement.headers(), _closer(first_chunk, chunks, writer, settlement))
+
+
+def _stream_all(client: ModelClient, generations: list[GenerationRequest]) -> AsyncGenerator[GenerationChunk, None]:
+    """The chunks of every prompt's request: a batch's merged as they come, each chunk's index
+    moved to prompt position x n + its choice. Closing it closes every prompt's stream."""
+    if len(generations) == 1:
+        return client.stream(generations[0])
+    return _merged_streams(client, generations)
+
+
+async def _merged_streams(
+    client: ModelClient, generations: list[GenerationRequest]
+) -> AsyncGenerator[GenerationChunk, None]:
+    queue: asyncio.Queue[GenerationChunk | Exception | None] = asyncio.Queue()
+
+    async def pump(position: int, generation: GenerationRequest) -> None:
+        chunks = client.stream(generation)
+        try:
+            async for chunk in chunks:
+                queue.put_nowait(dataclasses.replace(chunk, index=position * generation.n + chunk.index))
+        except Exception as error:  # noqa: BLE001 - raised by the consumer
+            queue.put_nowait(error)
+        finally:
+            await chunks.aclose()  # even when cancelled: the replica's request must be cancelled too
+            queue.put_nowait(None)
+
+    pumps = [asyncio.create_task(pump(position, generation)) for position, generation in enumerate(generations)]
+    try:
+        num_running = len(pumps)
+        while num_running:
+            item = await queue.get()
+            if item is None:
+                num_running -= 1
+            elif isinstance(item, Exception):
+                raise item
+            else:
+                yield item
+    finally:
+        for task in pumps:
+            task.cancel()
+        await asyncio.gather(*pumps, return_exceptions=True)
 
 
 class _EventStream(StreamingResponse):

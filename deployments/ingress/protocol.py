@@ -163,7 +163,8 @@ class SamplingFields(_Body):
 class CompletionRequest(SamplingFields):
     """POST /v1/completions."""
 
-    # Text, token ids, or a one-element list of either.
+    # Text, token ids, or a batch: a list of texts or of token-id lists (each prompt gets `n`
+    # choices; choice index = prompt position x n + choice).
     prompt: str | list[Annotated[int, Field(ge=0)]] | list[str] | list[list[Annotated[int, Field(ge=0)]]]
     max_tokens: int | None = Field(default=16, ge=1)
     # Chosen token's logprob plus this many alternatives per position.
@@ -171,14 +172,24 @@ class CompletionRequest(SamplingFields):
 
     @field_validator("prompt")
     @classmethod
-    def _one_prompt(cls, prompt: str | list[int] | list[str] | list[list[int]]) -> str | list[int]:
-        if isinstance(prompt, list) and prompt and isinstance(prompt[0], (str, list)):
-            if len(prompt) != 1:
-                raise ValueError("send one prompt per request (a list of several prompts is not supported)")
-            prompt = prompt[0]
+    def _non_empty(
+        cls, prompt: str | list[int] | list[str] | list[list[int]]
+    ) -> str | list[int] | list[str] | list[list[int]]:
         if not prompt:
             raise ValueError("must not be empty")
+        if isinstance(prompt, list) and isinstance(prompt[0], (str, list)):
+            for index, one in enumerate(prompt):
+                if not one:
+                    raise ValueError(f"prompt {index} of the batch must not be empty")
         return prompt
+
+    @property
+    def prompts(self) -> list[str | list[int]]:
+        """The batch: one prompt unless `prompt` is a list of texts or of token-id lists."""
+        prompt = self.prompt
+        if isinstance(prompt, list) and isinstance(prompt[0], (str, list)):
+            return list(prompt)  # type: ignore[arg-type]
+        return [prompt]  # type: ignore[list-item]
 
 
 class ChatMessageIn(BaseModel):

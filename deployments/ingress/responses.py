@@ -39,20 +39,24 @@ class ResponseWriter:
         n: int,
         with_logprobs: bool,
         continuous_usage: bool = False,
+        choices_per_prompt: int | None = None,
     ) -> None:
-        """`continuous_usage`: every streamed chunk carries the usage so far (vLLM's
-        `stream_options.continuous_usage_stats`)."""
+        """`n`: every choice of the response; `choices_per_prompt`: of each prompt (a batch of
+        prompts has n / choices_per_prompt of them, choice i of prompt p at index p x that + i;
+        default: one prompt). `continuous_usage`: every streamed chunk carries the usage so far
+        (vLLM's `stream_options.continuous_usage_stats`)."""
         self.endpoint = endpoint
         self.continuous_usage = continuous_usage
+        self.choices_per_prompt = choices_per_prompt or n
         self.id = request_id
         self.model = model
         self.created = int(time.time())
         self.with_logprobs = with_logprobs
         self.choices = [_Choice() for _ in range(n)]
-        self.num_prompt_tokens = 0
-        # Prompt tokens served from the prefix cache, as choice 0 reports them (later choices of
-        # the same prompt find it cached anyway).
-        self.num_cached_tokens = 0
+        # Per prompt (by position in the batch): its tokens, and those the prefix cache served as its
+        # first choice reports them (its later choices find the prompt cached anyway).
+        self._prompt_tokens: dict[int, int] = {}
+        self._cached_tokens: dict[int, int] = {}
         # When the first chunk came (time.monotonic() seconds; None before).
         self.first_chunk_at: float | None = None
 
@@ -100,6 +104,15 @@ class ResponseWriter:
         return self._envelope(stream=False, choices=bodies) | {"usage": self.usage()}
 
     @property
+    def num_prompt_tokens(self) -> int:
+        """Prompt tokens over all prompts of the request, as far as their chunks have come."""
+        return sum(self._prompt_tokens.values())
+
+    @property
+    def num_cached_tokens(self) -> int:
+        return sum(self._cached_tokens.values())
+
+    @property
     def num_generated_tokens(self) -> int:
         """Tokens generated over all choices, as far as their chunks have come."""
         return sum(choice.num_generated_tokens for choice in self.choices)
@@ -121,9 +134,10 @@ class ResponseWriter:
         choice = self.choices[chunk.index]
         choice.num_generated_tokens = chunk.num_generated_tokens
         choice.finish_reason = chunk.finish_reason or choice.finish_reason
-        self.num_prompt_tokens = chunk.num_prompt_tokens
-        if chunk.index == 0:
-            self.num_cached_tokens = max(self.num_cached_tokens, chunk.num_cached_tokens)
+        prompt, choice_of_prompt = divmod(chunk.index, self.choices_per_prompt)
+        self._prompt_tokens[prompt] = chunk.num_prompt_tokens
+        if choice_of_prompt == 0:
+            self._cached_tokens[prompt] = max(self._cached_tokens.get(prompt, 0), chunk.num_cached_tokens)
         return choice
 
     def _envelope(self, *, stream: bool, choices: list[Json]) -> Json:

@@ -22,6 +22,7 @@ from deployments.generation import GenerationChunk, GenerationRequest, Tokenized
 from deployments.ingress.admin import add_admin_routes
 from deployments.ingress.model_states import ModelState, ServeModelStates
 from deployments.ingress.openai_app import ModelCard, build_openai_app
+from deployments.ingress.serve_context import remote_as_own_request
 from deployments.observability.ray_metrics import RayMetricsBackend
 from deployments.observability.router_recorder import RouterMetrics
 from deployments.tenants.fair_queue import FairQueue, QueueFullError
@@ -109,7 +110,7 @@ class HandleModelClient:
     async def _stream(
         self, request: GenerationRequest, state: ModelState | None, cold: bool, queued: float, timeout_s: float
     ) -> AsyncGenerator[GenerationChunk, None]:
-        responses = self.handle.generate.remote(request)
+        responses = remote_as_own_request(self.handle.generate, request)
         finished = False
         try:
             try:
@@ -154,7 +155,7 @@ class HandleModelClient:
         state = (await self.states.states()).get(self.name)
         cold = state is not None and state.running_replicas == 0
         timeout_s = self.route.cold_start_timeout_s if cold else self.route.first_token_timeout_s
-        response = getattr(self.unary_handle, method).remote(argument)
+        response = remote_as_own_request(getattr(self.unary_handle, method), argument)
         try:
             async with asyncio.timeout(timeout_s):
                 result = await response

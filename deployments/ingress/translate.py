@@ -13,21 +13,28 @@ from deployments.ingress.protocol import (
 )
 from engine import SamplingParams
 
-__all__ = ["chat_to_generation", "completion_to_generation", "tokenize_request"]
+__all__ = ["chat_to_generation", "completion_to_generations", "tokenize_request"]
 
 
-def completion_to_generation(body: CompletionRequest, request_id: str) -> GenerationRequest:
+def completion_to_generations(body: CompletionRequest, request_id: str) -> list[GenerationRequest]:
+    """One GenerationRequest per prompt of the batch (`request_id` alone for a single prompt,
+    `{request_id}-p{i}` for prompt i of several), each with the body's `n` choices."""
     num_top = body.logprobs or 0
-    return GenerationRequest(
-        request_id=request_id,
-        prompt=body.prompt,  # a single prompt after validation
-        messages=None,
-        params=_sampling_params(body, body.max_tokens, logprobs=body.logprobs is not None, top_logprobs=num_top),
-        max_tokens=body.max_tokens,
-        n=body.n,
-        stream=body.stream,
-        user=body.user,
-    )
+    params = _sampling_params(body, body.max_tokens, logprobs=body.logprobs is not None, top_logprobs=num_top)
+    prompts = body.prompts
+    return [
+        GenerationRequest(
+            request_id=request_id if len(prompts) == 1 else f"{request_id}-p{index}",
+            prompt=prompt,
+            messages=None,
+            params=params,
+            max_tokens=body.max_tokens,
+            n=body.n,
+            stream=body.stream,
+            user=body.user,
+        )
+        for index, prompt in enumerate(prompts)
+    ]
 
 
 def chat_to_generation(body: ChatCompletionRequest, request_id: str) -> GenerationRequest:

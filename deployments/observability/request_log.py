@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 
 from deployments.errors import ApiError
 from deployments.ingress.responses import ResponseWriter
+from deployments.ingress.serve_context import serve_request_id
 from deployments.observability.router_recorder import RouterMetrics
-from deployments.observability.serve_context import serve_request_id
 
 __all__ = ["CLIENT_CLOSED", "OTHER_MODEL", "RequestRecord"]
 

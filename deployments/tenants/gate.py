@@ -174,17 +174,21 @@ class TenantGate:
 
     # ----- how much ------------------------------------------------------------------------
 
-    async def admit(self, caller: Caller, model: str, request: GenerationRequest) -> Ticket:
+    async def admit(self, caller: Caller, model: str, requests: list[GenerationRequest], request_id: str) -> Ticket:
+        """Admit one HTTP request `request_id`: its GenerationRequests (one per prompt of a batch)
+        reserve the sum of their worst cases, as one request of the tenant."""
         terms = self.access.models[model]
-        worst = worst_case(request, terms.max_model_len, terms.pricing)
+        worsts = [worst_case(request, terms.max_model_len, terms.pricing) for request in requests]
         limits = tenant_limits(caller.tenant)
         now = self.clock()
         reservation = Reservation(
-            reservation_id=request.request_id,
+            reservation_id=request_id,
             tenant=caller.tenant.name,
             model=model,
-            tokens=worst.tokens,
-            cost_pico_usd=cost_pico_usd(worst.prompt_tokens, worst.completion_tokens, terms.pricing),
+            tokens=sum(worst.tokens for worst in worsts),
+            cost_pico_usd=sum(
+                cost_pico_usd(worst.prompt_tokens, worst.completion_tokens, terms.pricing) for worst in worsts
+            ),
             window=window_index(now),
             period=period_index(now, limits.budget_period_s),
             expires_at=now + self.access.auth.reservation_ttl_s,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
@@ -110,6 +111,22 @@ def test_vllm_extension_fields_reach_the_engine_through_the_openai_client(multi_
     )
     usages = [chunk.usage.completion_tokens for chunk in stream if chunk.usage is not None]
     assert usages == sorted(usages) and usages[-1] == 12 and len(usages) > 2
+
+
+@pytest.mark.parametrize("prompts", [["Once upon", "The cat", "Paged"], [[10, 11, 12], [20, 21]]])
+def test_a_batch_of_prompts_equals_each_prompt_sent_alone(multi_model_app: str, prompts: list[Any]) -> None:
+    client = client_for(multi_model_app)
+    greedy = {"model": "llama-demo", "max_tokens": 6, "temperature": 0, "n": 2}
+    alone = [client.completions.create(prompt=prompt, **greedy) for prompt in prompts]
+    batch = client.completions.create(prompt=prompts, **greedy)
+    expected = {2 * p + c.index: c.text for p, response in enumerate(alone) for c in response.choices}
+    assert {choice.index: choice.text for choice in batch.choices} == expected
+    assert batch.usage.prompt_tokens == sum(response.usage.prompt_tokens for response in alone)
+    streamed: dict[int, str] = {}
+    for chunk in client.completions.create(prompt=prompts, stream=True, **greedy):
+        for choice in chunk.choices:
+            streamed[choice.index] = streamed.get(choice.index, "") + choice.text
+    assert streamed == expected
 
 
 def test_tokenize_then_detokenize_round_trips_through_the_router(multi_model_app: str) -> None:

@@ -431,7 +431,8 @@ CHAT, COMPLETION = BODIES["chat"], BODIES["completion"]
             id="image-content-part",
         ),
         pytest.param(CHAT | {"top_logprobs": 2}, "top_logprobs", "logprobs", id="top-logprobs-alone"),
-        pytest.param(COMPLETION | {"prompt": ["a", "b"]}, "prompt", "one prompt", id="several-prompts"),
+        pytest.param(COMPLETION | {"prompt": ["a", ""]}, "prompt", "prompt 1 of the batch", id="empty-batch-prompt"),
+        pytest.param(COMPLETION | {"prompt": ["a"] * 33}, "prompt", "max_prompts", id="batch-beyond-max-prompts"),
         pytest.param(COMPLETION | {"stream_options": {}}, "stream_options", "stream", id="unstreamed-options"),
         pytest.param(COMPLETION | {"top_k": 10**20}, "top_k", "less than", id="top-k-beyond-int32"),
     ],
@@ -740,3 +741,57 @@ def _refs(node: Any) -> list[str]:
     if isinstance(node, list):
         return [ref for value in node for ref in _refs(value)]
     return []
+
+
+# ----- batched prompts --------------------------------------------------------------------------
+
+
+class EchoPromptClient(FakeModelClient):
+    """Each choice's text names its prompt and choice: `<prompt>#<choice>`."""
+
+    async def stream(self, request: GenerationRequest) -> AsyncGenerator[GenerationChunk, None]:
+        self.requests.append(request)
+        prompt = request.prompt if isinstance(request.prompt, str) else ",".join(map(str, request.prompt or []))
+        for index in range(request.n):
+            yield GenerationChunk(index, f"{prompt}#{index}", [7], None, "length", len(prompt), 1)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("prompts", [["ab", "cde", "f"], [[1, 2], [3]]])
+def test_a_batch_of_prompts_answers_each_with_n_choices_at_prompt_times_n_plus_choice(
+    prompts: list[Any], stream: bool
+) -> None:
+    client = EchoPromptClient()
+    response = call(
+        make_app(client),
+        "POST",
+        PATHS["completion"],
+        COMPLETION
+        | {"prompt": prompts, "n": 2, "stream": stream, "stream_options": {"include_usage": True} if stream else None},
+    )
+    texts: dict[int, str] = {}
+    if stream:
+        events = sse_events(response)
+        for event in events:
+            for choice in event["choices"]:
+                texts[choice["index"]] = texts.get(choice["index"], "") + choice["text"]
+        usage = events[-1]["usage"]
+    else:
+        body = response.json()
+        texts = {choice["index"]: choice["text"] for choice in body["choices"]}
+        usage = body["usage"]
+    names = [p if isinstance(p, str) else ",".join(map(str, p)) for p in prompts]
+    assert texts == {
+        position * 2 + choice: f"{name}#{choice}" for position, name in enumerate(names) for choice in (0, 1)
+    }
+    assert usage["prompt_tokens"] == sum(len(name) for name in names)
+    assert usage["completion_tokens"] == 2 * len(prompts)
+    assert [request.prompt for request in client.requests] == prompts
+    assert len({request.request_id for request in client.requests}) == len(prompts)
+
+
+def test_a_failing_prompt_of_a_batch_fails_the_request_and_closes_the_others() -> None:
+    failing = FakeModelClient([chunk("a", 1)], error=ModelUnavailableError("gone"), num_chunks_before_error=0)
+    response = call(make_app(failing), "POST", PATHS["completion"], COMPLETION | {"prompt": ["x", "y"]})
+    openai_error(response, 503)
+    assert failing.num_closed == 2

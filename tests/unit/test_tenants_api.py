@@ -348,6 +348,20 @@ def test_the_usage_clients_received_sums_to_the_stored_spend_exactly(sqlite_url:
         assert platform.metric("switchyard_router_requests_total", tenant="team-a", status_code="200") == 24
 
 
+def test_a_batch_of_prompts_is_one_request_whose_usage_is_settled_whole(sqlite_url: str) -> None:
+    with running(app_config(sqlite_url, requests_per_minute=1)) as platform:
+        key = platform.key("team-a")
+        response = platform.client(key).completions.create(model="small", prompt=["a", "bb", "ccc"], max_tokens=3, n=2)
+        assert [choice.index for choice in response.choices] == list(range(6))
+        [small] = platform.usage(key)["models"]
+        assert small["requests"] == 1  # and the tenant's one request per minute admitted all three prompts
+        assert (small["prompt_tokens"], small["completion_tokens"]) == (
+            response.usage.prompt_tokens,
+            response.usage.completion_tokens,
+        )
+        assert response.usage.completion_tokens == 3 * 2 * 3
+
+
 def test_twenty_concurrent_requests_never_spend_more_than_the_budget(sqlite_url: str) -> None:
     # Each request: 5 prompt + 10 generated tokens = 25 micro-USD; its worst case (the prompt's
     # bound: 2 bytes + the template allowance) is more, so fewer than 5 are admitted at once.
