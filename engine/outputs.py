@@ -6,9 +6,11 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Literal
 
-__all__ = ["EngineStats", "FinishReason", "OutputHistory", "RequestOutput", "RequestTiming", "ShardInfo"]
+__all__ = ["EngineStats", "FinishReason", "OutputHistory", "PromptLogprobEntry", "RequestOutput", "RequestTiming", "ShardInfo"]
 
 FinishReason = Literal["stop", "length", "abort"]
+# A prompt token's entry: None for the first, else (its logprob, the top (token id, logprob) pairs).
+PromptLogprobEntry = tuple[float, list[tuple[int, float]]] | None
 
 
 @dataclass
@@ -32,6 +34,10 @@ class OutputHistory:
     top_logprobs: list[list[tuple[int, float]]]
     # The text released so far, one piece per output that released any.
     text_pieces: list[str]
+    # With SamplingParams.prompt_logprobs, once the prompt is scored: per prompt token, None for
+    # the first, then (its logprob given those before it, the most likely (token id, logprob)
+    # pairs at its position). Empty until then.
+    prompt_logprobs: list[PromptLogprobEntry] = field(default_factory=list)
 
 
 @dataclass
@@ -62,6 +68,8 @@ class RequestOutput:
         default_factory=lambda: OutputHistory([], [], [], []), repr=False, compare=False
     )
     num_text_pieces: int = 0
+    # The prompt logprobs (see OutputHistory) in the output that first has them; None in others.
+    new_prompt_logprobs: list[PromptLogprobEntry] | None = None
 
     @property
     def finished(self) -> bool:
@@ -83,6 +91,11 @@ class RequestOutput:
         return self.history.top_logprobs[: self.num_generated_tokens]
 
     @property
+    def prompt_logprobs(self) -> list[PromptLogprobEntry] | None:
+        """With SamplingParams.prompt_logprobs, once the prompt is scored (see OutputHistory)."""
+        return self.history.prompt_logprobs or None
+
+    @property
     def text(self) -> str:
         """The generated text so far (empty when the engine has no tokenizer)."""
         return "".join(self.history.text_pieces[: self.num_text_pieces])
@@ -95,6 +108,9 @@ class RequestOutput:
             new_logprobs=earlier.new_logprobs + self.new_logprobs,
             new_top_logprobs=earlier.new_top_logprobs + self.new_top_logprobs,
             delta_text=earlier.delta_text + self.delta_text,
+            new_prompt_logprobs=(
+                earlier.new_prompt_logprobs if earlier.new_prompt_logprobs is not None else self.new_prompt_logprobs
+            ),
         )
 
 

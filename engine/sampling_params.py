@@ -21,7 +21,7 @@ class SamplingParams:
     Invalid values raise `ValueError` naming the field and the value.
     """
 
-    # Most tokens to generate.
+    # Most tokens to generate; 0 generates none (with prompt_logprobs: scores the prompt).
     max_tokens: int = 16
     # 0 is greedy; higher flattens the distribution.
     temperature: float = 1.0
@@ -66,10 +66,14 @@ class SamplingParams:
     # Also return, per step, this many most likely tokens with their logprobs (same unmodified
     # distribution, most likely first); 0 returns none. At most 20; > 0 needs logprobs=True.
     top_logprobs: int = 0
+    # Return each prompt token's logprob given the tokens before it (the first has none), with
+    # this many most likely alternatives; None returns none. At most 20. Such a request computes
+    # its whole prompt: it takes no KV blocks from the prefix cache (it still adds its own).
+    prompt_logprobs: int | None = None
 
     def __post_init__(self) -> None:
-        if isinstance(self.max_tokens, bool) or not isinstance(self.max_tokens, int) or self.max_tokens < 1:
-            raise ValueError(f"max_tokens must be an integer >= 1, got {self.max_tokens!r}")
+        if isinstance(self.max_tokens, bool) or not isinstance(self.max_tokens, int) or self.max_tokens < 0:
+            raise ValueError(f"max_tokens must be an integer >= 0, got {self.max_tokens!r}")
         if not (math.isfinite(self.temperature) and self.temperature >= 0):
             raise ValueError(f"temperature must be a finite number >= 0, got {self.temperature}")
         if not 0.0 < self.top_p <= 1.0:
@@ -113,6 +117,13 @@ class SamplingParams:
             raise ValueError(f"top_logprobs must be an integer in [0, {MAX_TOP_LOGPROBS}], got {top_logprobs!r}")
         if top_logprobs > 0 and not self.logprobs:
             raise ValueError(f"top_logprobs > 0 requires logprobs=True, got top_logprobs={top_logprobs}")
+        prompt_logprobs = self.prompt_logprobs
+        if prompt_logprobs is not None and not (
+            isinstance(prompt_logprobs, int)
+            and not isinstance(prompt_logprobs, bool)
+            and 0 <= prompt_logprobs <= MAX_TOP_LOGPROBS
+        ):
+            raise ValueError(f"prompt_logprobs must be None or an integer in [0, {MAX_TOP_LOGPROBS}], got {prompt_logprobs!r}")
 
     @property
     def is_greedy(self) -> bool:

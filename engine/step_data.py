@@ -12,7 +12,11 @@ from dataclasses import dataclass, field
 
 from engine.sampling_params import SamplingParams
 
-__all__ = ["SampledTokens", "ScheduledChunk", "SchedulerOutput"]
+__all__ = ["PromptLogprob", "SampledTokens", "ScheduledChunk", "SchedulerOutput"]
+
+# A prompt token's logprob given the tokens before it, and the most likely (token id, logprob)
+# pairs at its position, most likely first.
+PromptLogprob = tuple[float, list[tuple[int, float]]]
 
 
 @dataclass
@@ -43,6 +47,12 @@ class ScheduledChunk:
     # Tokens this step may not choose: the end-of-sequence and stop tokens while the request has
     # generated fewer than its min_tokens; empty otherwise.
     banned_token_ids: list[int] = field(default_factory=list)
+    # Prompt logprobs to compute in this chunk: the logits at chunk positions prompt_logprob_offset,
+    # prompt_logprob_offset + 1, ... score the next prompt tokens, these (empty: none).
+    prompt_logprob_offset: int = 0
+    prompt_logprob_targets: list[int] = field(default_factory=list)
+    # How many most likely alternatives to report at each of those positions.
+    prompt_top_logprobs: int = 0
 
 
 @dataclass
@@ -72,3 +82,6 @@ class SampledTokens:
     # Per sampled token, the `params.top_logprobs` most likely (token id, logprob) pairs under the
     # same distribution, most likely first; [] where the request asked for none.
     top_logprobs: list[list[tuple[int, float]]]
+    # Per chunk with prompt_logprob_targets (in chunk order): each target's logprob and the
+    # `params.prompt_logprobs` most likely (token id, logprob) pairs at its position.
+    prompt_logprobs: list[list[PromptLogprob]] = field(default_factory=list)

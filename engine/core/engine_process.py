@@ -44,7 +44,15 @@ from engine.core.sequence import DEFAULT_TENANT
 from engine.core.tokenizer import load_tokenizer
 from engine.errors import EngineDeadError
 from engine.metrics.stats import StatsCallback, StepStats, never_raising
-from engine.outputs import EngineStats, FinishReason, OutputHistory, RequestOutput, RequestTiming, ShardInfo
+from engine.outputs import (
+    EngineStats,
+    FinishReason,
+    OutputHistory,
+    PromptLogprobEntry,
+    RequestOutput,
+    RequestTiming,
+    ShardInfo,
+)
 from engine.sampling_params import SamplingParams
 
 if TYPE_CHECKING:
@@ -78,6 +86,7 @@ class OutputDelta:
     timing: RequestTiming
     num_generated_tokens: int
     num_cached_tokens: int
+    new_prompt_logprobs: list[PromptLogprobEntry] | None
 
     @classmethod
     def of(cls, output: RequestOutput) -> OutputDelta:
@@ -91,6 +100,7 @@ class OutputDelta:
             output.timing,
             output.num_generated_tokens,
             output.num_cached_tokens,
+            output.new_prompt_logprobs,
         )
 
 
@@ -304,6 +314,8 @@ class EngineProcess:
         history.top_logprobs.extend(delta.new_top_logprobs)
         if delta.delta_text:
             history.text_pieces.append(delta.delta_text)
+        if delta.new_prompt_logprobs is not None:
+            history.prompt_logprobs.extend(delta.new_prompt_logprobs)
         if delta.finish_reason is not None:
             del self._mirrors[delta.request_id]
         return RequestOutput(
@@ -319,6 +331,7 @@ class EngineProcess:
             num_cached_tokens=delta.num_cached_tokens,
             history=history,
             num_text_pieces=len(history.text_pieces),
+            new_prompt_logprobs=delta.new_prompt_logprobs,
         )
 
 

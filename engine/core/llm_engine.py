@@ -208,7 +208,8 @@ class LLMEngine:
         outside = [token_id for token_id in params.logit_bias if token_id >= self.vocab_size]
         if outside:
             raise InvalidPromptError(f"logit_bias token ids must be in [0, {self.vocab_size}), got {outside[0]}")
-        num_tokens = len(prompt_token_ids) + params.max_tokens
+        # A request generating nothing still holds its whole prompt's KV (its last token included).
+        num_tokens = len(prompt_token_ids) + max(params.max_tokens, 1)
         if num_tokens > self.max_model_len:
             raise ContextLengthError(
                 f"prompt ({len(prompt_token_ids)} tokens) + max_tokens ({params.max_tokens}) must be "

@@ -24,6 +24,8 @@ class OutputProcessor:
         self._num_reported: dict[str, int] = {}
         # Each request's output history, shared (append-only) with every output it hands out.
         self._histories: dict[str, OutputHistory] = {}
+        # Requests whose prompt logprobs were handed out (in their first output).
+        self._prompt_logprobs_sent: set[str] = set()
 
     def add(self, seq: Sequence) -> None:
         self._num_reported[seq.request_id] = 0
@@ -41,6 +43,7 @@ class OutputProcessor:
             )
 
     def discard(self, request_id: str) -> None:
+        self._prompt_logprobs_sent.discard(request_id)
         self._num_reported.pop(request_id, None)
         self._detokenizers.pop(request_id, None)
         self._histories.pop(request_id, None)
@@ -72,6 +75,11 @@ class OutputProcessor:
             if delta_text:
                 history.text_pieces.append(delta_text)
         self._num_reported[request_id] = seq.num_output_tokens
+        new_prompt_logprobs = None
+        if seq.params.prompt_logprobs is not None and request_id not in self._prompt_logprobs_sent:
+            self._prompt_logprobs_sent.add(request_id)
+            new_prompt_logprobs = [None, *seq.prompt_logprobs]
+            history.prompt_logprobs.extend(new_prompt_logprobs)
         if seq.is_finished:
             self.discard(request_id)
         return RequestOutput(
@@ -87,4 +95,5 @@ class OutputProcessor:
             num_cached_tokens=seq.num_cached_prompt_tokens or 0,
             history=history,
             num_text_pieces=len(history.text_pieces),
+            new_prompt_logprobs=new_prompt_logprobs,
         )

@@ -174,7 +174,8 @@ class Scheduler:
     def _admission_plan(self, seq: Sequence, budget: int) -> tuple[list[int], int] | None:
         """The prefix-cache blocks `seq` would take if admitted now, and the tokens after them its
         first chunk computes within `budget`; None if the KV pool cannot hold them."""
-        cached_block_ids = self.block_manager.match_prefix(seq)
+        # A request scoring its prompt computes all of it: cached blocks would skip positions.
+        cached_block_ids = self.block_manager.match_prefix(seq) if seq.params.prompt_logprobs is None else []
         num_cached = len(cached_block_ids) * self.config.block_size
         num_new = min(seq.num_tokens - num_cached, max(budget, 0))
         if not self.block_manager.can_admit(cached_block_ids, num_cached + num_new):
@@ -203,7 +204,25 @@ class Scheduler:
             output_token_ids=list(seq.output_token_ids) if needs_outputs else [],
             prompt_token_ids=seq.prompt_token_ids if needs_prompt else [],
             banned_token_ids=self._banned_token_ids(seq) if reaches_end else [],
+            **self._prompt_logprob_fields(seq, start, start + num_new),
         )
+
+    @staticmethod
+    def _prompt_logprob_fields(seq: Sequence, start: int, end: int) -> dict[str, object]:
+        """For a request scoring its prompt, the positions of [start, end) whose logits score the
+        next prompt token and were not scored before (a recompute after preemption scores none twice)."""
+        if seq.params.prompt_logprobs is None:
+            return {}
+        # Position p scores prompt token p + 1; positions before `first` were scored already.
+        first = max(start, len(seq.prompt_logprobs))
+        last = min(end, seq.num_prompt_tokens - 1)
+        if first >= last:
+            return {}
+        return {
+            "prompt_logprob_offset": first - start,
+            "prompt_logprob_targets": seq.prompt_token_ids[first + 1 : last + 1],
+            "prompt_top_logprobs": seq.params.prompt_logprobs,
+        }
 
     def _banned_token_ids(self, seq: Sequence) -> list[int]:
         """While a request has generated fewer than its min_tokens: its stop tokens and EOS."""
@@ -227,16 +246,22 @@ class Scheduler:
         """
         now = time.time()
         sampled_index = 0
+        scored = iter(sampled.prompt_logprobs)
         updated: list[Sequence] = []
         for chunk in output.chunks:
             seq = self.sequences[chunk.request_id]
+            if chunk.prompt_logprob_targets:
+                seq.prompt_logprobs.extend(next(scored))
             is_decode = chunk.sampling is not None and len(chunk.token_ids) == 1 and seq.num_output_tokens > 0
             if not is_decode:
                 self.num_prompt_tokens_computed += len(chunk.token_ids)
             seq.num_computed_tokens += len(chunk.token_ids)
             if chunk.sampling is None:
                 continue
-            self._append_token(seq, sampled, sampled_index, now)
+            if seq.params.max_tokens == 0:  # its prompt is scored: done, nothing generated
+                self.finish(seq.request_id, "length")
+            else:
+                self._append_token(seq, sampled, sampled_index, now)
             sampled_index += 1
             updated.append(seq)
         return updated

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from engine.outputs import FinishReason
 from engine.sampling_params import SamplingParams
+from engine.step_data import PromptLogprob
 
 __all__ = ["DEFAULT_TENANT", "Sequence", "SequenceStatus"]
 
@@ -59,6 +60,8 @@ class Sequence:
     # Prompt tokens whose KV the prefix cache supplied when the request was first admitted (None
     # until then; a recompute after preemption does not change it).
     num_cached_prompt_tokens: int | None = None
+    # Logprob of each prompt token after the first, given those before it (with params.prompt_logprobs).
+    prompt_logprobs: list[PromptLogprob] = field(default_factory=list)
     # The most prompt tokens this sequence ever had in the KV cache. The fair policy charges its
     # tenant only for prompt tokens computed beyond it, so a recompute after preemption is free.
     max_num_computed_prompt_tokens: int = 0

@@ -38,6 +38,10 @@ class StatsCollector:
         prompt_tokens: Counter[str] = Counter()
         generation_tokens: Counter[str] = Counter()
         for seq in updated:
+            if seq.num_output_tokens == 0:  # it scored its prompt and generated nothing
+                prompt_tokens[seq.tenant] += seq.num_prompt_tokens
+                self._finish(seq, stats)
+                continue
             generation_tokens[seq.tenant] += 1
             previous = self._last_token_time.get(seq.request_id)
             if previous is None:

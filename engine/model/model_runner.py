@@ -137,7 +137,8 @@ class ModelRunner:
 
     @torch.inference_mode()
     def forward(self, batch: SchedulerOutput) -> torch.Tensor:
-        """Run every scheduled chunk; return logits (N, V) for the N chunks that sample."""
+        """Run every scheduled chunk; return logits (N + M, V): first the N chunks that sample (at
+        their last token), then the M positions whose logits score prompt tokens (chunk order)."""
         chunks = batch.chunks
         metadata, positions = build_metadata(
             chunk_lengths=[len(chunk.token_ids) for chunk in chunks],
@@ -149,10 +150,15 @@ class ModelRunner:
         )
         input_ids: list[int] = []
         sample_index: list[int] = []  # packed index of the last token of each sampling chunk
+        prompt_index: list[int] = []  # packed indices of the positions scoring prompt tokens
         for chunk in chunks:
+            chunk_start = len(input_ids)
             input_ids.extend(chunk.token_ids)
             if chunk.sampling is not None:
                 sample_index.append(len(input_ids) - 1)
+            first = chunk_start + chunk.prompt_logprob_offset
+            prompt_index.extend(range(first, first + len(chunk.prompt_logprob_targets)))
+        sample_index += prompt_index
         token_tensor = torch.tensor(input_ids, device=self.device)  # (T,)
         positions = positions.to(self.device)  # (T,)
         # long even when empty: a step of prompt chunks that do not sample keeps no logits

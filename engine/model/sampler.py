@@ -23,7 +23,7 @@ import torch
 
 from engine.sampling_params import SamplingParams
 from engine.seeds import derive_seed
-from engine.step_data import SampledTokens
+from engine.step_data import PromptLogprob, SampledTokens, SchedulerOutput
 
 __all__ = [
     "Sampler",
@@ -33,6 +33,7 @@ __all__ = [
     "apply_repetition_penalty",
     "ban_tokens",
     "output_token_counts",
+    "score_prompt_tokens",
     "uniform_for",
 ]
 
@@ -231,3 +232,29 @@ def _keep_top_k_top_p(scaled: torch.Tensor, rows: list[SamplingRow]) -> torch.Te
     kept = scaled.clone()
     kept[index] = torch.empty_like(sorted_logits).scatter_(-1, sorted_ids, sorted_logits)  # back to token order
     return kept
+
+
+def score_prompt_tokens(logits: torch.Tensor, batch: SchedulerOutput) -> list[list[PromptLogprob]]:
+    """logits (M, V) at the batch's prompt-scoring positions (chunk order) -> per chunk that has
+    prompt_logprob_targets, each target's logprob and the chunk's prompt_top_logprobs most likely
+    (token id, logprob) at its position, under the model's distribution."""
+    scoring = [chunk for chunk in batch.chunks if chunk.prompt_logprob_targets]
+    if not scoring:
+        return []
+    logprobs = torch.log_softmax(logits.float(), dim=-1)  # (M, V)
+    targets = torch.tensor([t for chunk in scoring for t in chunk.prompt_logprob_targets], device=logits.device)
+    target_logprobs = logprobs.gather(-1, targets[:, None]).squeeze(-1).tolist()  # (M,)
+    k = max(chunk.prompt_top_logprobs for chunk in scoring)
+    top_values, top_ids = logprobs.topk(k, dim=-1) if k else (logprobs[:, :0], logprobs[:, :0].long())  # (M, k)
+    top_values_list, top_ids_list = top_values.tolist(), top_ids.tolist()
+    scored: list[list[PromptLogprob]] = []
+    row = 0
+    for chunk in scoring:
+        num_wanted = chunk.prompt_top_logprobs
+        entries = []
+        for _ in chunk.prompt_logprob_targets:
+            top = list(zip(top_ids_list[row][:num_wanted], top_values_list[row][:num_wanted]))
+            entries.append((target_logprobs[row], top))
+            row += 1
+        scored.append(entries)
+    return scored

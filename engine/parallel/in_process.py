@@ -9,7 +9,7 @@ from transformers import GenerationConfig, PretrainedConfig
 
 from engine.config import EngineConfig
 from engine.model.model_runner import ModelRunner
-from engine.model.sampler import Sampler, SamplingRow
+from engine.model.sampler import Sampler, SamplingRow, score_prompt_tokens
 from engine.outputs import ShardInfo
 from engine.step_data import SampledTokens, SchedulerOutput
 
@@ -17,8 +17,12 @@ __all__ = ["InProcessExecutor", "sample_batch"]
 
 
 def sample_batch(runner: ModelRunner, sampler: Sampler, batch: SchedulerOutput) -> SampledTokens:
-    """Run the batch's forward and sample the chunks that end a sequence's known tokens."""
-    logits = runner.forward(batch)  # (N, V), one row per sampling chunk
+    """Run the batch's forward, sample the chunks that end a sequence's known tokens, and score
+    the prompt tokens the batch asks logprobs of."""
+    logits = runner.forward(batch)  # (N + M, V): N sampling chunks, then M prompt positions
+    num_sampling = sum(chunk.sampling is not None for chunk in batch.chunks)
+    prompt_logprobs = score_prompt_tokens(logits[num_sampling:], batch)
+    logits = logits[:num_sampling]
     rows = [
         SamplingRow(
             chunk.sampling,
@@ -32,8 +36,10 @@ def sample_batch(runner: ModelRunner, sampler: Sampler, batch: SchedulerOutput) 
         if chunk.sampling is not None
     ]
     if not rows:
-        return SampledTokens(token_ids=[], logprobs=[], top_logprobs=[])
-    return sampler.sample(logits, rows)
+        return SampledTokens(token_ids=[], logprobs=[], top_logprobs=[], prompt_logprobs=prompt_logprobs)
+    sampled = sampler.sample(logits, rows)
+    sampled.prompt_logprobs = prompt_logprobs
+    return sampled
 
 
 class InProcessExecutor:

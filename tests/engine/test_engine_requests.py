@@ -137,7 +137,7 @@ def test_bad_input_is_rejected_naming_the_field(
 @pytest.mark.parametrize(
     ("field", "kwargs"),
     [
-        ("max_tokens", {"max_tokens": 0}),
+        ("max_tokens", {"max_tokens": -1}),
         ("temperature", {"temperature": -0.5}),
         ("top_p", {"top_p": 0.0}),
         ("top_p", {"top_p": 1.5}),

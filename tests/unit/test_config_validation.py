@@ -45,7 +45,7 @@ def test_invalid_engine_config_names_the_field(field: str, value: object) -> Non
 @pytest.mark.parametrize(
     ("field", "value"),
     [
-        ("max_tokens", 0),
+        ("max_tokens", -1),
         ("max_tokens", 1.5),
         ("max_tokens", True),
         ("temperature", -1.0),
