@@ -76,6 +76,11 @@ class GenerationChunk:
     num_generated_tokens: int
     # Prompt tokens the replica's prefix cache supplied for this choice.
     num_cached_tokens: int = 0
+    # With SamplingParams.prompt_logprobs, in the first chunk of each choice: the text of every
+    # prompt token, and for each after the first its logprob given those before it (and the top
+    # alternatives), so len(prompt_logprobs) == len(prompt_token_texts) - 1.
+    prompt_token_texts: list[str] | None = None
+    prompt_logprobs: list[TokenLogprob] | None = None
 
 
 @dataclass

@@ -6,7 +6,15 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Literal
 
-__all__ = ["EngineStats", "FinishReason", "OutputHistory", "PromptLogprobEntry", "RequestOutput", "RequestTiming", "ShardInfo"]
+__all__ = [
+    "EngineStats",
+    "FinishReason",
+    "OutputHistory",
+    "PromptLogprobEntry",
+    "RequestOutput",
+    "RequestTiming",
+    "ShardInfo",
+]
 
 FinishReason = Literal["stop", "length", "abort"]
 # A prompt token's entry: None for the first, else (its logprob, the top (token id, logprob) pairs).
@@ -64,9 +72,7 @@ class RequestOutput:
     # Prompt tokens served from the prefix cache when the request was admitted (0 before that).
     num_cached_tokens: int = 0
     # Where `token_ids`, `logprobs`, `top_logprobs` and `text` are read from; pieces of text so far.
-    history: OutputHistory = field(
-        default_factory=lambda: OutputHistory([], [], [], []), repr=False, compare=False
-    )
+    history: OutputHistory = field(default_factory=lambda: OutputHistory([], [], [], []), repr=False, compare=False)
     num_text_pieces: int = 0
     # The prompt logprobs (see OutputHistory) in the output that first has them; None in others.
     new_prompt_logprobs: list[PromptLogprobEntry] | None = None

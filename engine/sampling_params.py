@@ -123,7 +123,9 @@ class SamplingParams:
             and not isinstance(prompt_logprobs, bool)
             and 0 <= prompt_logprobs <= MAX_TOP_LOGPROBS
         ):
-            raise ValueError(f"prompt_logprobs must be None or an integer in [0, {MAX_TOP_LOGPROBS}], got {prompt_logprobs!r}")
+            raise ValueError(
+                f"prompt_logprobs must be None or an integer in [0, {MAX_TOP_LOGPROBS}], got {prompt_logprobs!r}"
+            )
 
     @property
     def is_greedy(self) -> bool:

@@ -225,8 +225,18 @@ async def _answer(
         client = models.get(model)
         if client is None:
             raise ModelNotFoundError.for_model(model, list(models))
+        echo_prompts = None
+        if isinstance(body, CompletionRequest) and body.echo:
+            echo_prompts = [prompt if isinstance(prompt, str) else None for prompt in body.prompts]
         writer = ResponseWriter(
-            endpoint, request_id, model, len(generations) * body.n, with_logprobs, body.continuous_usage, body.n
+            endpoint,
+            request_id,
+            model,
+            len(generations) * body.n,
+            with_logprobs,
+            body.continuous_usage,
+            body.n,
+            echo_prompts,
         )
         if gate is not None and caller is not None:
             settlement.gate, settlement.ticket = gate, await gate.admit(caller, model, generations, request_id)

@@ -28,8 +28,8 @@ __all__ = [
 
 # Parameters that change the output but are not implemented: refused with this reason.
 UNSUPPORTED_PARAMETERS: dict[str, str] = {
-    "echo": "echo is not supported",
     "suffix": "suffix (insertion) is not supported",
+    "prompt_logprobs": "prompt_logprobs is not supported yet; on /v1/completions use echo with logprobs",
     "best_of": "best_of other than n is not supported; use n",
     "tools": "tool calling is not supported",
     "tool_choice": "tool calling is not supported",
@@ -166,9 +166,18 @@ class CompletionRequest(SamplingFields):
     # Text, token ids, or a batch: a list of texts or of token-id lists (each prompt gets `n`
     # choices; choice index = prompt position x n + choice).
     prompt: str | list[Annotated[int, Field(ge=0)]] | list[str] | list[list[Annotated[int, Field(ge=0)]]]
-    max_tokens: int | None = Field(default=16, ge=1)
-    # Chosen token's logprob plus this many alternatives per position.
+    # 0 only with echo: score the prompt without generating.
+    max_tokens: int | None = Field(default=16, ge=0)
+    # Chosen token's logprob plus this many alternatives per position (with echo, the prompt's too).
     logprobs: int | None = Field(default=None, ge=0, le=20)
+    # Answer each choice with its prompt followed by the completion.
+    echo: bool = False
+
+    @model_validator(mode="after")
+    def _echo_for_zero_tokens(self) -> CompletionRequest:
+        if self.max_tokens == 0 and not self.echo:
+            raise ValueError("max_tokens: 0 generates nothing; it needs echo (to score the prompt)")
+        return self
 
     @field_validator("prompt")
     @classmethod

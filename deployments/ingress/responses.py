@@ -28,6 +28,19 @@ class _Choice:
     sent_role: bool = False
     # Completions report each token's character offset in the text.
     text_offset: int = 0
+    # Echo: the prompt's text and its tokens' logprob entries, once the first chunk brought them.
+    echo_text: str = ""
+    echo_logprobs: list[_PromptToken] = field(default_factory=list)
+    echoed: bool = False
+
+
+@dataclass(frozen=True)
+class _PromptToken:
+    """An echoed prompt token: its text, and (after the first) its logprob and top alternatives."""
+
+    token: str
+    logprob: float | None
+    top: dict[str, float] | None
 
 
 class ResponseWriter:
@@ -40,12 +53,16 @@ class ResponseWriter:
         with_logprobs: bool,
         continuous_usage: bool = False,
         choices_per_prompt: int | None = None,
+        echo_prompts: list[str | None] | None = None,
     ) -> None:
         """`n`: every choice of the response; `choices_per_prompt`: of each prompt (a batch of
         prompts has n / choices_per_prompt of them, choice i of prompt p at index p x that + i;
         default: one prompt). `continuous_usage`: every streamed chunk carries the usage so far
-        (vLLM's `stream_options.continuous_usage_stats`)."""
+        (vLLM's `stream_options.continuous_usage_stats`). `echo_prompts`: completions with echo, per
+        prompt its text as sent (None for token ids: the tokens' texts are joined); each choice's
+        text then starts with it, and its logprobs with the prompt's (the first token's null)."""
         self.endpoint = endpoint
+        self.echo_prompts = echo_prompts
         self.continuous_usage = continuous_usage
         self.choices_per_prompt = choices_per_prompt or n
         self.id = request_id
@@ -65,9 +82,11 @@ class ResponseWriter:
     def stream_chunk(self, chunk: GenerationChunk) -> Json:
         """The SSE event body for one chunk of one choice."""
         choice = self._record(chunk)
-        logprobs = self._logprobs(chunk.logprobs, choice) if self.with_logprobs else None
+        echoed = self._echo(chunk, choice)
+        logprobs = self._logprobs(chunk.logprobs, choice, echoed) if self.with_logprobs else None
         if self.endpoint == "completion":
-            body: Json = {"index": chunk.index, "text": chunk.text, "logprobs": logprobs}
+            text = (choice.echo_text if echoed else "") + chunk.text
+            body: Json = {"index": chunk.index, "text": text, "logprobs": logprobs}
         else:
             delta: Json = {}
             if not choice.sent_role:
@@ -88,15 +107,17 @@ class ResponseWriter:
 
     def add(self, chunk: GenerationChunk) -> None:
         choice = self._record(chunk)
+        self._echo(chunk, choice)
         choice.text += chunk.text
         choice.logprobs.extend(chunk.logprobs or [])
 
     def response(self) -> Json:
         bodies = []
         for index, choice in enumerate(self.choices):
-            logprobs = self._logprobs(choice.logprobs, _Choice()) if self.with_logprobs else None
+            echoed = choice.echo_logprobs if choice.echoed else None
+            logprobs = self._logprobs(choice.logprobs, _Choice(), echoed) if self.with_logprobs else None
             if self.endpoint == "completion":
-                body: Json = {"index": index, "text": choice.text, "logprobs": logprobs}
+                body: Json = {"index": index, "text": choice.echo_text + choice.text, "logprobs": logprobs}
             else:
                 body = {"index": index, "message": {"role": "assistant", "content": choice.text}, "logprobs": logprobs}
             body["finish_reason"] = choice.finish_reason
@@ -146,18 +167,36 @@ class ResponseWriter:
             kind = "chat.completion.chunk"
         return {"id": self.id, "object": kind, "created": self.created, "model": self.model, "choices": choices}
 
-    def _logprobs(self, logprobs: list[TokenLogprob] | None, choice: _Choice) -> Json:
+    def _echo(self, chunk: GenerationChunk, choice: _Choice) -> list[_PromptToken] | None:
+        """With echo, on a choice's first chunk (which brings the prompt's tokens): remember the
+        prompt's text and logprob entries, and return the entries; None otherwise."""
+        if self.echo_prompts is None or choice.echoed or chunk.prompt_token_texts is None:
+            return None
+        choice.echoed = True
+        sent = self.echo_prompts[chunk.index // self.choices_per_prompt]
+        choice.echo_text = sent if sent is not None else "".join(chunk.prompt_token_texts)
+        scored = chunk.prompt_logprobs or []
+        choice.echo_logprobs = [_PromptToken(chunk.prompt_token_texts[0], None, None)] + [
+            _PromptToken(entry.token, entry.logprob, dict(entry.top)) for entry in scored
+        ]
+        return choice.echo_logprobs
+
+    def _logprobs(
+        self, logprobs: list[TokenLogprob] | None, choice: _Choice, echoed: list[_PromptToken] | None = None
+    ) -> Json:
         logprobs = logprobs or []
         if self.endpoint == "chat":
             return {"content": [_chat_logprob(entry) for entry in logprobs]}
+        entries = [(entry.token, entry.logprob, entry.top) for entry in echoed or []]
+        entries += [(entry.token, entry.logprob, dict(entry.top)) for entry in logprobs]
         offsets = []
-        for entry in logprobs:
+        for token, _, _ in entries:
             offsets.append(choice.text_offset)
-            choice.text_offset += len(entry.token)
+            choice.text_offset += len(token)
         return {
-            "tokens": [entry.token for entry in logprobs],
-            "token_logprobs": [entry.logprob for entry in logprobs],
-            "top_logprobs": [dict(entry.top) for entry in logprobs],
+            "tokens": [token for token, _, _ in entries],
+            "token_logprobs": [logprob for _, logprob, _ in entries],
+            "top_logprobs": [top for _, _, top in entries],
             "text_offset": offsets,
         }
 

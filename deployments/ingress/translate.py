@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from deployments.errors import InvalidRequestError
 from deployments.generation import ChatMessage, GenerationRequest, TokenizeRequest
 from deployments.ingress.protocol import (
@@ -21,6 +23,9 @@ def completion_to_generations(body: CompletionRequest, request_id: str) -> list[
     `{request_id}-p{i}` for prompt i of several), each with the body's `n` choices."""
     num_top = body.logprobs or 0
     params = _sampling_params(body, body.max_tokens, logprobs=body.logprobs is not None, top_logprobs=num_top)
+    if body.echo:
+        # Echo answers with the prompt's tokens (and, with logprobs, their logprobs): score it.
+        params = dataclasses.replace(params, prompt_logprobs=num_top)
     prompts = body.prompts
     return [
         GenerationRequest(

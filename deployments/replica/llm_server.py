@@ -278,7 +278,26 @@ class LLMServer:
             num_prompt_tokens=len(output.prompt_token_ids),
             num_generated_tokens=output.num_generated_tokens,
             num_cached_tokens=output.num_cached_tokens,
+            prompt_token_texts=self._prompt_token_texts(output),
+            prompt_logprobs=self._prompt_logprobs(output),
         )
+
+    def _prompt_token_texts(self, output: RequestOutput) -> list[str] | None:
+        if output.new_prompt_logprobs is None:
+            return None
+        return [self.prompts.token_text(token_id) for token_id in output.prompt_token_ids]
+
+    def _prompt_logprobs(self, output: RequestOutput) -> list[TokenLogprob] | None:
+        """The engine's prompt logprobs with each token's text (the first prompt token has none)."""
+        if output.new_prompt_logprobs is None:
+            return None
+        token_text = self.prompts.token_text
+        scored = []
+        for token_id, entry in zip(output.prompt_token_ids[1:], output.new_prompt_logprobs[1:]):
+            assert entry is not None  # only the first prompt token has no logprob
+            logprob, top = entry
+            scored.append(TokenLogprob(token_text(token_id), logprob, [(token_text(t), lp) for t, lp in top]))
+        return scored
 
 
 def describe_weights(shards: list[ShardInfo]) -> str:
@@ -318,4 +337,6 @@ def _merge(earlier: GenerationChunk, later: GenerationChunk) -> GenerationChunk:
         text=earlier.text + later.text,
         token_ids=earlier.token_ids + later.token_ids,
         logprobs=logprobs,
+        prompt_token_texts=earlier.prompt_token_texts or later.prompt_token_texts,
+        prompt_logprobs=earlier.prompt_logprobs if earlier.prompt_logprobs is not None else later.prompt_logprobs,
     )

@@ -40,6 +40,8 @@ class PromptBuilder:
     def max_tokens(self, request: GenerationRequest, num_prompt_tokens: int) -> int:
         """The request's max_tokens, or all the context the prompt leaves; refuses what cannot fit."""
         room = self.context_len - num_prompt_tokens
+        if request.max_tokens == 0 and room >= 0:
+            return 0  # the prompt is scored, nothing generated (echo)
         wanted = request.max_tokens if request.max_tokens is not None else room
         if wanted < 1 or num_prompt_tokens + wanted > self.context_len:
             where = "messages" if request.messages is not None else "prompt"

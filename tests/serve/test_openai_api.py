@@ -129,6 +129,24 @@ def test_a_batch_of_prompts_equals_each_prompt_sent_alone(multi_model_app: str, 
     assert streamed == expected
 
 
+def test_echo_scores_the_prompt_as_an_evaluation_harness_asks(multi_model_app: str) -> None:
+    client = client_for(multi_model_app)
+    prompt = "The quick brown fox"
+    scored = client.completions.create(model="qwen-demo", prompt=prompt, echo=True, logprobs=2, max_tokens=0)
+    [choice] = scored.choices
+    assert choice.text == prompt and scored.usage.completion_tokens == 0
+    logprobs = choice.logprobs
+    assert logprobs.token_logprobs[0] is None and len(logprobs.tokens) == scored.usage.prompt_tokens
+    assert all(isinstance(value, float) and value <= 0 for value in logprobs.token_logprobs[1:])
+    assert all(len(top) == 2 for top in logprobs.top_logprobs[1:])
+    generated = client.completions.create(
+        model="qwen-demo", prompt=prompt, echo=True, logprobs=0, max_tokens=3, temperature=0
+    ).choices[0]
+    plain = client.completions.create(model="qwen-demo", prompt=prompt, max_tokens=3, temperature=0).choices[0]
+    assert generated.text == prompt + plain.text
+    assert generated.logprobs.token_logprobs[: len(logprobs.tokens)] == pytest.approx(logprobs.token_logprobs)
+
+
 def test_tokenize_then_detokenize_round_trips_through_the_router(multi_model_app: str) -> None:
     tokenized = httpx.post(
         f"{multi_model_app}/tokenize", json={"model": "qwen-demo", "prompt": "Hello there"}, timeout=60

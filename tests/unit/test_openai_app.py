@@ -450,7 +450,8 @@ def test_invalid_request_is_400_naming_the_field(body: Any, param: str | None, m
 @pytest.mark.parametrize(
     ("endpoint", "name", "value", "message_part"),
     [
-        ("completion", "echo", True, "echo"),
+        ("completion", "suffix", "tail", "suffix"),
+        ("chat", "prompt_logprobs", 2, "echo"),
         ("chat", "tools", [{"type": "function", "function": {"name": "f"}}], "tool"),
     ],
 )
@@ -795,3 +796,55 @@ def test_a_failing_prompt_of_a_batch_fails_the_request_and_closes_the_others() -
     response = call(make_app(failing), "POST", PATHS["completion"], COMPLETION | {"prompt": ["x", "y"]})
     openai_error(response, 503)
     assert failing.num_closed == 2
+
+
+# ----- echo -------------------------------------------------------------------------------------
+
+
+class ScoringClient(FakeModelClient):
+    """Sends the prompt's tokens (one per character) and their logprobs in each choice's first chunk."""
+
+    async def stream(self, request: GenerationRequest) -> AsyncGenerator[GenerationChunk, None]:
+        self.requests.append(request)
+        texts = list(request.prompt) if isinstance(request.prompt, str) else [f"<{t}>" for t in request.prompt or []]
+        scored = [TokenLogprob(text, -1.0 - i, [(text, -1.0 - i)]) for i, text in enumerate(texts[1:])]
+        for index in range(request.n):
+            generated = request.max_tokens or 0
+            yield GenerationChunk(
+                index, "!" * generated, [7] * generated,
+                [TokenLogprob("!", -0.5, [("!", -0.5)])] * generated,
+                "length", len(texts), generated, prompt_token_texts=texts, prompt_logprobs=scored,
+            )  # fmt: skip
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_echo_returns_the_prompt_then_the_completion_with_the_prompts_logprobs(stream: bool) -> None:
+    client = ScoringClient()
+    body = COMPLETION | {"prompt": "abc", "echo": True, "logprobs": 1, "max_tokens": 2, "stream": stream}
+    response = call(make_app(client), "POST", PATHS["completion"], body)
+    if stream:
+        [event] = sse_events(response)
+        choice = event["choices"][0]
+    else:
+        choice = response.json()["choices"][0]
+    assert choice["text"] == "abc!!"
+    logprobs = choice["logprobs"]
+    assert logprobs["tokens"] == ["a", "b", "c", "!", "!"]
+    assert logprobs["token_logprobs"] == [None, -1.0, -2.0, -0.5, -0.5]
+    assert logprobs["top_logprobs"] == [None, {"b": -1.0}, {"c": -2.0}, {"!": -0.5}, {"!": -0.5}]
+    assert logprobs["text_offset"] == [0, 1, 2, 3, 4]
+    assert client.request.params.prompt_logprobs == 1
+
+
+def test_max_tokens_zero_with_echo_scores_a_token_id_prompt_without_generating() -> None:
+    client = ScoringClient()
+    body = COMPLETION | {"prompt": [5, 6], "echo": True, "logprobs": 0, "max_tokens": 0}
+    choice = call(make_app(client), "POST", PATHS["completion"], body).json()["choices"][0]
+    assert choice["text"] == "<5><6>"
+    assert choice["logprobs"]["token_logprobs"] == [None, -1.0]
+    assert client.request.max_tokens == 0
+
+
+def test_max_tokens_zero_without_echo_is_400() -> None:
+    error = openai_error(post("completion", max_tokens=0), 400)
+    assert "echo" in error["message"]
