@@ -58,6 +58,10 @@ class TokenLogprob:
     logprob: float
     # The most likely tokens at this position, most likely first: (text, logprob).
     top: list[tuple[str, float]] = field(default_factory=list)
+    # The token's id and its alternatives' ids (aligned with `top`); filled for prompt logprobs,
+    # whose vLLM shape is keyed by token id.
+    token_id: int | None = None
+    top_ids: list[int] = field(default_factory=list)
 
 
 @dataclass

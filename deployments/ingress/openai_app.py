@@ -37,6 +37,7 @@ from deployments.errors import ApiError, InvalidRequestError, ModelNotFoundError
 from deployments.generation import GenerationChunk, GenerationRequest, Tokenized, TokenizeRequest
 from deployments.ingress.limits import check_request_limits, read_body
 from deployments.ingress.model_states import ModelState
+from deployments.ingress.prompt_report import PromptReport
 from deployments.ingress.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -225,9 +226,6 @@ async def _answer(
         client = models.get(model)
         if client is None:
             raise ModelNotFoundError.for_model(model, list(models))
-        echo_prompts = None
-        if isinstance(body, CompletionRequest) and body.echo:
-            echo_prompts = [prompt if isinstance(prompt, str) else None for prompt in body.prompts]
         writer = ResponseWriter(
             endpoint,
             request_id,
@@ -236,7 +234,7 @@ async def _answer(
             with_logprobs,
             body.continuous_usage,
             body.n,
-            echo_prompts,
+            _prompt_report(body),
         )
         if gate is not None and caller is not None:
             settlement.gate, settlement.ticket = gate, await gate.admit(caller, model, generations, request_id)
@@ -355,6 +353,13 @@ async def _respond(
         raise
     events = _sse(first, chunks, writer, include_usage, settlement)
     return _EventStream(events, settlement.headers(), _closer(first_chunk, chunks, writer, settlement))
+
+
+def _prompt_report(body: CompletionRequest | ChatCompletionRequest) -> PromptReport:
+    if isinstance(body, CompletionRequest) and body.echo:
+        echo_prompts = [prompt if isinstance(prompt, str) else None for prompt in body.prompts]
+        return PromptReport(echo_prompts, body.logprobs or 0, body.prompt_logprobs)
+    return PromptReport(vllm_top=body.prompt_logprobs)
 
 
 def _stream_all(client: ModelClient, generations: list[GenerationRequest]) -> AsyncGenerator[GenerationChunk, None]:

@@ -3,7 +3,7 @@
 Parameters that would change the output and are not implemented are refused by name rather than
 ignored. Extensions beyond OpenAI, as vLLM names and means them: `top_k`, `min_p`,
 `repetition_penalty`, `min_tokens`, `ignore_eos`, `stop_token_ids`, `include_stop_str_in_output`,
-`skip_special_tokens`, and `stream_options.continuous_usage_stats`.
+`skip_special_tokens`, `prompt_logprobs`, and `stream_options.continuous_usage_stats`.
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ __all__ = [
 # Parameters that change the output but are not implemented: refused with this reason.
 UNSUPPORTED_PARAMETERS: dict[str, str] = {
     "suffix": "suffix (insertion) is not supported",
-    "prompt_logprobs": "prompt_logprobs is not supported yet; on /v1/completions use echo with logprobs",
     "best_of": "best_of other than n is not supported; use n",
     "tools": "tool calling is not supported",
     "tool_choice": "tool calling is not supported",
@@ -127,6 +126,8 @@ class SamplingFields(_Body):
     min_tokens: int = Field(default=0, ge=0)
     ignore_eos: bool = False
     stop_token_ids: list[Annotated[int, Field(ge=0)]] = Field(default_factory=list)
+    # vLLM's: score the prompt, with this many alternatives per prompt token.
+    prompt_logprobs: int | None = Field(default=None, ge=0, le=20)
     include_stop_str_in_output: bool = False
     skip_special_tokens: bool = True
 

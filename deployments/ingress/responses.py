@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from deployments.generation import GenerationChunk, TokenLogprob
+from deployments.ingress.prompt_report import EchoedToken, PromptReport, echoed_tokens, vllm_prompt_logprobs
 
 __all__ = ["Endpoint", "ResponseWriter"]
 
@@ -28,19 +29,9 @@ class _Choice:
     sent_role: bool = False
     # Completions report each token's character offset in the text.
     text_offset: int = 0
-    # Echo: the prompt's text and its tokens' logprob entries, once the first chunk brought them.
-    echo_text: str = ""
-    echo_logprobs: list[_PromptToken] = field(default_factory=list)
-    echoed: bool = False
-
-
-@dataclass(frozen=True)
-class _PromptToken:
-    """An echoed prompt token: its text, and (after the first) its logprob and top alternatives."""
-
-    token: str
-    logprob: float | None
-    top: dict[str, float] | None
+    # The prompt's token texts and scored tokens, once the choice's first chunk brought them.
+    prompt_texts: list[str] | None = None
+    prompt_scored: list[TokenLogprob] = field(default_factory=list)
 
 
 class ResponseWriter:
@@ -53,16 +44,15 @@ class ResponseWriter:
         with_logprobs: bool,
         continuous_usage: bool = False,
         choices_per_prompt: int | None = None,
-        echo_prompts: list[str | None] | None = None,
+        prompt_report: PromptReport | None = None,
     ) -> None:
         """`n`: every choice of the response; `choices_per_prompt`: of each prompt (a batch of
         prompts has n / choices_per_prompt of them, choice i of prompt p at index p x that + i;
         default: one prompt). `continuous_usage`: every streamed chunk carries the usage so far
-        (vLLM's `stream_options.continuous_usage_stats`). `echo_prompts`: completions with echo, per
-        prompt its text as sent (None for token ids: the tokens' texts are joined); each choice's
-        text then starts with it, and its logprobs with the prompt's (the first token's null)."""
+        (vLLM's `stream_options.continuous_usage_stats`). `prompt_report`: echo and vLLM's
+        prompt_logprobs (default: neither)."""
         self.endpoint = endpoint
-        self.echo_prompts = echo_prompts
+        self.prompt_report = prompt_report or PromptReport()
         self.continuous_usage = continuous_usage
         self.choices_per_prompt = choices_per_prompt or n
         self.id = request_id
@@ -82,11 +72,13 @@ class ResponseWriter:
     def stream_chunk(self, chunk: GenerationChunk) -> Json:
         """The SSE event body for one chunk of one choice."""
         choice = self._record(chunk)
-        echoed = self._echo(chunk, choice)
+        took_prompt = self._take_prompt(chunk, choice)
+        echoed = self._echoed(choice) if took_prompt else None
         logprobs = self._logprobs(chunk.logprobs, choice, echoed) if self.with_logprobs else None
+        extra = self._prompt_logprobs(choice) if took_prompt else {}
         if self.endpoint == "completion":
-            text = (choice.echo_text if echoed else "") + chunk.text
-            body: Json = {"index": chunk.index, "text": text, "logprobs": logprobs}
+            text = (self._echo_text(chunk.index, choice) if echoed is not None else "") + chunk.text
+            body: Json = {"index": chunk.index, "text": text, "logprobs": logprobs} | extra
         else:
             delta: Json = {}
             if not choice.sent_role:
@@ -97,6 +89,8 @@ class ResponseWriter:
             body = {"index": chunk.index, "delta": delta, "logprobs": logprobs}
         body["finish_reason"] = chunk.finish_reason
         envelope = self._envelope(stream=True, choices=[body])
+        if self.endpoint == "chat" and chunk.index == 0:
+            envelope |= extra  # chat reports the prompt once, for the response
         return envelope | {"usage": self.usage()} if self.continuous_usage else envelope
 
     def usage_chunk(self) -> Json:
@@ -107,22 +101,26 @@ class ResponseWriter:
 
     def add(self, chunk: GenerationChunk) -> None:
         choice = self._record(chunk)
-        self._echo(chunk, choice)
+        self._take_prompt(chunk, choice)
         choice.text += chunk.text
         choice.logprobs.extend(chunk.logprobs or [])
 
     def response(self) -> Json:
         bodies = []
         for index, choice in enumerate(self.choices):
-            echoed = choice.echo_logprobs if choice.echoed else None
+            echoed = self._echoed(choice)
             logprobs = self._logprobs(choice.logprobs, _Choice(), echoed) if self.with_logprobs else None
             if self.endpoint == "completion":
-                body: Json = {"index": index, "text": choice.echo_text + choice.text, "logprobs": logprobs}
+                text = (self._echo_text(index, choice) if echoed is not None else "") + choice.text
+                body: Json = {"index": index, "text": text, "logprobs": logprobs} | self._prompt_logprobs(choice)
             else:
                 body = {"index": index, "message": {"role": "assistant", "content": choice.text}, "logprobs": logprobs}
             body["finish_reason"] = choice.finish_reason
             bodies.append(body)
-        return self._envelope(stream=False, choices=bodies) | {"usage": self.usage()}
+        response = self._envelope(stream=False, choices=bodies) | {"usage": self.usage()}
+        if self.endpoint == "chat":
+            response |= self._prompt_logprobs(self.choices[0])
+        return response
 
     @property
     def num_prompt_tokens(self) -> int:
@@ -167,22 +165,33 @@ class ResponseWriter:
             kind = "chat.completion.chunk"
         return {"id": self.id, "object": kind, "created": self.created, "model": self.model, "choices": choices}
 
-    def _echo(self, chunk: GenerationChunk, choice: _Choice) -> list[_PromptToken] | None:
-        """With echo, on a choice's first chunk (which brings the prompt's tokens): remember the
-        prompt's text and logprob entries, and return the entries; None otherwise."""
-        if self.echo_prompts is None or choice.echoed or chunk.prompt_token_texts is None:
+    def _take_prompt(self, chunk: GenerationChunk, choice: _Choice) -> bool:
+        """Remember the prompt's tokens the choice's first chunk brings; True when this one did."""
+        if chunk.prompt_token_texts is None or choice.prompt_texts is not None:
+            return False
+        choice.prompt_texts = chunk.prompt_token_texts
+        choice.prompt_scored = chunk.prompt_logprobs or []
+        return True
+
+    def _echoed(self, choice: _Choice) -> list[EchoedToken] | None:
+        if self.prompt_report.echo_prompts is None or choice.prompt_texts is None:
             return None
-        choice.echoed = True
-        sent = self.echo_prompts[chunk.index // self.choices_per_prompt]
-        choice.echo_text = sent if sent is not None else "".join(chunk.prompt_token_texts)
-        scored = chunk.prompt_logprobs or []
-        choice.echo_logprobs = [_PromptToken(chunk.prompt_token_texts[0], None, None)] + [
-            _PromptToken(entry.token, entry.logprob, dict(entry.top)) for entry in scored
-        ]
-        return choice.echo_logprobs
+        return echoed_tokens(choice.prompt_texts, choice.prompt_scored, self.prompt_report.echo_top)
+
+    def _echo_text(self, index: int, choice: _Choice) -> str:
+        assert self.prompt_report.echo_prompts is not None and choice.prompt_texts is not None  # _echoed checked
+        sent = self.prompt_report.echo_prompts[index // self.choices_per_prompt]
+        return sent if sent is not None else "".join(choice.prompt_texts)
+
+    def _prompt_logprobs(self, choice: _Choice) -> Json:
+        """vLLM's `prompt_logprobs` field, when asked for and the prompt's tokens have come."""
+        top = self.prompt_report.vllm_top
+        if top is None or choice.prompt_texts is None:
+            return {}
+        return {"prompt_logprobs": vllm_prompt_logprobs(choice.prompt_scored, top)}
 
     def _logprobs(
-        self, logprobs: list[TokenLogprob] | None, choice: _Choice, echoed: list[_PromptToken] | None = None
+        self, logprobs: list[TokenLogprob] | None, choice: _Choice, echoed: list[EchoedToken] | None = None
     ) -> Json:
         logprobs = logprobs or []
         if self.endpoint == "chat":

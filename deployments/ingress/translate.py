@@ -25,7 +25,7 @@ def completion_to_generations(body: CompletionRequest, request_id: str) -> list[
     params = _sampling_params(body, body.max_tokens, logprobs=body.logprobs is not None, top_logprobs=num_top)
     if body.echo:
         # Echo answers with the prompt's tokens (and, with logprobs, their logprobs): score it.
-        params = dataclasses.replace(params, prompt_logprobs=num_top)
+        params = dataclasses.replace(params, prompt_logprobs=max(num_top, body.prompt_logprobs or 0))
     prompts = body.prompts
     return [
         GenerationRequest(
@@ -102,6 +102,7 @@ def _sampling_params(
             min_p=body.min_p,
             min_tokens=body.min_tokens,
             include_stop_str_in_output=body.include_stop_str_in_output,
+            prompt_logprobs=body.prompt_logprobs,
             skip_special_tokens=body.skip_special_tokens,
             logprobs=logprobs,
             top_logprobs=top_logprobs,

@@ -296,7 +296,8 @@ class LLMServer:
         for token_id, entry in zip(output.prompt_token_ids[1:], output.new_prompt_logprobs[1:]):
             assert entry is not None  # only the first prompt token has no logprob
             logprob, top = entry
-            scored.append(TokenLogprob(token_text(token_id), logprob, [(token_text(t), lp) for t, lp in top]))
+            texts = [(token_text(t), lp) for t, lp in top]
+            scored.append(TokenLogprob(token_text(token_id), logprob, texts, token_id, [t for t, _ in top]))
         return scored
 
 

@@ -145,6 +145,14 @@ def test_echo_scores_the_prompt_as_an_evaluation_harness_asks(multi_model_app: s
     plain = client.completions.create(model="qwen-demo", prompt=prompt, max_tokens=3, temperature=0).choices[0]
     assert generated.text == prompt + plain.text
     assert generated.logprobs.token_logprobs[: len(logprobs.tokens)] == pytest.approx(logprobs.token_logprobs)
+    vllm_style = client.completions.create(
+        model="qwen-demo", prompt=prompt, max_tokens=1, temperature=0, extra_body={"prompt_logprobs": 2}
+    ).choices[0]
+    entries = vllm_style.model_extra["prompt_logprobs"]
+    assert entries[0] is None and len(entries) == len(logprobs.tokens)
+    for entry, token_logprob in zip(entries[1:], logprobs.token_logprobs[1:]):
+        own = [value for value in entry.values() if value["logprob"] == pytest.approx(token_logprob)]
+        assert own and 2 <= len(entry) <= 3
 
 
 def test_tokenize_then_detokenize_round_trips_through_the_router(multi_model_app: str) -> None:

@@ -451,7 +451,6 @@ def test_invalid_request_is_400_naming_the_field(body: Any, param: str | None, m
     ("endpoint", "name", "value", "message_part"),
     [
         ("completion", "suffix", "tail", "suffix"),
-        ("chat", "prompt_logprobs", 2, "echo"),
         ("chat", "tools", [{"type": "function", "function": {"name": "f"}}], "tool"),
     ],
 )
@@ -806,8 +805,16 @@ class ScoringClient(FakeModelClient):
 
     async def stream(self, request: GenerationRequest) -> AsyncGenerator[GenerationChunk, None]:
         self.requests.append(request)
-        texts = list(request.prompt) if isinstance(request.prompt, str) else [f"<{t}>" for t in request.prompt or []]
-        scored = [TokenLogprob(text, -1.0 - i, [(text, -1.0 - i)]) for i, text in enumerate(texts[1:])]
+        if request.messages is not None:
+            texts = list("".join(message.content for message in request.messages))
+        elif isinstance(request.prompt, str):
+            texts = list(request.prompt)
+        else:
+            texts = [f"<{t}>" for t in request.prompt or []]
+        scored = [
+            TokenLogprob(text, -1.0 - i, [("z", -0.1), (text, -1.0 - i)], token_id=100 + i, top_ids=[99, 100 + i])
+            for i, text in enumerate(texts[1:])
+        ]
         for index in range(request.n):
             generated = request.max_tokens or 0
             yield GenerationChunk(
@@ -831,7 +838,7 @@ def test_echo_returns_the_prompt_then_the_completion_with_the_prompts_logprobs(s
     logprobs = choice["logprobs"]
     assert logprobs["tokens"] == ["a", "b", "c", "!", "!"]
     assert logprobs["token_logprobs"] == [None, -1.0, -2.0, -0.5, -0.5]
-    assert logprobs["top_logprobs"] == [None, {"b": -1.0}, {"c": -2.0}, {"!": -0.5}, {"!": -0.5}]
+    assert logprobs["top_logprobs"] == [None, {"z": -0.1}, {"z": -0.1}, {"!": -0.5}, {"!": -0.5}]
     assert logprobs["text_offset"] == [0, 1, 2, 3, 4]
     assert client.request.params.prompt_logprobs == 1
 
@@ -848,3 +855,36 @@ def test_max_tokens_zero_with_echo_scores_a_token_id_prompt_without_generating()
 def test_max_tokens_zero_without_echo_is_400() -> None:
     error = openai_error(post("completion", max_tokens=0), 400)
     assert "echo" in error["message"]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("endpoint", ["completion", "chat"])
+def test_vllms_prompt_logprobs_are_reported_keyed_by_token_id(endpoint: str, stream: bool) -> None:
+    client = ScoringClient()
+    fields: dict[str, Any] = {"prompt_logprobs": 1, "stream": stream, "max_tokens": 1}
+    fields |= {"prompt": "abc"} if endpoint == "completion" else {"messages": [{"role": "user", "content": "abc"}]}
+    response = call(make_app(client), "POST", PATHS[endpoint], BODIES[endpoint] | fields)
+    if stream:
+        events = sse_events(response)
+        found = [event.get("prompt_logprobs") or event["choices"][0].get("prompt_logprobs") for event in events]
+        reported = [entry for entry in found if entry is not None]
+        assert len(reported) == 1
+        [prompt_logprobs] = reported
+    else:
+        body = response.json()
+        prompt_logprobs = body["choices"][0]["prompt_logprobs"] if endpoint == "completion" else body["prompt_logprobs"]
+    assert client.request.params.prompt_logprobs == 1
+    if endpoint == "completion":
+        assert prompt_logprobs == [
+            None,
+            {
+                "100": {"logprob": -1.0, "rank": None, "decoded_token": "b"},
+                "99": {"logprob": -0.1, "rank": 1, "decoded_token": "z"},
+            },
+            {
+                "101": {"logprob": -2.0, "rank": None, "decoded_token": "c"},
+                "99": {"logprob": -0.1, "rank": 1, "decoded_token": "z"},
+            },
+        ]
+    else:
+        assert prompt_logprobs[0] is None and len(prompt_logprobs) == 3
