@@ -167,18 +167,19 @@ class CompletionRequest(SamplingFields):
     # Text, token ids, or a batch: a list of texts or of token-id lists (each prompt gets `n`
     # choices; choice index = prompt position x n + choice).
     prompt: str | list[Annotated[int, Field(ge=0)]] | list[str] | list[list[Annotated[int, Field(ge=0)]]]
+    # Answer each choice with its prompt followed by the completion (before max_tokens: its check reads it).
+    echo: bool = False
     # 0 only with echo: score the prompt without generating.
     max_tokens: int | None = Field(default=16, ge=0)
     # Chosen token's logprob plus this many alternatives per position (with echo, the prompt's too).
     logprobs: int | None = Field(default=None, ge=0, le=20)
-    # Answer each choice with its prompt followed by the completion.
-    echo: bool = False
 
-    @model_validator(mode="after")
-    def _echo_for_zero_tokens(self) -> CompletionRequest:
-        if self.max_tokens == 0 and not self.echo:
-            raise ValueError("max_tokens: 0 generates nothing; it needs echo (to score the prompt)")
-        return self
+    @field_validator("max_tokens")
+    @classmethod
+    def _zero_only_with_echo(cls, max_tokens: int | None, info: ValidationInfo) -> int | None:
+        if max_tokens == 0 and not info.data.get("echo"):
+            raise ValueError("0 generates nothing: it needs echo (to score the prompt)")
+        return max_tokens
 
     @field_validator("prompt")
     @classmethod

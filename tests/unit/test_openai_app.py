@@ -854,7 +854,7 @@ def test_max_tokens_zero_with_echo_scores_a_token_id_prompt_without_generating()
 
 def test_max_tokens_zero_without_echo_is_400() -> None:
     error = openai_error(post("completion", max_tokens=0), 400)
-    assert "echo" in error["message"]
+    assert "echo" in error["message"] and error["param"] == "max_tokens"
 
 
 @pytest.mark.parametrize("stream", [False, True])
