@@ -40,6 +40,8 @@ class GenerationRequest:
     stream: bool = True
     # The client's end-user id (OpenAI's `user`), named in the logs of a request that failed.
     user: str | None = None
+    # Completions' echo: each choice's first chunk carries the prompt's text (`prompt_text`).
+    echo: bool = False
     # The tenant whose key sent it ("" without auth) and its scheduling weight: the replica's
     # engine shares its steps fairly across tenants by these.
     tenant: str = ""
@@ -85,6 +87,8 @@ class GenerationChunk:
     # alternatives), so len(prompt_logprobs) == len(prompt_token_texts) - 1.
     prompt_token_texts: list[str] | None = None
     prompt_logprobs: list[TokenLogprob] | None = None
+    # With GenerationRequest.echo, in the first chunk of each choice: the prompt decoded whole.
+    prompt_text: str | None = None
 
 
 @dataclass

@@ -134,9 +134,13 @@ class SamplingFields(_Body):
     @field_validator("logit_bias")
     @classmethod
     def _token_id_keys(cls, logit_bias: dict[str, float]) -> dict[str, float]:
+        token_ids = set()
         for key in logit_bias:
-            if not key.isdigit():
+            if not (key.isascii() and key.isdigit()):
                 raise ValueError(f"keys must be token ids (non-negative integers), got {key!r}")
+            if int(key) in token_ids:
+                raise ValueError(f"token id {int(key)} is given twice")
+            token_ids.add(int(key))
         return logit_bias
 
     @field_validator("stream_options")

@@ -29,9 +29,12 @@ class _Choice:
     sent_role: bool = False
     # Completions report each token's character offset in the text.
     text_offset: int = 0
-    # The prompt's token texts and scored tokens, once the choice's first chunk brought them.
+    # Once the choice's first chunk brought them: the prompt decoded whole (echo), its token
+    # texts and scored tokens (prompt logprobs).
+    prompt_text: str | None = None
     prompt_texts: list[str] | None = None
     prompt_scored: list[TokenLogprob] = field(default_factory=list)
+    took_prompt: bool = False
 
 
 class ResponseWriter:
@@ -73,11 +76,12 @@ class ResponseWriter:
         """The SSE event body for one chunk of one choice."""
         choice = self._record(chunk)
         took_prompt = self._take_prompt(chunk, choice)
-        echoed = self._echoed(choice) if took_prompt else None
+        echoes = took_prompt and self.prompt_report.echo_prompts is not None
+        echoed = self._echoed(choice) if echoes else None
         logprobs = self._logprobs(chunk.logprobs, choice, echoed) if self.with_logprobs else None
         extra = self._prompt_logprobs(choice) if took_prompt else {}
         if self.endpoint == "completion":
-            text = (self._echo_text(chunk.index, choice) if echoed is not None else "") + chunk.text
+            text = (self._echo_text(chunk.index, choice) if echoes else "") + chunk.text
             body: Json = {"index": chunk.index, "text": text, "logprobs": logprobs} | extra
         else:
             delta: Json = {}
@@ -108,10 +112,11 @@ class ResponseWriter:
     def response(self) -> Json:
         bodies = []
         for index, choice in enumerate(self.choices):
-            echoed = self._echoed(choice)
+            echoes = choice.took_prompt and self.prompt_report.echo_prompts is not None
+            echoed = self._echoed(choice) if echoes else None
             logprobs = self._logprobs(choice.logprobs, _Choice(), echoed) if self.with_logprobs else None
             if self.endpoint == "completion":
-                text = (self._echo_text(index, choice) if echoed is not None else "") + choice.text
+                text = (self._echo_text(index, choice) if echoes else "") + choice.text
                 body: Json = {"index": index, "text": text, "logprobs": logprobs} | self._prompt_logprobs(choice)
             else:
                 body = {"index": index, "message": {"role": "assistant", "content": choice.text}, "logprobs": logprobs}
@@ -166,22 +171,26 @@ class ResponseWriter:
         return {"id": self.id, "object": kind, "created": self.created, "model": self.model, "choices": choices}
 
     def _take_prompt(self, chunk: GenerationChunk, choice: _Choice) -> bool:
-        """Remember the prompt's tokens the choice's first chunk brings; True when this one did."""
-        if chunk.prompt_token_texts is None or choice.prompt_texts is not None:
+        """Remember what the choice's first chunk brings of the prompt; True when this one did."""
+        if choice.took_prompt or (chunk.prompt_text is None and chunk.prompt_token_texts is None):
             return False
+        choice.took_prompt = True
+        choice.prompt_text = chunk.prompt_text
         choice.prompt_texts = chunk.prompt_token_texts
         choice.prompt_scored = chunk.prompt_logprobs or []
         return True
 
     def _echoed(self, choice: _Choice) -> list[EchoedToken] | None:
-        if self.prompt_report.echo_prompts is None or choice.prompt_texts is None:
+        """The echoed prompt's logprob entries (None without prompt logprobs: echo without logprobs)."""
+        if choice.prompt_texts is None:
             return None
         return echoed_tokens(choice.prompt_texts, choice.prompt_scored, self.prompt_report.echo_top)
 
     def _echo_text(self, index: int, choice: _Choice) -> str:
-        assert self.prompt_report.echo_prompts is not None and choice.prompt_texts is not None  # _echoed checked
+        """The prompt as sent, or (token ids) as the replica decoded it whole."""
+        assert self.prompt_report.echo_prompts is not None  # callers check
         sent = self.prompt_report.echo_prompts[index // self.choices_per_prompt]
-        return sent if sent is not None else "".join(choice.prompt_texts)
+        return sent if sent is not None else choice.prompt_text or ""
 
     def _prompt_logprobs(self, choice: _Choice) -> Json:
         """vLLM's `prompt_logprobs` field, when asked for and the prompt's tokens have come."""

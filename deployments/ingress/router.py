@@ -166,6 +166,9 @@ class HandleModelClient:
                 code="first_token_timeout",
                 retry_after_s=DEFAULT_RETRY_AFTER_S,
             ) from None
+        except BaseException:  # the client left: Serve no longer cancels this call with its parent
+            response.cancel()
+            raise
         if isinstance(result, ApiError):
             raise result
         return result

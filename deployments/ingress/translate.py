@@ -23,8 +23,8 @@ def completion_to_generations(body: CompletionRequest, request_id: str) -> list[
     `{request_id}-p{i}` for prompt i of several), each with the body's `n` choices."""
     num_top = body.logprobs or 0
     params = _sampling_params(body, body.max_tokens, logprobs=body.logprobs is not None, top_logprobs=num_top)
-    if body.echo:
-        # Echo answers with the prompt's tokens (and, with logprobs, their logprobs): score it.
+    if body.echo and body.logprobs is not None:
+        # Echo with logprobs lists the prompt tokens' logprobs too: score the prompt.
         params = dataclasses.replace(params, prompt_logprobs=max(num_top, body.prompt_logprobs or 0))
     prompts = body.prompts
     return [
@@ -37,6 +37,7 @@ def completion_to_generations(body: CompletionRequest, request_id: str) -> list[
             n=body.n,
             stream=body.stream,
             user=body.user,
+            echo=body.echo,
         )
         for index, prompt in enumerate(prompts)
     ]

@@ -223,8 +223,13 @@ class LLMServer:
                 tenant=request.tenant,
                 tenant_weight=request.tenant_weight,
             )
+            first = True
             async for output in stream:
-                queue.put_nowait(self._to_chunk(index, output, params))
+                chunk = self._to_chunk(index, output, params)
+                if first and request.echo:
+                    chunk.prompt_text = self.prompts.text_of(prompt_token_ids)
+                first = False
+                queue.put_nowait(chunk)
         except Exception as error:  # noqa: BLE001 - handed to the consumer, which raises it
             queue.put_nowait(error)
         finally:
@@ -339,5 +344,6 @@ def _merge(earlier: GenerationChunk, later: GenerationChunk) -> GenerationChunk:
         token_ids=earlier.token_ids + later.token_ids,
         logprobs=logprobs,
         prompt_token_texts=earlier.prompt_token_texts or later.prompt_token_texts,
+        prompt_text=earlier.prompt_text if earlier.prompt_text is not None else later.prompt_text,
         prompt_logprobs=earlier.prompt_logprobs if earlier.prompt_logprobs is not None else later.prompt_logprobs,
     )

@@ -40,8 +40,8 @@ class PromptBuilder:
     def max_tokens(self, request: GenerationRequest, num_prompt_tokens: int) -> int:
         """The request's max_tokens, or all the context the prompt leaves; refuses what cannot fit."""
         room = self.context_len - num_prompt_tokens
-        if request.max_tokens == 0 and room >= 0:
-            return 0  # the prompt is scored, nothing generated (echo)
+        if request.max_tokens == 0 and room >= 1:
+            return 0  # the prompt is scored, nothing generated (echo); the engine keeps a slot for one
         wanted = request.max_tokens if request.max_tokens is not None else room
         if wanted < 1 or num_prompt_tokens + wanted > self.context_len:
             where = "messages" if request.messages is not None else "prompt"
@@ -81,6 +81,10 @@ class PromptBuilder:
                 f"tokens must be token ids in [0, {vocab_size}), got {outside[0]}", param="tokens"
             )
         return tokenizer.decode(token_ids)
+
+    def text_of(self, token_ids: list[int]) -> str:
+        """A prompt's text, decoded whole (so multi-byte characters and leading spaces survive)."""
+        return self.tokenizer.decode(token_ids) if self.tokenizer is not None else ""
 
     def _require_tokenizer(self, param: str) -> PreTrainedTokenizerBase:
         if self.tokenizer is None:

@@ -63,7 +63,7 @@ def worst_case(request: GenerationRequest, max_model_len: int | None, pricing: M
     p <= P, o <= O, p + o <= max_model_len that costs most (p = P for a prompt of token ids)."""
     context = max_model_len or math.inf
     prompt_bound = min(prompt_token_bound(request), context)
-    output_bound = min(request.max_tokens or context, context)
+    output_bound = min(context if request.max_tokens is None else request.max_tokens, context)
     corners = [(prompt_bound, min(output_bound, context - prompt_bound))]
     if not isinstance(request.prompt, list):
         # A text prompt may be shorter than its bound, leaving more room for output.

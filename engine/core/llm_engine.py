@@ -204,10 +204,11 @@ class LLMEngine:
 
     def _check_fits(self, prompt_token_ids: list[int], params: SamplingParams) -> None:
         """Raise ContextLengthError for a request that could never run, even on an idle engine
-        (and InvalidPromptError for a logit_bias on a token the vocabulary does not have)."""
-        outside = [token_id for token_id in params.logit_bias if token_id >= self.vocab_size]
-        if outside:
-            raise InvalidPromptError(f"logit_bias token ids must be in [0, {self.vocab_size}), got {outside[0]}")
+        (and InvalidPromptError for a logit_bias or stop token id the vocabulary does not have)."""
+        for name, token_ids in (("logit_bias", list(params.logit_bias)), ("stop_token_ids", params.stop_token_ids)):
+            outside = [token_id for token_id in token_ids if token_id >= self.vocab_size]
+            if outside:
+                raise InvalidPromptError(f"{name} token ids must be in [0, {self.vocab_size}), got {outside[0]}")
         # A request generating nothing still holds its whole prompt's KV (its last token included).
         num_tokens = len(prompt_token_ids) + max(params.max_tokens, 1)
         if num_tokens > self.max_model_len:

@@ -140,10 +140,11 @@ class Sampler:
         for rows that asked, the top logprobs; all under the model's unmodified distribution."""
         logits = logits.float()
         logprobs = torch.log_softmax(logits, dim=-1)  # (N, V) reported, before any penalty
-        logits = apply_repetition_penalty(logits, rows)
-        logits = apply_penalties(logits, rows)
+        # Bias and bans first, then penalties: the order of HF's processors and of vLLM.
         logits = apply_logit_bias(logits, rows)
         logits = ban_tokens(logits, rows)
+        logits = apply_repetition_penalty(logits, rows)
+        logits = apply_penalties(logits, rows)
         # max's indices, not argmax: the same first maximum, at about half the cost on CPU.
         chosen = logits.max(dim=-1).indices  # (N,) greedy choice for every row
         random_rows = [i for i, row in enumerate(rows) if not row.params.is_greedy]

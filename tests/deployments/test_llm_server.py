@@ -201,3 +201,17 @@ def test_tokenize_and_detokenize_use_the_models_tokenizer_and_template(llama_dir
         assert isinstance(refused, InvalidRequestError) and refused.param == "tokens"
 
     run(test, llama_dir, max_model_len=40)
+
+
+def test_echo_sends_the_prompt_decoded_whole_in_each_choices_first_chunk(llama_dir: Path) -> None:
+    from transformers import AutoTokenizer
+
+    token_ids = AutoTokenizer.from_pretrained(llama_dir).encode("naïve café", add_special_tokens=False)
+
+    async def test(server: LLMServer) -> None:
+        request = completion(token_ids, max_tokens=0, n=2, echo=True, stream=True)
+        chunks = [item for item in await collect(server.generate(request)) if isinstance(item, GenerationChunk)]
+        assert sorted(chunk.prompt_text for chunk in chunks if chunk.prompt_text is not None) == ["naïve café"] * 2
+        assert all(chunk.num_generated_tokens == 0 and chunk.finish_reason == "length" for chunk in chunks)
+
+    run(test, llama_dir, max_model_len=40)

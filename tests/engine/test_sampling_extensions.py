@@ -13,6 +13,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+import pytest
 import torch
 from transformers import (
     AutoModelForCausalLM,
@@ -23,7 +24,7 @@ from transformers import (
     SequenceBiasLogitsProcessor,
 )
 
-from engine import EngineConfig, LLMEngine, SamplingParams
+from engine import EngineConfig, InvalidPromptError, LLMEngine, SamplingParams
 from engine.model.sampler import SamplingRow, _keep_min_p, apply_logit_bias, apply_repetition_penalty, ban_tokens
 
 VOCAB = 64
@@ -162,3 +163,23 @@ def test_text_options_include_the_stop_string_keep_special_tokens_and_wait_for_m
     )
     assert skipped.token_ids == kept.token_ids == [tokenizer.eos_token_id] * 2
     assert skipped.text == "" and kept.text == tokenizer.eos_token * 2
+
+
+def test_bias_and_a_penalty_on_one_row_compose_as_hfs_chained_processors() -> None:
+    logits = torch.randn(1, VOCAB) * 3
+    logits[0, 5] = 2.0
+    params = SamplingParams(repetition_penalty=2.0, logit_bias={5: 3.0, 9: -1.0})
+    [sampling_row] = [row(params, prompt=[5, 9, 11])]
+    ours = apply_repetition_penalty(apply_logit_bias(logits, [sampling_row]), [sampling_row])
+    hf = SequenceBiasLogitsProcessor({(5,): 3.0, (9,): -1.0})(torch.tensor([[5, 9, 11]]), logits.clone())
+    hf = RepetitionPenaltyLogitsProcessor(2.0)(torch.tensor([[5, 9, 11]]), hf)
+    assert torch.allclose(ours, hf)
+    assert ours[0, 5].item() == 2.5  # (2 + 3) / 2: the bias, then the penalty
+
+
+def test_stop_token_ids_outside_the_vocabulary_are_refused_not_run(llama_dir: Path) -> None:
+    engine = LLMEngine(EngineConfig(model=str(llama_dir), dtype="float32", num_kv_blocks=64))
+    with pytest.raises(InvalidPromptError, match="stop_token_ids"):
+        engine.add_request("r", [1, 2, 3], SamplingParams(max_tokens=4, min_tokens=2, stop_token_ids=[10**6]))
+    assert not engine.has_unfinished_requests()
+    assert engine.generate([[1, 2, 3]], SamplingParams(max_tokens=2, temperature=0.0))[0].num_generated_tokens

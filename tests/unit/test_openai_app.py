@@ -821,6 +821,7 @@ class ScoringClient(FakeModelClient):
                 index, "!" * generated, [7] * generated,
                 [TokenLogprob("!", -0.5, [("!", -0.5)])] * generated,
                 "length", len(texts), generated, prompt_token_texts=texts, prompt_logprobs=scored,
+                prompt_text="".join(texts) if request.echo else None,
             )  # fmt: skip
 
 
@@ -888,3 +889,12 @@ def test_vllms_prompt_logprobs_are_reported_keyed_by_token_id(endpoint: str, str
         ]
     else:
         assert prompt_logprobs[0] is None and len(prompt_logprobs) == 3
+
+
+
+def test_echo_without_logprobs_does_not_score_the_prompt() -> None:
+    client = ScoringClient()
+    body = COMPLETION | {"prompt": [5, 6], "echo": True, "max_tokens": 1}
+    choice = call(make_app(client), "POST", PATHS["completion"], body).json()["choices"][0]
+    assert choice["text"] == "<5><6>!"
+    assert client.request.params.prompt_logprobs is None and client.request.echo

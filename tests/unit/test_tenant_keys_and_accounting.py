@@ -59,6 +59,7 @@ def test_a_prompt_is_bounded_by_its_bytes_and_the_templates_allowance() -> None:
         ([1] * 10, 95, 1, 100, (10, 90)),  # token ids: the prompt's length is exact
         ("x" * 10, 95, 1, 100, (5, 95)),  # text may be shorter: output is dearer, the worst split has more
         ([1] * 200, 5, 1, 100, (100, 0)),  # refused by the replica; reserves the context at most
+        ([1] * 10, 0, 1, 100, (10, 0)),  # max_tokens 0 (echo scoring) generates nothing
     ],
 )
 def test_the_worst_case_is_the_most_expensive_split_the_context_allows(
