@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import json
 import time
 import uuid
@@ -29,14 +28,15 @@ from typing import Any, Protocol
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from deployments.config import RequestLimits
 from deployments.errors import ApiError, InvalidRequestError, ModelNotFoundError, to_api_error
 from deployments.generation import GenerationChunk, GenerationRequest, Tokenized, TokenizeRequest
+from deployments.ingress.batches import stream_all
 from deployments.ingress.limits import check_request_limits, read_body
 from deployments.ingress.model_states import ModelState
+from deployments.ingress.openapi_docs import document_bodies, request_schema
 from deployments.ingress.prompt_report import PromptReport
 from deployments.ingress.protocol import (
     ChatCompletionRequest,
@@ -157,23 +157,23 @@ def build_openai_app(
             raise ModelNotFoundError.for_model(model_id, list(shown))
         return _model_json(card, (await current_states()).get(card.id))
 
-    @app.post("/v1/completions", openapi_extra=_request_schema(CompletionRequest))
+    @app.post("/v1/completions", openapi_extra=request_schema(CompletionRequest))
     async def completions(request: Request) -> Response:
         return await _answer("completion", request, models, keepalive_interval_s, limits, gate, metrics)
 
-    @app.post("/v1/chat/completions", openapi_extra=_request_schema(ChatCompletionRequest))
+    @app.post("/v1/chat/completions", openapi_extra=request_schema(ChatCompletionRequest))
     async def chat_completions(request: Request) -> Response:
         return await _answer("chat", request, models, keepalive_interval_s, limits, gate, metrics)
 
-    @app.post("/tokenize", openapi_extra=_request_schema(TokenizeBody))
+    @app.post("/tokenize", openapi_extra=request_schema(TokenizeBody))
     async def tokenize(request: Request) -> Response:
         return await _answer_tokenizer(request, TokenizeBody, models, limits, gate)
 
-    @app.post("/detokenize", openapi_extra=_request_schema(DetokenizeBody))
+    @app.post("/detokenize", openapi_extra=request_schema(DetokenizeBody))
     async def detokenize(request: Request) -> Response:
         return await _answer_tokenizer(request, DetokenizeBody, models, limits, gate)
 
-    _document_bodies(app)
+    document_bodies(app)
 
     @app.get("/v1/usage")
     async def usage(request: Request) -> dict[str, Any]:
@@ -250,42 +250,6 @@ async def _answer(
         raise
 
 
-# The request bodies the endpoints read themselves, documented in /openapi.json.
-_DOCUMENTED_BODIES: tuple[type[BaseModel], ...] = (
-    CompletionRequest,
-    ChatCompletionRequest,
-    TokenizeBody,
-    DetokenizeBody,
-)
-_SCHEMA_REF = "#/components/schemas/{model}"
-
-
-def _request_schema(body_type: type[BaseModel]) -> dict[str, Any]:
-    """The OpenAPI request body of an endpoint that reads its own: the bytes are read by
-    `read_body` (size-limited before any parsing) and validated by `parse_body` (unsupported
-    parameters named, nulls as defaults), so FastAPI is given the body's schema to document, not a
-    body to parse. Its nested models are added to the components by `_document_bodies`."""
-    schema = body_type.model_json_schema(ref_template=_SCHEMA_REF)
-    schema.pop("$defs", None)
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
-
-
-def _document_bodies(app: FastAPI) -> None:
-    """Put the documented bodies' nested models into /openapi.json's components."""
-    build_schema = app.openapi
-
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema is None:
-            schema = build_schema()
-            components = schema.setdefault("components", {}).setdefault("schemas", {})
-            for body_type in _DOCUMENTED_BODIES:
-                components.update(body_type.model_json_schema(ref_template=_SCHEMA_REF).get("$defs", {}))
-            app.openapi_schema = schema
-        return app.openapi_schema
-
-    app.openapi = openapi  # type: ignore[method-assign]
-
-
 async def _answer_tokenizer(
     request: Request,
     body_type: type[TokenizeBody] | type[DetokenizeBody],
@@ -326,7 +290,7 @@ async def _respond(
     keepalive_interval_s: float,
     settlement: Settlement,
 ) -> Response:
-    chunks = _stream_all(client, generations)
+    chunks = stream_all(client, generations)
     stream = generations[0].stream
     first_chunk = asyncio.ensure_future(anext(chunks))
     try:
@@ -360,47 +324,6 @@ def _prompt_report(body: CompletionRequest | ChatCompletionRequest) -> PromptRep
         echo_prompts = [prompt if isinstance(prompt, str) else None for prompt in body.prompts]
         return PromptReport(echo_prompts, body.logprobs or 0, body.prompt_logprobs)
     return PromptReport(vllm_top=body.prompt_logprobs)
-
-
-def _stream_all(client: ModelClient, generations: list[GenerationRequest]) -> AsyncGenerator[GenerationChunk, None]:
-    """The chunks of every prompt's request: a batch's merged as they come, each chunk's index
-    moved to prompt position x n + its choice. Closing it closes every prompt's stream."""
-    if len(generations) == 1:
-        return client.stream(generations[0])
-    return _merged_streams(client, generations)
-
-
-async def _merged_streams(
-    client: ModelClient, generations: list[GenerationRequest]
-) -> AsyncGenerator[GenerationChunk, None]:
-    queue: asyncio.Queue[GenerationChunk | Exception | None] = asyncio.Queue()
-
-    async def pump(position: int, generation: GenerationRequest) -> None:
-        chunks = client.stream(generation)
-        try:
-            async for chunk in chunks:
-                queue.put_nowait(dataclasses.replace(chunk, index=position * generation.n + chunk.index))
-        except Exception as error:  # noqa: BLE001 - raised by the consumer
-            queue.put_nowait(error)
-        finally:
-            await chunks.aclose()  # even when cancelled: the replica's request must be cancelled too
-            queue.put_nowait(None)
-
-    pumps = [asyncio.create_task(pump(position, generation)) for position, generation in enumerate(generations)]
-    try:
-        num_running = len(pumps)
-        while num_running:
-            item = await queue.get()
-            if item is None:
-                num_running -= 1
-            elif isinstance(item, Exception):
-                raise item
-            else:
-                yield item
-    finally:
-        for task in pumps:
-            task.cancel()
-        await asyncio.gather(*pumps, return_exceptions=True)
 
 
 class _EventStream(StreamingResponse):
