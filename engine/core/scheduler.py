@@ -39,7 +39,12 @@ from engine.core.sequence import Sequence, SequenceStatus
 from engine.outputs import FinishReason
 from engine.step_data import SampledTokens, ScheduledChunk, SchedulerOutput
 
-__all__ = ["Scheduler"]
+__all__ = ["MAX_SCORED_POSITIONS_PER_STEP", "Scheduler"]
+
+# Most prompt positions one step scores (prompt logprobs) over all its requests: each keeps a row of
+# logits over the whole vocabulary, so this bounds that memory (512 x 128k vocabulary x 4 bytes =
+# 256 MiB); a scoring request's prefill is chunked to fit.
+MAX_SCORED_POSITIONS_PER_STEP = 512
 
 
 class Scheduler:
@@ -58,6 +63,8 @@ class Scheduler:
         self.prefix_cache_hit_tokens = 0
         self.num_prompt_tokens_computed = 0
         self.num_generation_tokens = 0
+        # Prompt positions the step being scheduled may still score.
+        self._scoring_room = MAX_SCORED_POSITIONS_PER_STEP
 
     # ----- requests in and out -------------------------------------------------------------
 
@@ -85,6 +92,7 @@ class Scheduler:
 
     def schedule(self) -> SchedulerOutput:
         output = SchedulerOutput()
+        self._scoring_room = MAX_SCORED_POSITIONS_PER_STEP
         was_idle = not self.running
         if self._preempts_for_fair_share:
             self._make_room_for_fair_share(output)
@@ -127,7 +135,10 @@ class Scheduler:
         index = 0
         while index < len(self.running) and budget > 0:
             seq = self.running[index]
-            num_new = min(seq.num_uncomputed_tokens, budget)
+            num_new = min(seq.num_uncomputed_tokens, budget, self._scoring_limit(seq, seq.num_computed_tokens))
+            if num_new == 0:  # it scores its prompt and this step has no scoring room left
+                index += 1
+                continue
             while not self.block_manager.can_append(seq, num_new):
                 # Of those not scheduled yet: a scheduled chunk's blocks are keyed in the prefix cache.
                 victim = self.waiting.preemption_victim(self.running[index:])
@@ -153,7 +164,10 @@ class Scheduler:
         while len(self.running) < self._admission_cap() and (seq := self.waiting.peek()) is not None:
             if budget <= 0 and not static_batch:
                 break
-            plan = self._admission_plan(seq, budget)
+            limit = self._scoring_limit(seq, 0)  # a scoring request takes no cached blocks: it starts at 0
+            if limit == 0:
+                break
+            plan = self._admission_plan(seq, min(budget, limit))
             if plan is None:
                 break
             cached_block_ids, num_new = plan
@@ -185,7 +199,19 @@ class Scheduler:
     def _schedule_chunk(self, output: SchedulerOutput, seq: Sequence, num_new: int) -> None:
         self.block_manager.append(seq, num_new)
         self.waiting.charge_chunk(seq, num_new)
-        output.chunks.append(self._chunk(seq, num_new))
+        chunk = self._chunk(seq, num_new)
+        self._scoring_room -= len(chunk.prompt_logprob_targets)
+        output.chunks.append(chunk)
+
+    def _scoring_limit(self, seq: Sequence, start: int) -> int:
+        """The most tokens from position `start` a chunk of `seq` may take in this step without
+        scoring more prompt positions than the step has room for (no limit for other requests)."""
+        if seq.params.prompt_logprobs is None:
+            return seq.num_tokens
+        first = max(start, len(seq.prompt_logprobs))  # the first position still to score
+        if first >= seq.num_prompt_tokens - 1:
+            return seq.num_tokens  # nothing left to score
+        return first - start + max(self._scoring_room, 0)
 
     def _chunk(self, seq: Sequence, num_new: int) -> ScheduledChunk:
         start = seq.num_computed_tokens

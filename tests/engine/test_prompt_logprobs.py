@@ -102,3 +102,29 @@ def test_an_engine_process_hands_over_the_same_prompt_logprobs(llama_dir: Path) 
         return outputs[-1].prompt_logprobs
 
     assert_close(asyncio.run(scenario()), hf_prompt_logprobs(llama_dir, prompt))
+
+
+def test_a_step_scores_at_most_its_share_of_positions_and_the_scores_stay_exact(
+    llama_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from engine.core import scheduler
+
+    monkeypatch.setattr(scheduler, "MAX_SCORED_POSITIONS_PER_STEP", 5)
+    rng = random.Random(9)
+    prompts = [[rng.randrange(10, 500) for _ in range(n)] for n in (17, 11, 23)]
+    engine = LLMEngine(EngineConfig(model=str(llama_dir), dtype="float32", num_kv_blocks=128))
+    scored_per_step: list[int] = []
+    execute = engine.executor.execute
+
+    def counting(batch: object) -> object:
+        scored_per_step.append(sum(len(chunk.prompt_logprob_targets) for chunk in batch.chunks))  # type: ignore[attr-defined]
+        return execute(batch)  # type: ignore[arg-type]
+
+    engine.executor.execute = counting  # type: ignore[method-assign]
+    params = [SamplingParams(max_tokens=3, temperature=0.0, ignore_eos=True, prompt_logprobs=NUM_TOP)] * 2
+    mixed = params + [SamplingParams(max_tokens=3, temperature=0.0, ignore_eos=True)]
+    outputs = engine.generate(prompts, mixed)
+    assert max(scored_per_step) == 5 and sum(scored_per_step) == (17 - 1) + (11 - 1)
+    for prompt, output in zip(prompts[:2], outputs[:2]):
+        assert_close(output.prompt_logprobs, hf_prompt_logprobs(llama_dir, prompt))
+    assert outputs[2].prompt_logprobs is None and outputs[2].num_generated_tokens == 3
