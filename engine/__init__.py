@@ -14,11 +14,19 @@ from typing import TYPE_CHECKING, Any
 
 from engine.config import EngineConfig
 from engine.core.sequence import DEFAULT_TENANT
-from engine.errors import ContextLengthError, EngineDeadError, EngineError, EngineStoppedError, InvalidPromptError
+from engine.errors import (
+    ContextLengthError,
+    EngineDeadError,
+    EngineError,
+    EngineStoppedError,
+    InvalidGrammarError,
+    InvalidPromptError,
+)
 from engine.model.kv_cache import DTYPE_BYTES, KVCacheShape, kv_cache_shape
 from engine.outputs import EngineStats, RequestOutput, RequestTiming, ShardInfo
 from engine.parallel.placement import shard_bundles, tensor_parallel_problem
 from engine.sampling_params import SamplingParams
+from engine.structured.spec import StructuredOutput
 
 if TYPE_CHECKING:
     from engine.core.async_engine import AsyncLLMEngine
@@ -34,6 +42,7 @@ __all__ = [
     "EngineError",
     "EngineStats",
     "EngineStoppedError",
+    "InvalidGrammarError",
     "InvalidPromptError",
     "KVCacheShape",
     "LLMEngine",
@@ -41,6 +50,7 @@ __all__ = [
     "RequestTiming",
     "SamplingParams",
     "ShardInfo",
+    "StructuredOutput",
     "kv_cache_shape",
     "shard_bundles",
     "tensor_parallel_problem",

@@ -2,7 +2,8 @@
 
 ValueError                  bad input: a config field, a sampling parameter (builtin)
 └── InvalidPromptError      a request the engine refuses: empty prompt, token ids outside the vocabulary
-    └── ContextLengthError  prompt + max_tokens exceed max_model_len, or need more than the KV pool
+    ├── ContextLengthError  prompt + max_tokens exceed max_model_len, or need more than the KV pool
+    └── InvalidGrammarError its structured output's schema, regex or grammar does not compile
 EngineError             the engine could not serve a valid request
 ├── EngineDeadError     a step failed; the engine refuses work until it is replaced
 └── EngineStoppedError  the engine was shut down (or never started); it refuses work
@@ -10,7 +11,14 @@ EngineError             the engine could not serve a valid request
 
 from __future__ import annotations
 
-__all__ = ["ContextLengthError", "EngineDeadError", "EngineError", "EngineStoppedError", "InvalidPromptError"]
+__all__ = [
+    "ContextLengthError",
+    "EngineDeadError",
+    "EngineError",
+    "EngineStoppedError",
+    "InvalidGrammarError",
+    "InvalidPromptError",
+]
 
 
 class InvalidPromptError(ValueError):
@@ -24,6 +32,11 @@ class ContextLengthError(InvalidPromptError):
     Its own type so a front end can tell a too-long request (OpenAI's `context_length_exceeded`)
     from other bad input.
     """
+
+
+class InvalidGrammarError(InvalidPromptError):
+    """The request's structured output (JSON schema, regex, choice or grammar) does not compile;
+    the message says why. Its own type so a front end can name the field that carried it."""
 
 
 class EngineError(RuntimeError):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from engine.structured.spec import StructuredOutput
+
 __all__ = ["MAX_LOGIT_BIAS", "MAX_PENALTY", "MAX_TOP_LOGPROBS", "SamplingParams"]
 
 # OpenAI's bounds: penalties in [-MAX_PENALTY, MAX_PENALTY], at most MAX_TOP_LOGPROBS alternatives,
@@ -70,6 +72,10 @@ class SamplingParams:
     # this many most likely alternatives; None returns none. At most 20. Such a request computes
     # its whole prompt: it takes no KV blocks from the prefix cache (it still adds its own).
     prompt_logprobs: int | None = None
+    # The output must match this (a JSON schema, any JSON object, a regex, one of some strings,
+    # or a grammar): each step only tokens the grammar allows can be chosen, and the request
+    # finishes ("stop") when the grammar is complete. Reported logprobs stay the model's.
+    structured_output: StructuredOutput | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.max_tokens, bool) or not isinstance(self.max_tokens, int) or self.max_tokens < 0:
@@ -99,6 +105,18 @@ class SamplingParams:
             raise ValueError(f"min_tokens must be <= max_tokens ({self.max_tokens}), got {self.min_tokens}")
         self._check_logit_bias()
         self._check_top_logprobs()
+        self._check_structured_output()
+
+    def _check_structured_output(self) -> None:
+        structured = self.structured_output
+        if structured is None:
+            return
+        if not isinstance(structured, StructuredOutput):
+            raise ValueError(f"structured_output must be a StructuredOutput, got {type(structured).__name__}")
+        if self.min_tokens:
+            # The grammar decides where the output ends; banning the end before min_tokens could
+            # leave a complete grammar no token at all.
+            raise ValueError(f"min_tokens cannot be combined with structured_output, got min_tokens={self.min_tokens}")
 
     def _check_logit_bias(self) -> None:
         for token_id, bias in self.logit_bias.items():

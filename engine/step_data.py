@@ -2,7 +2,7 @@
 
     Scheduler.schedule() ──SchedulerOutput──▶ Executor.execute() ──SampledTokens──▶ Scheduler.update()
 
-Lists of ints and floats only (no torch), since a batch crosses to tensor-parallel shard processes
+Lists of ints and floats (and bitmask bytes) only, no torch,, since a batch crosses to tensor-parallel shard processes
 and back.
 """
 
@@ -47,6 +47,10 @@ class ScheduledChunk:
     # Tokens this step may not choose: the end-of-sequence and stop tokens while the request has
     # generated fewer than its min_tokens; empty otherwise.
     banned_token_ids: list[int] = field(default_factory=list)
+    # With structured output, on a sampling chunk: the tokens its grammar allows next, as a
+    # bitmask row (engine/structured/matcher.py: ceil(V / 32) little-endian int32 words, bit
+    # t % 32 of word t // 32 for token t); None lets every token through.
+    allowed_token_bitmask: bytes | None = None
     # Prompt logprobs to compute in this chunk: the logits at chunk positions prompt_logprob_offset,
     # prompt_logprob_offset + 1, ... score the next prompt tokens, these (empty: none).
     prompt_logprob_offset: int = 0

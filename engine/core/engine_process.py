@@ -346,8 +346,7 @@ def _add(
     tenant: str = DEFAULT_TENANT,
     tenant_weight: float = 1.0,
 ) -> list[int]:
-    engine.add_request(request_id, prompt, params, tenant, tenant_weight)
-    return engine.scheduler.sequences[request_id].prompt_token_ids
+    return engine.add_request(request_id, prompt, params, tenant, tenant_weight)
 
 
 # The engine methods a server may call, with what the child answers for each. A command's args are

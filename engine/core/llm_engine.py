@@ -9,18 +9,22 @@ import time
 from typing import TYPE_CHECKING
 
 from engine.config import EngineConfig
+from engine.core.grammar_wait import GrammarWait
 from engine.core.output_processor import OutputProcessor
 from engine.core.scheduler import Scheduler
 from engine.core.sequence import DEFAULT_TENANT, Sequence
 from engine.core.stats_collector import StatsCollector
 from engine.core.tokenizer import eos_token_ids, load_tokenizer
-from engine.errors import ContextLengthError, InvalidPromptError
+from engine.errors import ContextLengthError, InvalidGrammarError, InvalidPromptError
 from engine.hardware import resolve_dtype
 from engine.metrics.stats import StatsCallback, never_raising
 from engine.outputs import EngineStats, RequestOutput, ShardInfo
 from engine.parallel.executor import create_executor
 from engine.sampling_params import SamplingParams
 from engine.seeds import derive_seed
+from engine.step_data import SchedulerOutput
+from engine.structured.compiler import GrammarCompiler
+from engine.structured.matcher import fill_token_bitmasks
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -30,6 +34,9 @@ __all__ = ["LLMEngine", "Prompt"]
 logger = logging.getLogger(__name__)
 
 Prompt = str | list[int]
+
+# How long a step with nothing to run waits for a grammar compile before returning.
+GRAMMAR_POLL_S = 0.01
 
 
 class LLMEngine:
@@ -46,12 +53,18 @@ class LLMEngine:
             self.vocab_size: int = model_config.get_text_config().vocab_size
             self.tokenizer: PreTrainedTokenizerBase | None = load_tokenizer(config.tokenizer or config.model)
             self.max_model_len = self.executor.max_model_len
+            eos_ids = eos_token_ids(self.executor.generation_config, model_config, self.tokenizer)
             self.scheduler = Scheduler(
                 config,
                 num_kv_blocks=self.executor.num_kv_blocks,
                 max_model_len=self.max_model_len,
-                eos_token_ids=eos_token_ids(self.executor.generation_config, model_config, self.tokenizer),
+                eos_token_ids=eos_ids,
             )
+            # Structured output needs the tokenizer (a grammar constrains text, tokens spell it).
+            self.grammar_compiler = (
+                GrammarCompiler(self.tokenizer, self.vocab_size, eos_ids) if self.tokenizer is not None else None
+            )
+            self._grammar_wait = GrammarWait()
             self.output_processor = OutputProcessor(self.scheduler, self.tokenizer)
             # Kept for AsyncLLMEngine.from_engine, which reports a failed step's requests through it.
             self.on_stats = on_stats
@@ -72,20 +85,23 @@ class LLMEngine:
         params: SamplingParams | None = None,
         tenant: str = DEFAULT_TENANT,
         tenant_weight: float = 1.0,
-    ) -> None:
+    ) -> list[int]:
         """Queue a request of `tenant`, whose scheduling weight is `tenant_weight` (under fair
-        tenant scheduling, a tenant of weight 2 gets twice the service of one of weight 1).
+        tenant scheduling, a tenant of weight 2 gets twice the service of one of weight 1), and
+        return its prompt's token ids. A structured-output request joins the queue once its
+        grammar has compiled (on the compiler's thread).
 
         A prompt the engine refuses raises InvalidPromptError naming the problem
         (ContextLengthError when prompt + max_tokens can never fit); nothing is queued then. A
         request id already in use, a tenant that is not a string or a weight that is not a finite
         number > 0 raise ValueError: a caller's bug, not bad input."""
         params = params or SamplingParams()
-        if request_id in self.scheduler.sequences:
+        if request_id in self.scheduler.sequences or request_id in self._grammar_wait:
             raise ValueError(f"request_id must be unique, {request_id!r} is already running")
         self._check_tenant(tenant, tenant_weight)
         prompt_token_ids = self._tokenize(prompt)
         self._check_fits(prompt_token_ids, params)
+        self._check_grammar(params)
         seq = Sequence(
             request_id=request_id,
             prompt_token_ids=prompt_token_ids,
@@ -94,13 +110,18 @@ class LLMEngine:
             tenant=tenant,
             tenant_weight=float(tenant_weight),
         )
-        self.scheduler.add(seq)
+        if params.structured_output is not None:
+            assert self.grammar_compiler is not None  # _check_grammar refused it otherwise
+            self._grammar_wait.add(seq, self.grammar_compiler.matcher(params.structured_output))
+        else:
+            self.scheduler.add(seq)
         self.output_processor.add(seq)
+        return prompt_token_ids
 
     def abort_request(self, request_id: str) -> bool:
         """End a request and free its KV blocks. False if it is not running or waiting."""
         self.output_processor.discard(request_id)
-        seq = self.scheduler.finish(request_id, "abort")
+        seq = self._grammar_wait.remove(request_id) or self.scheduler.finish(request_id, "abort")
         if seq is None:
             return False
         if self._stats_collector is not None:
@@ -108,19 +129,49 @@ class LLMEngine:
         return True
 
     def has_unfinished_requests(self) -> bool:
-        return self.scheduler.has_unfinished()
+        return self.scheduler.has_unfinished() or len(self._grammar_wait) > 0
 
     def step(self) -> list[RequestOutput]:
         started = time.perf_counter()
+        failed = self._admit_compiled()
         batch = self.scheduler.schedule()
         if batch.is_empty:
-            return []
+            if not failed and len(self._grammar_wait):
+                self._grammar_wait.wait(GRAMMAR_POLL_S)  # nothing to run until a grammar compiles
+            return failed
+        self._fill_grammar_masks(batch)
         sampled = self.executor.execute(batch)
         updated = self.scheduler.update(batch, sampled)
         outputs = self.output_processor.process(updated)
         if self._stats_collector is not None:
             self._stats_collector.report_step(batch, updated, time.perf_counter() - started)
-        return outputs
+        return failed + outputs
+
+    def _admit_compiled(self) -> list[RequestOutput]:
+        """Queue the requests whose grammar compiled; end (as aborted, with an output) those whose
+        grammar failed to, which validation at add_request makes a rare resource limit."""
+        ready, failed = self._grammar_wait.take_ready()
+        for seq in ready:
+            self.scheduler.add(seq)
+        for seq, error in failed:
+            logger.error("request %s: its grammar failed to compile: %s", seq.request_id, error)
+            self.scheduler.add(seq)
+            self.scheduler.finish(seq.request_id, "abort")
+            if self._stats_collector is not None:
+                self._stats_collector.report_abort(seq)
+        return self.output_processor.process([seq for seq, _ in failed])
+
+    def _fill_grammar_masks(self, batch: SchedulerOutput) -> None:
+        """Give each sampling chunk of a structured-output request its grammar's token bitmask."""
+        sequences = self.scheduler.sequences
+        constrained = [
+            (chunk, grammar)
+            for chunk in batch.chunks
+            if chunk.sampling is not None and (grammar := sequences[chunk.request_id].grammar) is not None
+        ]
+        masks = fill_token_bitmasks([grammar for _, grammar in constrained], self.vocab_size)
+        for (chunk, _), mask in zip(constrained, masks):
+            chunk.allowed_token_bitmask = mask
 
     def generate(
         self, prompts: list[Prompt], params: SamplingParams | list[SamplingParams] | None = None
@@ -161,6 +212,8 @@ class LLMEngine:
 
     def close(self) -> None:
         """Release the model's shards (tensor-parallel actors); the engine serves no more."""
+        if self.grammar_compiler is not None:
+            self.grammar_compiler.close()
         self.executor.close()
 
     def stats(self) -> EngineStats:
@@ -168,7 +221,7 @@ class LLMEngine:
         block_manager = scheduler.block_manager
         return EngineStats(
             num_running=len(scheduler.running),
-            num_waiting=len(scheduler.waiting),
+            num_waiting=len(scheduler.waiting) + len(self._grammar_wait),
             num_preemptions=scheduler.num_preemptions,
             kv_blocks_total=block_manager.num_blocks,
             kv_blocks_used=block_manager.num_used_blocks,
@@ -223,6 +276,15 @@ class LLMEngine:
                 f"{block_manager.blocks_needed(num_tokens - 1)} KV blocks, more than the pool's "
                 f"{block_manager.num_blocks}"
             )
+
+    def _check_grammar(self, params: SamplingParams) -> None:
+        """Raise InvalidGrammarError for a structured output that cannot compile (or a model
+        without a tokenizer, which structured output needs)."""
+        if params.structured_output is None:
+            return
+        if self.grammar_compiler is None:
+            raise InvalidGrammarError("structured output needs the model's tokenizer, and this model has none")
+        self.grammar_compiler.validate(params.structured_output)
 
     @staticmethod
     def _check_tenant(tenant: str, tenant_weight: float) -> None:

@@ -303,6 +303,8 @@ class Scheduler:
         if seq.first_token_time is None:
             seq.first_token_time = now
         self.num_generation_tokens += 1
+        if seq.grammar is not None:
+            seq.grammar.accept(token_id)
         reason = self._finish_reason(seq, token_id)
         if reason is not None:
             self.finish(seq.request_id, reason)
@@ -312,6 +314,8 @@ class Scheduler:
         if token_id in params.stop_token_ids:
             return "stop"
         if not params.ignore_eos and token_id in self.eos_token_ids:
+            return "stop"
+        if seq.grammar is not None and seq.grammar.is_finished:  # the output is complete
             return "stop"
         if seq.num_output_tokens >= params.max_tokens or seq.num_tokens >= self.max_model_len:
             return "length"

@@ -5,10 +5,14 @@ from __future__ import annotations
 import enum
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from engine.outputs import FinishReason
 from engine.sampling_params import SamplingParams
 from engine.step_data import PromptLogprob
+
+if TYPE_CHECKING:
+    from engine.structured.matcher import GrammarMatcher
 
 __all__ = ["DEFAULT_TENANT", "Sequence", "SequenceStatus"]
 
@@ -65,6 +69,9 @@ class Sequence:
     # The most prompt tokens this sequence ever had in the KV cache. The fair policy charges its
     # tenant only for prompt tokens computed beyond it, so a recompute after preemption is free.
     max_num_computed_prompt_tokens: int = 0
+    # With params.structured_output: where its output stands in the grammar (set before it is
+    # scheduled; it has consumed every output token).
+    grammar: GrammarMatcher | None = None
 
     @property
     def token_ids(self) -> list[int]:

@@ -1,6 +1,6 @@
-"""Per-request token choice inside one batch: repetition, presence and frequency penalties, logit
-bias, banned tokens (min_tokens), greedy, temperature, top-k, top-p, min-p, seeded noise; and the
-logprobs to report.
+"""Per-request token choice inside one batch: grammar masks (structured output), repetition,
+presence and frequency penalties, logit bias, banned tokens (min_tokens), greedy, temperature,
+top-k, top-p, min-p, seeded noise; and the logprobs to report.
 
 A random choice inverts the row's cumulative distribution, in token-id order, at one uniform number
 per row: `u = derive_seed(request seed, n) / 2**53`-ish for the request's output position n. So a
@@ -9,7 +9,7 @@ and recomputed; the uniform follows the token (raising the drawn token's probabi
 draw); and a step costs a cumulative sum per row rather than a vocabulary of random numbers.
 
 Reported logprobs (of the chosen token and the top alternatives) are always those of the model's
-unmodified distribution: penalties, biases, bans, temperature, top-k, top-p and min-p only steer
+unmodified distribution: grammar masks, penalties, biases, bans, temperature, top-k, top-p and min-p only steer
 the choice. Each step touches only the rows that use a setting; the others keep their logits bit
 for bit.
 """
@@ -28,6 +28,7 @@ from engine.step_data import PromptLogprob, SampledTokens, SchedulerOutput
 __all__ = [
     "Sampler",
     "SamplingRow",
+    "apply_grammar_masks",
     "apply_logit_bias",
     "apply_penalties",
     "apply_repetition_penalty",
@@ -55,6 +56,8 @@ class SamplingRow:
     prompt_token_ids: list[int] = field(default_factory=list)
     # Token ids this row may not choose (end-of-sequence and stop tokens before min_tokens).
     banned_token_ids: list[int] = field(default_factory=list)
+    # With structured output: the tokens its grammar allows (a bitmask row, see ScheduledChunk).
+    allowed_token_bitmask: bytes | None = None
 
 
 def uniform_for(request_seed: int, output_position: int) -> float:
@@ -123,6 +126,23 @@ def apply_logit_bias(logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Ten
     return logits.index_add(0, torch.tensor(biased, device=device), bias)
 
 
+def apply_grammar_masks(logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
+    """logits (N, V) -> the same with every token a row's grammar does not allow at -inf. Rows
+    without a grammar keep their logits bit for bit; the input is never modified."""
+    masked = [i for i, row in enumerate(rows) if row.allowed_token_bitmask is not None]
+    if not masked:
+        return logits
+    device = logits.device
+    vocab_size = logits.shape[-1]
+    words = torch.stack(
+        [torch.frombuffer(bytearray(rows[i].allowed_token_bitmask), dtype=torch.int32) for i in masked]  # type: ignore[arg-type]
+    ).to(device)  # (R, W), W = ceil(V / 32)
+    bits = torch.arange(32, dtype=torch.int32, device=device)
+    allowed = ((words[:, :, None] >> bits) & 1).flatten(1)[:, :vocab_size].bool()  # (R, V)
+    index = torch.tensor(masked, device=device)
+    return logits.index_copy(0, index, logits[index].masked_fill(~allowed, float("-inf")))
+
+
 def ban_tokens(logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
     """logits (N, V) -> the same with each row's banned tokens at -inf. The input is never modified."""
     row_index = [i for i, row in enumerate(rows) for _ in row.banned_token_ids]
@@ -140,7 +160,8 @@ class Sampler:
         for rows that asked, the top logprobs; all under the model's unmodified distribution."""
         logits = logits.float()
         logprobs = torch.log_softmax(logits, dim=-1)  # (N, V) reported, before any penalty
-        # Bias and bans first, then penalties: the order of HF's processors and of vLLM.
+        # Grammar masks, bias and bans first, then penalties: the order of HF's processors and of vLLM.
+        logits = apply_grammar_masks(logits, rows)
         logits = apply_logit_bias(logits, rows)
         logits = ban_tokens(logits, rows)
         logits = apply_repetition_penalty(logits, rows)

@@ -31,6 +31,7 @@ def sample_batch(runner: ModelRunner, sampler: Sampler, batch: SchedulerOutput) 
             chunk.output_token_ids,
             chunk.prompt_token_ids,
             chunk.banned_token_ids,
+            chunk.allowed_token_bitmask,
         )
         for chunk in batch.chunks
         if chunk.sampling is not None
