@@ -33,7 +33,7 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, 
 
 from deployments.tenants.store import StoreUnavailableError
 from engine import ContextLengthError as EngineContextLengthError
-from engine import EngineError, EngineStoppedError, InvalidPromptError
+from engine import EngineError, EngineStoppedError, InvalidGrammarError, InvalidPromptError
 
 __all__ = [
     "ApiError",
@@ -203,10 +203,13 @@ class InternalServerError(ApiError):
     error_type = "server_error"
 
 
-def invalid_request(error: InvalidPromptError, prompt_param: str) -> InvalidRequestError:
-    """The engine refused a request's prompt (its message names what is wrong)."""
+def invalid_request(error: InvalidPromptError, prompt_param: str, structured_param: str) -> InvalidRequestError:
+    """The engine refused a request's prompt or its structured output's grammar (its message
+    names what is wrong); `structured_param` is the field that carried the grammar."""
     if isinstance(error, EngineContextLengthError):
         return ContextLengthExceededError(str(error), param=prompt_param)
+    if isinstance(error, InvalidGrammarError):
+        return InvalidRequestError(f"{structured_param}: {error}", param=structured_param)
     return InvalidRequestError(str(error))
 
 

@@ -7,7 +7,7 @@ of `GenerationChunk`s, one or more per choice, the last of each choice carrying 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from engine import SamplingParams
 
@@ -20,6 +20,11 @@ class ChatMessage:
     content: str
     # The participant's name, handed to the chat template (templates that know it render it).
     name: str | None = None
+    # An assistant turn's tool calls, as chat templates read them ({"id", "type", "function":
+    # {"name", "arguments"}}, arguments a dict when they are a JSON object); a tool message's
+    # answer names the call it answers.
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str | None = None
 
 
 @dataclass
@@ -46,6 +51,10 @@ class GenerationRequest:
     # engine shares its steps fairly across tenants by these.
     tenant: str = ""
     tenant_weight: float = 1.0
+    # Chat: the functions the model may call, as OpenAI's `tools` entries, for the chat template.
+    tools: list[dict[str, Any]] | None = None
+    # The request field that carried params.structured_output, named by a refusal of its grammar.
+    structured_param: str = "response_format"
 
     @property
     def prompt_param(self) -> Literal["messages", "prompt"]:
@@ -104,6 +113,8 @@ class TokenizeRequest:
     add_generation_prompt: bool = True
     # Also return each token as the tokenizer spells it.
     return_token_strs: bool = False
+    # With messages: the functions the chat template describes.
+    tools: list[dict[str, Any]] | None = None
 
 
 @dataclass

@@ -235,6 +235,7 @@ async def _answer(
             body.continuous_usage,
             body.n,
             _prompt_report(body),
+            _tool_names(body),
         )
         if gate is not None and caller is not None:
             settlement.gate, settlement.ticket = gate, await gate.admit(caller, model, generations, request_id)
@@ -324,6 +325,13 @@ def _prompt_report(body: CompletionRequest | ChatCompletionRequest) -> PromptRep
         echo_prompts = [prompt if isinstance(prompt, str) else None for prompt in body.prompts]
         return PromptReport(echo_prompts, body.logprobs or 0, body.prompt_logprobs)
     return PromptReport(vllm_top=body.prompt_logprobs)
+
+
+def _tool_names(body: CompletionRequest | ChatCompletionRequest) -> set[str] | None:
+    """The functions whose calls a chat answer is parsed for (None: not parsed)."""
+    if isinstance(body, CompletionRequest) or not body.tools or body.effective_tool_choice == "none":
+        return None
+    return {tool.function.name for tool in body.tools}
 
 
 class _EventStream(StreamingResponse):

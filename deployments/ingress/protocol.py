@@ -3,17 +3,27 @@
 Parameters that would change the output and are not implemented are refused by name rather than
 ignored. Extensions beyond OpenAI, as vLLM names and means them: `top_k`, `min_p`,
 `repetition_penalty`, `min_tokens`, `ignore_eos`, `stop_token_ids`, `include_stop_str_in_output`,
-`skip_special_tokens`, `prompt_logprobs`, and `stream_options.continuous_usage_stats`.
+`skip_special_tokens`, `prompt_logprobs`, `stream_options.continuous_usage_stats`, and
+`structured_outputs` (json, regex, choice, grammar or json_object), beside OpenAI's `response_format`
+and, on chat, `tools` with `tool_choice` (deployments/ingress/structured_fields.py).
 """
 
 from __future__ import annotations
 
 import json
-from typing import Annotated, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from deployments.errors import InvalidRequestError
+from deployments.ingress.structured_fields import (
+    NamedToolChoice,
+    ResponseFormat,
+    StructuredOutputsField,
+    ToolCallIn,
+    ToolChoice,
+    ToolDefinition,
+)
 
 __all__ = [
     "UNSUPPORTED_PARAMETERS",
@@ -30,12 +40,8 @@ __all__ = [
 UNSUPPORTED_PARAMETERS: dict[str, str] = {
     "suffix": "suffix (insertion) is not supported",
     "best_of": "best_of other than n is not supported; use n",
-    "tools": "tool calling is not supported",
-    "tool_choice": "tool calling is not supported",
-    "functions": "function calling is not supported",
-    "function_call": "function calling is not supported",
-    "parallel_tool_calls": "tool calling is not supported",
-    "response_format": "response_format (structured output) is not supported",
+    "functions": "functions is deprecated and not supported: use tools",
+    "function_call": "function_call is deprecated and not supported: use tool_choice",
     "audio": "audio output is not supported",
     "modalities": "only text output is supported",
     "prediction": "predicted outputs are not supported",
@@ -130,6 +136,19 @@ class SamplingFields(_Body):
     prompt_logprobs: int | None = Field(default=None, ge=0, le=20)
     include_stop_str_in_output: bool = False
     skip_special_tokens: bool = True
+    # Structured output: OpenAI's response_format, or vLLM's structured_outputs (not both).
+    response_format: ResponseFormat | None = None
+    structured_outputs: StructuredOutputsField | None = None
+
+    @field_validator("structured_outputs")
+    @classmethod
+    def _one_structure(
+        cls, structured: StructuredOutputsField | None, info: ValidationInfo
+    ) -> StructuredOutputsField | None:
+        response_format = info.data.get("response_format")
+        if structured is not None and response_format is not None and response_format.type != "text":
+            raise ValueError("give either response_format or structured_outputs, not both")
+        return structured
 
     @field_validator("logit_bias")
     @classmethod
@@ -210,10 +229,24 @@ class CompletionRequest(SamplingFields):
 class ChatMessageIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    role: Literal["system", "developer", "user", "assistant"]
-    # A string, or a list of text parts ({"type": "text", "text": ...}), joined.
-    content: str
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    # A string, or a list of text parts ({"type": "text", "text": ...}), joined. None only for an
+    # assistant turn that called tools.
+    content: str | None = None
     name: str | None = None
+    # An assistant turn's tool calls, and a tool message's answer to one of them.
+    tool_calls: list[ToolCallIn] | None = None
+    tool_call_id: str | None = None
+
+    @model_validator(mode="after")
+    def _fits_role(self) -> ChatMessageIn:
+        if self.content is None and not (self.role == "assistant" and self.tool_calls):
+            raise ValueError("content is required (only an assistant message with tool_calls may omit it)")
+        if self.tool_calls is not None and self.role != "assistant":
+            raise ValueError("only assistant messages carry tool_calls")
+        if (self.tool_call_id is None) == (self.role == "tool"):
+            raise ValueError("a tool message needs tool_call_id, and only a tool message has one")
+        return self
 
     @field_validator("content", mode="before")
     @classmethod
@@ -237,6 +270,48 @@ class ChatCompletionRequest(SamplingFields):
     max_completion_tokens: int | None = Field(default=None, ge=1)
     logprobs: bool = False
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    # Functions the model may call: they go to the chat template, and calls in the output come
+    # back as tool_calls. tool_choice: "auto" (default with tools) lets the model decide, "none"
+    # parses no calls, "required" and a named function force calls by grammar.
+    tools: list[ToolDefinition] | None = Field(default=None, max_length=128)
+    tool_choice: ToolChoice | None = None
+    # With "required": one call or several (a named function is called once).
+    parallel_tool_calls: bool | None = None
+
+    @field_validator("tools")
+    @classmethod
+    def _distinct_names(cls, tools: list[ToolDefinition] | None) -> list[ToolDefinition] | None:
+        names = [tool.function.name for tool in tools or []]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"function names must be distinct, {duplicates[0]!r} is given twice")
+        return tools or None
+
+    @field_validator("tool_choice")
+    @classmethod
+    def _choice_of_the_tools(cls, choice: ToolChoice | None, info: ValidationInfo) -> ToolChoice | None:
+        if choice is None or choice == "none":
+            return choice
+        tools: list[ToolDefinition] | None = info.data.get("tools")
+        if not tools:
+            raise ValueError(f"{_choice_text(choice)} needs tools")
+        if isinstance(choice, NamedToolChoice) and choice.function.name not in {t.function.name for t in tools}:
+            raise ValueError(f"names function {choice.function.name!r}, which is not in tools")
+        forced = choice == "required" or isinstance(choice, NamedToolChoice)
+        response_format = info.data.get("response_format")
+        formatted = info.data.get("structured_outputs") is not None or (
+            response_format is not None and response_format.type != "text"
+        )
+        if forced and formatted:
+            raise ValueError(f"{_choice_text(choice)} cannot be combined with response_format or structured_outputs")
+        return choice
+
+    @property
+    def effective_tool_choice(self) -> ToolChoice:
+        """What the request asks of its tools: "auto" with tools unless it says otherwise, "none" without."""
+        if self.tool_choice is not None:
+            return self.tool_choice
+        return "auto" if self.tools else "none"
 
     @field_validator("top_logprobs")
     @classmethod
@@ -250,12 +325,18 @@ class ChatCompletionRequest(SamplingFields):
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
 
 
+def _choice_text(choice: ToolChoice) -> str:
+    return f"function {choice.function.name!r}" if isinstance(choice, NamedToolChoice) else repr(choice)
+
+
 class TokenizeBody(_Body):
     """POST /tokenize (vLLM's shape): `prompt` text, or `messages` rendered with the chat template."""
 
     model: str
     prompt: str | None = None
     messages: list[ChatMessageIn] | None = Field(default=None, min_length=1)
+    # With messages: the functions the chat template describes, as in a chat request.
+    tools: list[ToolDefinition] | None = Field(default=None, max_length=128)
     # Default: True for a prompt (its BOS), False for messages (the template writes its own).
     add_special_tokens: bool | None = None
     add_generation_prompt: bool = True

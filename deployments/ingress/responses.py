@@ -1,7 +1,9 @@
 """GenerationChunks -> OpenAI response bodies, for chat and completions, streamed or whole.
 
 One `ResponseWriter` per HTTP request: it remembers what each choice has sent so far (the chat
-role, the completion text offset) and the token counts for `usage`.
+role, the completion text offset, its tool calls) and the token counts for `usage`. A chat request
+with tools has its output split into content and tool calls (deployments/ingress/tool_calls.py);
+a choice that called a tool and stopped finishes with "tool_calls".
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from typing import Any, Literal
 
 from deployments.generation import GenerationChunk, TokenLogprob
 from deployments.ingress.prompt_report import EchoedToken, PromptReport, echoed_tokens, vllm_prompt_logprobs
+from deployments.ingress.tool_calls import ParsedToolCall, ToolCallStream, parse_tool_calls
 
 __all__ = ["Endpoint", "ResponseWriter"]
 
@@ -35,6 +38,9 @@ class _Choice:
     prompt_texts: list[str] | None = None
     prompt_scored: list[TokenLogprob] = field(default_factory=list)
     took_prompt: bool = False
+    # With tool-call parsing: the choice's stream parser, and the calls it has made.
+    tool_stream: ToolCallStream | None = None
+    num_tool_calls: int = 0
 
 
 class ResponseWriter:
@@ -48,12 +54,14 @@ class ResponseWriter:
         continuous_usage: bool = False,
         choices_per_prompt: int | None = None,
         prompt_report: PromptReport | None = None,
+        tool_names: set[str] | None = None,
     ) -> None:
         """`n`: every choice of the response; `choices_per_prompt`: of each prompt (a batch of
         prompts has n / choices_per_prompt of them, choice i of prompt p at index p x that + i;
         default: one prompt). `continuous_usage`: every streamed chunk carries the usage so far
         (vLLM's `stream_options.continuous_usage_stats`). `prompt_report`: echo and vLLM's
-        prompt_logprobs (default: neither)."""
+        prompt_logprobs (default: neither). `tool_names`: chat outputs are parsed for calls of
+        these functions (None: not parsed)."""
         self.endpoint = endpoint
         self.prompt_report = prompt_report or PromptReport()
         self.continuous_usage = continuous_usage
@@ -62,7 +70,10 @@ class ResponseWriter:
         self.model = model
         self.created = int(time.time())
         self.with_logprobs = with_logprobs
-        self.choices = [_Choice() for _ in range(n)]
+        self.tool_names = tool_names
+        self.choices = [
+            _Choice(tool_stream=ToolCallStream(tool_names) if tool_names is not None else None) for _ in range(n)
+        ]
         # Per prompt (by position in the batch): its tokens, and those the prefix cache served as its
         # first choice reports them (its later choices find the prompt cached anyway).
         self._prompt_tokens: dict[int, int] = {}
@@ -84,14 +95,8 @@ class ResponseWriter:
             text = (self._echo_text(chunk.index, choice) if echoes else "") + chunk.text
             body: Json = {"index": chunk.index, "text": text, "logprobs": logprobs} | extra
         else:
-            delta: Json = {}
-            if not choice.sent_role:
-                delta["role"] = "assistant"
-                choice.sent_role = True
-            if chunk.text or "role" in delta:
-                delta["content"] = chunk.text
-            body = {"index": chunk.index, "delta": delta, "logprobs": logprobs}
-        body["finish_reason"] = chunk.finish_reason
+            body = {"index": chunk.index, "delta": self._chat_delta(chunk, choice), "logprobs": logprobs}
+        body["finish_reason"] = self._finish_reason(chunk.finish_reason, choice)
         envelope = self._envelope(stream=True, choices=[body])
         if self.endpoint == "chat" and chunk.index == 0:
             envelope |= extra  # chat reports the prompt once, for the response
@@ -119,8 +124,8 @@ class ResponseWriter:
                 text = (self._echo_text(index, choice) if echoes else "") + choice.text
                 body: Json = {"index": index, "text": text, "logprobs": logprobs} | self._prompt_logprobs(choice)
             else:
-                body = {"index": index, "message": {"role": "assistant", "content": choice.text}, "logprobs": logprobs}
-            body["finish_reason"] = choice.finish_reason
+                body = {"index": index, "message": self._chat_message(choice), "logprobs": logprobs}
+            body["finish_reason"] = self._finish_reason(choice.finish_reason, choice)
             bodies.append(body)
         response = self._envelope(stream=False, choices=bodies) | {"usage": self.usage()}
         if self.endpoint == "chat":
@@ -163,6 +168,42 @@ class ResponseWriter:
         if choice_of_prompt == 0:
             self._cached_tokens[prompt] = max(self._cached_tokens.get(prompt, 0), chunk.num_cached_tokens)
         return choice
+
+    def _chat_delta(self, chunk: GenerationChunk, choice: _Choice) -> Json:
+        """A streamed chat chunk's delta: the role once, then content, and complete tool calls."""
+        delta: Json = {}
+        if not choice.sent_role:
+            delta["role"] = "assistant"
+            choice.sent_role = True
+        text, calls = chunk.text, []
+        if choice.tool_stream is not None:
+            text, calls = choice.tool_stream.feed(chunk.text)
+            if chunk.finish_reason is not None:
+                text += choice.tool_stream.finish()
+        if text or "role" in delta:
+            delta["content"] = text
+        if calls:
+            first = choice.num_tool_calls
+            delta["tool_calls"] = [_streamed_call(first + i, call) for i, call in enumerate(calls)]
+            choice.num_tool_calls += len(calls)
+        return delta
+
+    def _chat_message(self, choice: _Choice) -> Json:
+        if self.tool_names is None:
+            return {"role": "assistant", "content": choice.text}
+        content, calls = parse_tool_calls(choice.text, self.tool_names)
+        choice.num_tool_calls = len(calls)
+        message: Json = {"role": "assistant", "content": content}
+        if calls:
+            message["tool_calls"] = [call.to_json() for call in calls]
+        return message
+
+    @staticmethod
+    def _finish_reason(reason: str | None, choice: _Choice) -> str | None:
+        """ "tool_calls" for a choice that called a tool and stopped; its own reason otherwise."""
+        if reason == "stop" and choice.num_tool_calls:
+            return "tool_calls"
+        return reason
 
     def _envelope(self, *, stream: bool, choices: list[Json]) -> Json:
         kind = {"chat": "chat.completion", "completion": "text_completion"}[self.endpoint]
@@ -217,6 +258,11 @@ class ResponseWriter:
             "top_logprobs": [top for _, _, top in entries],
             "text_offset": offsets,
         }
+
+
+def _streamed_call(index: int, call: ParsedToolCall) -> Json:
+    """A tool call in a stream: OpenAI's delta shape, here with the whole call in one delta."""
+    return {"index": index} | call.to_json()
 
 
 def _chat_logprob(entry: TokenLogprob) -> Json:

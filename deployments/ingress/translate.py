@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+from typing import Any
 
 from deployments.errors import InvalidRequestError
 from deployments.generation import ChatMessage, GenerationRequest, TokenizeRequest
@@ -13,7 +15,9 @@ from deployments.ingress.protocol import (
     SamplingFields,
     TokenizeBody,
 )
-from engine import SamplingParams
+from deployments.ingress.structured_fields import NamedToolChoice, StructuredOutputsField, ToolDefinition
+from deployments.ingress.tool_calls import tool_call_grammar
+from engine import SamplingParams, StructuredOutput
 
 __all__ = ["chat_to_generation", "completion_to_generations", "tokenize_request"]
 
@@ -22,7 +26,10 @@ def completion_to_generations(body: CompletionRequest, request_id: str) -> list[
     """One GenerationRequest per prompt of the batch (`request_id` alone for a single prompt,
     `{request_id}-p{i}` for prompt i of several), each with the body's `n` choices."""
     num_top = body.logprobs or 0
-    params = _sampling_params(body, body.max_tokens, logprobs=body.logprobs is not None, top_logprobs=num_top)
+    structured, structured_param = _structured_output(body)
+    params = _sampling_params(
+        body, body.max_tokens, logprobs=body.logprobs is not None, top_logprobs=num_top, structured=structured
+    )
     if body.echo and body.logprobs is not None:
         # Echo with logprobs lists the prompt tokens' logprobs too: score the prompt.
         params = dataclasses.replace(params, prompt_logprobs=max(num_top, body.prompt_logprobs or 0))
@@ -38,24 +45,80 @@ def completion_to_generations(body: CompletionRequest, request_id: str) -> list[
             stream=body.stream,
             user=body.user,
             echo=body.echo,
+            structured_param=structured_param,
         )
         for index, prompt in enumerate(prompts)
     ]
 
 
 def chat_to_generation(body: ChatCompletionRequest, request_id: str) -> GenerationRequest:
+    choice = body.effective_tool_choice
+    if body.tools and (choice == "required" or isinstance(choice, NamedToolChoice)):
+        name = choice.function.name if isinstance(choice, NamedToolChoice) else None
+        structured: StructuredOutput | None = tool_call_grammar(body.tools, name, body.parallel_tool_calls is not False)
+        structured_param = "tools"
+    else:
+        structured, structured_param = _structured_output(body)
     return GenerationRequest(
         request_id=request_id,
         prompt=None,
         messages=_chat_messages(body.messages),
         params=_sampling_params(
-            body, body.completion_token_limit, logprobs=body.logprobs, top_logprobs=body.top_logprobs or 0
+            body,
+            body.completion_token_limit,
+            logprobs=body.logprobs,
+            top_logprobs=body.top_logprobs or 0,
+            structured=structured,
         ),
         max_tokens=body.completion_token_limit,
         n=body.n,
         stream=body.stream,
         user=body.user,
+        tools=_template_tools(body.tools),
+        structured_param=structured_param,
     )
+
+
+def _structured_output(body: SamplingFields) -> tuple[StructuredOutput | None, str]:
+    """The body's response_format or structured_outputs as the engine's, and the field it came from."""
+    response_format = body.response_format
+    if response_format is not None and response_format.type == "json_object":
+        return StructuredOutput.json_object(), "response_format"
+    if response_format is not None and response_format.type == "json_schema":
+        return StructuredOutput.json_schema(response_format.json_schema.json_schema), "response_format"
+    if body.structured_outputs is not None:
+        return _vllm_structured_output(body.structured_outputs), "structured_outputs"
+    return None, "response_format"
+
+
+def _vllm_structured_output(field: StructuredOutputsField) -> StructuredOutput:
+    if field.regex is not None:
+        return StructuredOutput.regex(field.regex)
+    if field.choice is not None:
+        return StructuredOutput.choice(field.choice)
+    if field.grammar is not None:
+        return StructuredOutput.grammar(field.grammar)
+    if field.json_schema is None:
+        return StructuredOutput.json_object()
+    schema = field.json_schema
+    if isinstance(schema, str):
+        try:
+            schema = json.loads(schema)
+        except json.JSONDecodeError as error:
+            raise InvalidRequestError(
+                f"structured_outputs.json is not valid JSON: {error}", param="structured_outputs"
+            ) from None
+    try:
+        return StructuredOutput.json_schema(schema)
+    except ValueError as error:
+        raise InvalidRequestError(f"structured_outputs.json: {error}", param="structured_outputs") from None
+
+
+def _template_tools(tools: list[ToolDefinition] | None) -> list[dict[str, Any]] | None:
+    """OpenAI's tool entries as chat templates read them (unset fields left out)."""
+    if not tools:
+        return None
+    return [tool.model_dump(exclude_none=True, by_alias=True) for tool in tools]
 
 
 def tokenize_request(body: TokenizeBody) -> TokenizeRequest:
@@ -66,14 +129,40 @@ def tokenize_request(body: TokenizeBody) -> TokenizeRequest:
         add_special_tokens=body.add_special_tokens if body.add_special_tokens is not None else not is_chat,
         add_generation_prompt=body.add_generation_prompt,
         return_token_strs=body.return_token_strs,
+        tools=_template_tools(body.tools),
     )
 
 
 def _chat_messages(messages: list[ChatMessageIn]) -> list[ChatMessage]:
     return [
-        ChatMessage(role=_template_role(message.role), content=message.content, name=message.name)
+        ChatMessage(
+            role=_template_role(message.role),
+            content=message.content or "",
+            name=message.name,
+            tool_calls=_template_tool_calls(message),
+            tool_call_id=message.tool_call_id,
+        )
         for message in messages
     ]
+
+
+def _template_tool_calls(message: ChatMessageIn) -> list[dict[str, Any]] | None:
+    """An assistant turn's calls with their arguments parsed (chat templates write them as JSON
+    themselves); arguments that are not a JSON object stay the text they were."""
+    if not message.tool_calls:
+        return None
+    calls = []
+    for call in message.tool_calls:
+        try:
+            arguments: Any = json.loads(call.function.arguments)
+        except json.JSONDecodeError:
+            arguments = call.function.arguments
+        if not isinstance(arguments, dict):
+            arguments = call.function.arguments
+        calls.append(
+            {"id": call.id, "type": "function", "function": {"name": call.function.name, "arguments": arguments}}
+        )
+    return calls
 
 
 def _template_role(role: str) -> str:
@@ -82,7 +171,12 @@ def _template_role(role: str) -> str:
 
 
 def _sampling_params(
-    body: SamplingFields, max_tokens: int | None, *, logprobs: bool, top_logprobs: int
+    body: SamplingFields,
+    max_tokens: int | None,
+    *,
+    logprobs: bool,
+    top_logprobs: int,
+    structured: StructuredOutput | None,
 ) -> SamplingParams:
     """The engine's params; without a max_tokens the replica sets it from the room the prompt leaves
     (and checks min_tokens against it), so a placeholder that min_tokens fits stands in."""
@@ -107,6 +201,7 @@ def _sampling_params(
             skip_special_tokens=body.skip_special_tokens,
             logprobs=logprobs,
             top_logprobs=top_logprobs,
+            structured_output=structured,
         )
     except ValueError as error:
         raise InvalidRequestError(str(error)) from None

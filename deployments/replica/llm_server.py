@@ -136,7 +136,7 @@ class LLMServer:
             async for chunk in self._drain(queue, request):
                 yield chunk
         except InvalidPromptError as error:  # the engine refused the prompt; other errors are ours
-            yield invalid_request(error, request.prompt_param)
+            yield invalid_request(error, request.prompt_param, request.structured_param)
         finally:
             for choice in choices:
                 choice.cancel()  # a choice still running is aborted; its KV blocks are freed

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from jinja2 import TemplateError
 
@@ -63,7 +63,7 @@ class PromptBuilder:
         """/tokenize: the text's (or the rendered conversation's) token ids."""
         tokenizer = self._require_tokenizer("messages" if request.messages is not None else "prompt")
         if request.messages is not None:
-            text = self._render_chat(request.messages, request.add_generation_prompt)
+            text = self._render_chat(request.messages, request.add_generation_prompt, request.tools)
         else:
             assert request.prompt is not None
             text = request.prompt
@@ -93,11 +93,13 @@ class PromptBuilder:
 
     def _chat_token_ids(self, request: GenerationRequest) -> list[int]:
         assert request.messages is not None
-        text = self._render_chat(request.messages, add_generation_prompt=True)
+        text = self._render_chat(request.messages, add_generation_prompt=True, tools=request.tools)
         # The template writes any special tokens (BOS included) itself.
         return self._require_tokenizer("messages").encode(text, add_special_tokens=False)
 
-    def _render_chat(self, messages: list[ChatMessage], add_generation_prompt: bool) -> str:
+    def _render_chat(
+        self, messages: list[ChatMessage], add_generation_prompt: bool, tools: list[dict[str, Any]] | None
+    ) -> str:
         tokenizer = self.tokenizer
         if tokenizer is None or not tokenizer.chat_template:
             raise InvalidRequestError(
@@ -106,7 +108,7 @@ class PromptBuilder:
         conversation = [_template_message(message) for message in messages]
         try:
             return tokenizer.apply_chat_template(
-                conversation, add_generation_prompt=add_generation_prompt, tokenize=False
+                conversation, tools=tools, add_generation_prompt=add_generation_prompt, tokenize=False
             )
         except TemplateError as error:
             raise InvalidRequestError(f"messages do not fit the model's chat template: {error}", param="messages")
@@ -115,9 +117,11 @@ class PromptBuilder:
         return self.tokenizer.decode([token_id]) if self.tokenizer is not None else ""
 
 
-def _template_message(message: ChatMessage) -> dict[str, str]:
-    """A message as chat templates read it; `name` only when given."""
-    rendered = {"role": message.role, "content": message.content}
-    if message.name is not None:
-        rendered["name"] = message.name
+def _template_message(message: ChatMessage) -> dict[str, Any]:
+    """A message as chat templates read it; `name`, `tool_calls` and `tool_call_id` only when given."""
+    rendered: dict[str, Any] = {"role": message.role, "content": message.content}
+    for key in ("name", "tool_calls", "tool_call_id"):
+        value = getattr(message, key)
+        if value is not None:
+            rendered[key] = value
     return rendered

@@ -16,11 +16,13 @@ from typing import Any, Literal, get_args
 
 from llguidance import LLMatcher
 
-__all__ = ["StructuredKind", "StructuredOutput"]
+__all__ = ["JSON_LAYOUT", "StructuredKind", "StructuredOutput"]
 
 StructuredKind = Literal["json_object", "json_schema", "regex", "choice", "grammar"]
 
-_JSON_LAYOUT = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
+# llguidance's JSON options for that layout; a Lark grammar's `%json` schema takes them as its
+# "x-guidance" entry.
+JSON_LAYOUT = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
 
 
 @dataclass(frozen=True)
@@ -71,9 +73,9 @@ class StructuredOutput:
     def llguidance_grammar(self) -> str:
         """The grammar in llguidance's serialized form (not yet checked: compiling checks it)."""
         if self.kind == "json_object":
-            return LLMatcher.grammar_from_json_schema({"type": "object"}, defaults=_JSON_LAYOUT)
+            return LLMatcher.grammar_from_json_schema({"type": "object"}, defaults=JSON_LAYOUT)
         if self.kind == "json_schema":
-            return LLMatcher.grammar_from_json_schema(self.definition, defaults=_JSON_LAYOUT)
+            return LLMatcher.grammar_from_json_schema(self.definition, defaults=JSON_LAYOUT)
         if self.kind == "regex":
             return LLMatcher.grammar_from_regex(self.definition)
         if self.kind == "choice":

@@ -22,7 +22,7 @@ from deployments.errors import ContextLengthExceededError, InvalidRequestError, 
 from deployments.generation import GenerationChunk, GenerationRequest, Tokenized, TokenizeRequest, TokenLogprob
 from deployments.ingress.model_states import ModelState
 from deployments.ingress.openai_app import ModelCard, build_openai_app
-from engine import ContextLengthError, EngineDeadError
+from engine import ContextLengthError, EngineDeadError, InvalidGrammarError
 
 MODEL = "tiny"
 CARDS = [ModelCard(MODEL, "demo:llama", 1_700_000_000), ModelCard("org/other-7b", "/models/other", 1_700_000_001)]
@@ -451,7 +451,7 @@ def test_invalid_request_is_400_naming_the_field(body: Any, param: str | None, m
     ("endpoint", "name", "value", "message_part"),
     [
         ("completion", "suffix", "tail", "suffix"),
-        ("chat", "tools", [{"type": "function", "function": {"name": "f"}}], "tool"),
+        ("chat", "function_call", "auto", "tool_choice"),
     ],
 )
 def test_unsupported_parameter_is_refused_by_name(endpoint: str, name: str, value: Any, message_part: str) -> None:
@@ -539,16 +539,31 @@ def test_ray_task_error_is_unwrapped_to_the_api_error_it_carries() -> None:
 
 @pytest.mark.parametrize("prompt_field", ["prompt", "messages"])
 def test_engine_context_length_error_becomes_400_naming_the_prompt_field(prompt_field: str) -> None:
-    error = invalid_request(ContextLengthError("prompt of 9000 tokens exceeds max_model_len 2048"), prompt_field)
+    error = invalid_request(
+        ContextLengthError("prompt of 9000 tokens exceeds max_model_len 2048"), prompt_field, "response_format"
+    )
     assert isinstance(error, ContextLengthExceededError)
     assert (error.status_code, error.code, error.param) == (400, "context_length_exceeded", prompt_field)
     assert "9000" in error.message
 
 
 def test_other_engine_value_errors_become_plain_400s() -> None:
-    error = invalid_request(ValueError("prompt token ids must be integers in [0, 512), got 999"), "prompt")
+    error = invalid_request(
+        ValueError("prompt token ids must be integers in [0, 512), got 999"), "prompt", "response_format"
+    )
     assert type(error) is InvalidRequestError
     assert (error.status_code, error.code, error.param) == (400, None, None)
+
+
+@pytest.mark.parametrize("structured_field", ["response_format", "structured_outputs", "tools"])
+def test_a_grammar_the_engine_cannot_compile_becomes_a_400_naming_the_field_that_carried_it(
+    structured_field: str,
+) -> None:
+    error = invalid_request(
+        InvalidGrammarError("invalid json_schema: Invalid type: objectx"), "messages", structured_field
+    )
+    assert (error.status_code, error.param) == (400, structured_field)
+    assert error.message == f"{structured_field}: invalid json_schema: Invalid type: objectx"
 
 
 @pytest.mark.parametrize("endpoint", ["completion", "chat"])
@@ -889,7 +904,6 @@ def test_vllms_prompt_logprobs_are_reported_keyed_by_token_id(endpoint: str, str
         ]
     else:
         assert prompt_logprobs[0] is None and len(prompt_logprobs) == 3
-
 
 
 def test_echo_without_logprobs_does_not_score_the_prompt() -> None:
