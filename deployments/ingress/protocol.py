@@ -11,7 +11,7 @@ and, on chat, `tools` with `tool_choice` (deployments/ingress/structured_fields.
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 

@@ -5,15 +5,19 @@ whole and streamed, as the real `openai` SDK reads them."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 from openai.lib.streaming.chat import ChatCompletionStreamState
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
+from transformers import AutoTokenizer
 
 from deployments.generation import GenerationChunk
-from deployments.ingress.tool_calls import ToolCallStream, parse_tool_calls
+from deployments.ingress.structured_fields import ToolDefinition
+from deployments.ingress.tool_calls import ToolCallStream, parse_tool_calls, tool_call_grammar
 from engine import StructuredOutput
+from engine.structured.compiler import GrammarCompiler
 from tests.unit.test_openai_app import COMPLETION, FakeModelClient, call, make_app, openai_error, post, sse_events
 
 WEATHER = {
@@ -209,3 +213,26 @@ def test_the_stream_parser_releases_the_same_content_as_the_whole_parse(piece: i
 def test_completions_take_no_tools() -> None:
     error = openai_error(call(make_app(), "POST", "/v1/completions", COMPLETION | {"tools": [WEATHER]}), 400)
     assert error["param"] == "tools"
+
+
+@pytest.mark.parametrize(
+    ("name", "parallel", "num_calls_allowed"), [(None, True, 2), (None, False, 1), ("get_weather", True, 1)]
+)
+def test_the_tool_grammar_takes_valid_calls_only(
+    llama_dir: Path, name: str | None, parallel: bool, num_calls_allowed: int
+) -> None:
+    tokenizer = AutoTokenizer.from_pretrained(llama_dir)
+    tools = [ToolDefinition.model_validate(tool) for tool in (WEATHER, TIME)]
+    compiler = GrammarCompiler(tokenizer, len(tokenizer), {2})
+    spec = tool_call_grammar(tools, name, parallel)
+
+    def accepts(text: str) -> bool:
+        matcher = compiler.matcher(spec).result()
+        # The text, then the end of sequence, which the grammar takes only where the output may end.
+        return all(matcher.accept(token_id) for token_id in [*tokenizer.encode(text), 2]) and matcher.is_finished
+
+    two_calls = CALL_TEXT + "\n" + CALL_TEXT.replace("Paris", "Oslo")
+    assert accepts(CALL_TEXT)
+    assert accepts(two_calls) == (num_calls_allowed == 2)
+    assert not accepts(CALL_TEXT.replace('"city"', '"town"'))  # arguments outside the function's schema
+    assert accepts('<tool_call>\n{"name": "get_time", "arguments": {}}\n</tool_call>') == (name is None)

@@ -99,6 +99,31 @@ def test_chat_template_renders_chatml(model_dir: Path) -> None:
     assert prompt == history + "<|im_start|>assistant\n"
 
 
+def test_chat_template_writes_tools_calls_and_answers_in_hermes_blocks(model_dir: Path) -> None:
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
+    calls = [
+        {"id": "a", "type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}},
+        {"id": "b", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'}},
+    ]
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Weather?"},
+        {"role": "assistant", "content": "", "tool_calls": calls},
+        {"role": "tool", "tool_call_id": "a", "content": "sunny"},
+    ]
+    prompt = tokenizer.apply_chat_template(messages, tools=tools, add_generation_prompt=True, tokenize=False)
+    system, user, assistant, tool, generation = prompt.split("<|im_start|>")[1:]
+    assert system.startswith("system\nBe brief.\n\n# Tools") and json.dumps(tools[0]) in system
+    assert user == "user\nWeather?<|im_end|>\n"
+    assert assistant == (
+        'assistant\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>\n'
+        '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo"}}\n</tool_call><|im_end|>\n'
+    )
+    assert tool == "user\n<tool_response>\nsunny\n</tool_response><|im_end|>\n"
+    assert generation == "assistant\n"
+
+
 def test_greedy_output_is_varied_and_never_special(model_dir: Path) -> None:
     model, tokenizer = _load(model_dir)
 
@@ -187,9 +212,7 @@ def test_large_vocabulary_is_filled_with_distinct_decodable_tokens(tmp_path: Pat
         ("seed", "-1", {"seed": -1}),
     ],
 )
-def test_invalid_spec_raises_naming_field_and_value(
-    field: str, value: str, overrides: dict[str, object]
-) -> None:
+def test_invalid_spec_raises_naming_field_and_value(field: str, value: str, overrides: dict[str, object]) -> None:
     with pytest.raises(ValueError) as error:
         TinyModelSpec(**overrides)
 
