@@ -6,12 +6,14 @@ Start the platform in one terminal, then run this in another, from the repositor
     .venv/bin/python examples/openai_client.py [--base-url http://127.0.0.1:8000/v1] [--model demo]
 
 The quickstart's demo model has random weights, so its text is gibberish; the response shapes,
-streaming and usage are what any model returns.
+streaming and usage are what any model returns. Under a JSON schema or a forced tool call even
+its output parses and validates.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 
 from openai import OpenAI
 
@@ -56,6 +58,51 @@ def complete_token_ids(client: OpenAI, model: str) -> None:
     print(f"completion from token ids: {response.choices[0].text!r} (usage={response.usage})")
 
 
+PERSON_SCHEMA = {
+    "type": "object",
+    "properties": {"name": {"type": "string", "maxLength": 20}, "age": {"type": "integer", "minimum": 0}},
+    "required": ["name", "age"],
+    "additionalProperties": False,
+}
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The current weather in a city",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string", "maxLength": 30}},
+            "required": ["city"],
+            "additionalProperties": False,
+        },
+    },
+}
+
+
+def json_output(client: OpenAI, model: str) -> None:
+    response = client.chat.completions.create(
+        model=model,
+        messages=[{"role": "user", "content": "Invent a person."}],
+        response_format={"type": "json_schema", "json_schema": {"name": "person", "schema": PERSON_SCHEMA}},
+        max_tokens=100,
+    )
+    person = json.loads(response.choices[0].message.content or "")
+    print(f"json_schema output: {person} (finish_reason={response.choices[0].finish_reason})")
+
+
+def tool_call(client: OpenAI, model: str) -> None:
+    response = client.chat.completions.create(
+        model=model,
+        messages=[{"role": "user", "content": "What is the weather in Paris?"}],
+        tools=[WEATHER_TOOL],
+        tool_choice="required",
+        max_tokens=100,
+    )
+    for call in response.choices[0].message.tool_calls or []:
+        print(f"tool call: {call.function.name}({call.function.arguments}) id={call.id}")
+    print(f"  finish_reason={response.choices[0].finish_reason}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--base-url", default="http://127.0.0.1:8000/v1", help="the server's /v1 URL")
@@ -66,6 +113,8 @@ def main() -> None:
     chat(client, args.model)
     stream_chat(client, args.model)
     complete_token_ids(client, args.model)
+    json_output(client, args.model)
+    tool_call(client, args.model)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ and, on chat, `tools` with `tool_choice` (deployments/ingress/structured_fields.
 from __future__ import annotations
 
 import json
-from typing import Annotated, Literal, TypeVar
+from typing import Annotated, ClassVar, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
@@ -53,6 +53,9 @@ UNSUPPORTED_PARAMETERS: dict[str, str] = {
 class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
+    # Parameters this body refuses by name (beyond UNSUPPORTED_PARAMETERS), with the reason.
+    refused_parameters: ClassVar[dict[str, str]] = {}
+
 
 BodyT = TypeVar("BodyT", bound=_Body)
 
@@ -69,17 +72,20 @@ def parse_body(body_type: type[BodyT], raw: bytes) -> BodyT:
     data = {name: value for name, value in data.items() if value is not None}
     if "best_of" in data and data["best_of"] == data.get("n", 1):
         del data["best_of"]  # as many candidates as choices: plain sampling
-    for name, reason in UNSUPPORTED_PARAMETERS.items():
-        if data.get(name) not in _ABSENT_VALUES:
+    for name, reason in (UNSUPPORTED_PARAMETERS | body_type.refused_parameters).items():
+        if name not in data:
+            continue
+        if data[name] not in _ABSENT_VALUES:
             raise InvalidRequestError(reason, param=name, code="unsupported_parameter")
+        del data[name]  # it asks for nothing
     try:
         return body_type.model_validate(data)
     except ValidationError as error:
         raise _invalid_request(error) from None
 
 
-# Values of an unsupported parameter that ask for nothing, as some clients send them.
-_ABSENT_VALUES: tuple[object, ...] = (None, False, {}, [], {"type": "text"})
+# Values of a refused parameter that ask for nothing, as some clients send them.
+_ABSENT_VALUES: tuple[object, ...] = (None, False, {}, [], "none", {"type": "text"})
 
 
 def _invalid_request(error: ValidationError) -> InvalidRequestError:
@@ -186,6 +192,11 @@ class SamplingFields(_Body):
 
 class CompletionRequest(SamplingFields):
     """POST /v1/completions."""
+
+    refused_parameters: ClassVar[dict[str, str]] = {
+        name: f"{name}: tool calling is only supported on /v1/chat/completions"
+        for name in ("tools", "tool_choice", "parallel_tool_calls")
+    }
 
     # Text, token ids, or a batch: a list of texts or of token-id lists (each prompt gets `n`
     # choices; choice index = prompt position x n + choice).
@@ -337,6 +348,16 @@ class TokenizeBody(_Body):
     messages: list[ChatMessageIn] | None = Field(default=None, min_length=1)
     # With messages: the functions the chat template describes, as in a chat request.
     tools: list[ToolDefinition] | None = Field(default=None, max_length=128)
+
+    @field_validator("tools")
+    @classmethod
+    def _tools_with_messages(
+        cls, tools: list[ToolDefinition] | None, info: ValidationInfo
+    ) -> list[ToolDefinition] | None:
+        if tools and info.data.get("messages") is None:
+            raise ValueError("only with messages (the chat template renders them)")
+        return tools
+
     # Default: True for a prompt (its BOS), False for messages (the template writes its own).
     add_special_tokens: bool | None = None
     add_generation_prompt: bool = True

@@ -9,8 +9,10 @@ demo model's chat template describes: each call is a block
     </tool_call>
 
 A block whose JSON does not parse, names no function of the request or has arguments that are
-not an object stays in the content as text. The content is the text outside the calls; with calls
-and nothing else it is null, as OpenAI answers.
+not an object stays in the content as text. The content is the text outside the calls (text before
+and after a call joined by one newline, the whitespace around calls dropped); with calls and
+nothing else it is null, as OpenAI answers. Calls parsed in "auto" mode are not checked against
+their function's schema (only forced calls are guaranteed valid), as vLLM's parsers do not.
 """
 
 from __future__ import annotations
@@ -57,7 +59,10 @@ def tool_call_grammar(tools: list[ToolDefinition], name: str | None, parallel: b
     call_schemas = [
         {
             "type": "object",
-            "properties": {"name": {"const": function.name}, "arguments": function.parameters or _NO_PARAMETERS},
+            "properties": {
+                "name": {"const": function.name},
+                "arguments": _NO_PARAMETERS if function.parameters is None else function.parameters,
+            },
             "required": ["name", "arguments"],
             "additionalProperties": False,
         }
@@ -100,6 +105,7 @@ class ToolCallStream:
         self._whitespace = ""
         # Whitespace right after a call is not content either.
         self._after_call = False
+        self._released_content = False
         self.num_calls = 0
 
     def feed(self, text: str) -> tuple[str, list[ParsedToolCall]]:
@@ -143,8 +149,9 @@ class ToolCallStream:
         if not stripped:
             self._whitespace += text
             return ""
-        released = self._whitespace + stripped
-        self._whitespace, self._after_call = text[len(stripped) :], False
+        separator = "\n" if self._after_call and self._released_content else ""
+        released = separator + self._whitespace + stripped
+        self._whitespace, self._after_call, self._released_content = text[len(stripped) :], False, True
         return released
 
     def _parse(self, block: str) -> ParsedToolCall | None:

@@ -4,7 +4,7 @@ so a slow compile holds back only its own request, never the step loop or the qu
 from __future__ import annotations
 
 import concurrent.futures
-from concurrent.futures import Future
+from concurrent.futures import CancelledError, Future
 
 from engine.core.sequence import Sequence
 from engine.structured.matcher import GrammarMatcher
@@ -36,7 +36,7 @@ class GrammarWait:
             if not matcher.done():
                 continue
             del self._pending[request_id]
-            error = matcher.exception()
+            error = CancelledError() if matcher.cancelled() else matcher.exception()
             if error is None:
                 seq.grammar = matcher.result()
                 ready.append(seq)

@@ -121,7 +121,11 @@ class LLMEngine:
     def abort_request(self, request_id: str) -> bool:
         """End a request and free its KV blocks. False if it is not running or waiting."""
         self.output_processor.discard(request_id)
-        seq = self._grammar_wait.remove(request_id) or self.scheduler.finish(request_id, "abort")
+        seq = self._grammar_wait.remove(request_id)
+        if seq is not None:
+            self.scheduler.mark_finished(seq, "abort")
+        else:
+            seq = self.scheduler.finish(request_id, "abort")
         if seq is None:
             return False
         if self._stats_collector is not None:
@@ -155,8 +159,7 @@ class LLMEngine:
             self.scheduler.add(seq)
         for seq, error in failed:
             logger.error("request %s: its grammar failed to compile: %s", seq.request_id, error)
-            self.scheduler.add(seq)
-            self.scheduler.finish(seq.request_id, "abort")
+            self.scheduler.mark_finished(seq, "abort")
             if self._stats_collector is not None:
                 self._stats_collector.report_abort(seq)
         return self.output_processor.process([seq for seq, _ in failed])

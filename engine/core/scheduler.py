@@ -82,7 +82,7 @@ class Scheduler:
             self.waiting.release(seq)
         elif seq.status is SequenceStatus.WAITING:
             self.waiting.remove(seq)
-        self._mark_finished(seq, reason)
+        self.mark_finished(seq, reason)
         return seq
 
     def has_unfinished(self) -> bool:
@@ -321,7 +321,9 @@ class Scheduler:
             return "length"
         return None
 
-    def _mark_finished(self, seq: Sequence, reason: FinishReason) -> None:
+    def mark_finished(self, seq: Sequence, reason: FinishReason) -> None:
+        """Finish `seq` (freeing any blocks it holds); `finish` does this for a sequence the
+        scheduler holds, the engine for one that never reached it (its grammar was compiling)."""
         self.block_manager.free(seq)
         seq.status = SequenceStatus.FINISHED
         seq.finish_reason = reason

@@ -138,7 +138,9 @@ def apply_grammar_masks(logits: torch.Tensor, rows: list[SamplingRow]) -> torch.
         [torch.frombuffer(bytearray(rows[i].allowed_token_bitmask), dtype=torch.int32) for i in masked]  # type: ignore[arg-type]
     ).to(device)  # (R, W), W = ceil(V / 32)
     bits = torch.arange(32, dtype=torch.int32, device=device)
-    allowed = ((words[:, :, None] >> bits) & 1).flatten(1)[:, :vocab_size].bool()  # (R, V)
+    allowed = ((words[:, :, None] >> bits) & 1).flatten(1).bool()  # (R, 32 W)
+    # Logits wider than the vocabulary the mask covers (a padded LM head): the rest is not allowed.
+    allowed = torch.nn.functional.pad(allowed, (0, max(vocab_size - allowed.shape[1], 0)))[:, :vocab_size]  # (R, V)
     index = torch.tensor(masked, device=device)
     return logits.index_copy(0, index, logits[index].masked_fill(~allowed, float("-inf")))
 

@@ -52,9 +52,11 @@ class StructuredOutput:
 
     @classmethod
     def json_schema(cls, schema: dict[str, Any] | bool) -> StructuredOutput:
+        if schema is False:
+            raise ValueError("the schema false matches no output")
         if not isinstance(schema, (dict, bool)):
             raise ValueError(f"a JSON schema must be an object or a boolean, got {type(schema).__name__}")
-        return cls("json_schema", json.dumps(schema))
+        return cls("json_schema", json.dumps({} if schema is True else schema))
 
     @classmethod
     def regex(cls, pattern: str) -> StructuredOutput:

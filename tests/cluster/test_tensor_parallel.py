@@ -13,7 +13,7 @@ import ray
 from ray.cluster_utils import Cluster
 
 from deployments.tools.planner import ModelDims, load_model_config, shard_weight_bytes
-from engine import AsyncLLMEngine, EngineConfig, EngineDeadError, LLMEngine, SamplingParams
+from engine import AsyncLLMEngine, EngineConfig, EngineDeadError, LLMEngine, SamplingParams, StructuredOutput
 from engine.demo.tiny_models import TinyModelSpec, write_tiny_model
 from engine.parallel.placement import shard_bundles
 from engine.parallel.tp_executor import spawn_shard
@@ -53,6 +53,17 @@ def test_two_shards_generate_what_hugging_face_generates(spread_engine: LLMEngin
         expected_tokens, expected_logprobs = hf_greedy(layered_dir, prompt, GREEDY.max_tokens)
         assert output.token_ids == expected_tokens
         assert max(abs(a - b) for a, b in zip(output.logprobs, expected_logprobs)) < 1e-3
+
+
+def test_grammar_masks_reach_the_sampling_shard(spread_engine: LLMEngine) -> None:
+    """A structured-output request's bitmask travels with the batch to rank 0, which samples."""
+    choices = ["alpha", "beta", "gamma"]
+    params = [
+        SamplingParams(max_tokens=20, temperature=1.0, seed=i, structured_output=StructuredOutput.choice(choices))
+        for i in range(4)
+    ]
+    outputs = spread_engine.generate(["Pick:"] * 4, params)
+    assert all(output.text in choices and output.finish_reason == "stop" for output in outputs)
 
 
 def test_tied_embeddings_and_qkv_biases_split_and_match_hugging_face(

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from engine import EngineConfig, InvalidGrammarError, LLMEngine, SamplingParams, StructuredOutput
+from engine.metrics.stats import StepStats
 from engine.model.sampler import SamplingRow, apply_grammar_masks
 from engine.structured.compiler import GrammarCompiler
 from engine.structured.matcher import bitmask_words
@@ -144,12 +145,38 @@ def test_malformed_structured_outputs_are_refused_naming_the_problem() -> None:
 
 
 def test_a_request_aborted_while_its_grammar_compiles_leaves_nothing_behind(llama_dir: Path) -> None:
-    engine = LLMEngine(EngineConfig(model=str(llama_dir), dtype="float32", num_kv_blocks=32))
+    stats: list[StepStats] = []
+    engine = LLMEngine(EngineConfig(model=str(llama_dir), dtype="float32", num_kv_blocks=32), on_stats=stats.append)
     engine.add_request("r", "hi", SamplingParams(structured_output=StructuredOutput.json_schema(PERSON_SCHEMA)))
     assert engine.has_unfinished_requests()
     assert engine.abort_request("r")
     assert not engine.has_unfinished_requests()
     assert engine.step() == []
+    (finished,) = [entry for step in stats for entry in step.finished]
+    assert finished.finish_reason == "abort"
+
+
+def test_a_tokenizer_llguidance_cannot_use_refuses_structured_requests_naming_why(llama_dir: Path) -> None:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(llama_dir)
+    compiler = GrammarCompiler(tokenizer, len(tokenizer), eos_token_ids=set())  # no end-of-sequence token
+    with pytest.raises(InvalidGrammarError, match="structured output is unavailable for this model: .*eos"):
+        compiler.validate(StructuredOutput.json_object())
+
+
+def test_boolean_schemas() -> None:
+    assert StructuredOutput.json_schema(True) == StructuredOutput.json_schema({})  # anything
+    with pytest.raises(ValueError, match="matches no output"):
+        StructuredOutput.json_schema(False)
+
+
+def test_a_mask_narrower_than_the_logits_allows_nothing_beyond_it() -> None:
+    logits = torch.randn(1, 100)  # an LM head padded past the 64 tokens the mask covers
+    mask = torch.tensor([-1, -1], dtype=torch.int64).to(torch.int32).numpy().tobytes()  # all 64 allowed
+    row = SamplingRow(SamplingParams(), seed=0, num_output_tokens=0, allowed_token_bitmask=mask)
+    masked = apply_grammar_masks(logits, [row])
+    assert torch.isfinite(masked[0, :64]).all() and torch.isinf(masked[0, 64:]).all()
 
 
 def test_a_compiled_grammar_is_cached_and_each_request_gets_its_own_state(llama_dir: Path) -> None:

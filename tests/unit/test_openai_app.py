@@ -687,7 +687,8 @@ class TokenizingClient(FakeModelClient):
     async def detokenize(self, token_ids: list[int]) -> str:
         if any(token_id > 0x10FFFF for token_id in token_ids):
             raise InvalidRequestError("tokens must be token ids in [0, 1114112)", param="tokens")
-        return "".join(map(chr, token_ids))
+        # Surrogate code points are no text: a real tokenizer decodes such pieces as U+FFFD.
+        return "".join("\ufffd" if 0xD800 <= token_id <= 0xDFFF else chr(token_id) for token_id in token_ids)
 
 
 def test_tokenize_answers_in_vllms_shape_and_detokenize_round_trips() -> None:

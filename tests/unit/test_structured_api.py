@@ -206,13 +206,17 @@ def test_the_stream_parser_releases_the_same_content_as_the_whole_parse(piece: i
         released.append(content)
         calls += new_calls
     released.append(stream.finish())
-    assert "".join(released) == whole_content == "Let me look <tool this up.Done: <tool_call>\n{bad}\n</tool_call> ok"
+    assert "".join(released) == whole_content == "Let me look <tool this up.\nDone: <tool_call>\n{bad}\n</tool_call> ok"
     assert [c.arguments for c in calls] == [c.arguments for c in whole_calls] == ['{"city": "Paris"}']
 
 
-def test_completions_take_no_tools() -> None:
+def test_completions_refuse_tools_by_name_and_accept_empty_ones() -> None:
     error = openai_error(call(make_app(), "POST", "/v1/completions", COMPLETION | {"tools": [WEATHER]}), 400)
-    assert error["param"] == "tools"
+    assert (error["param"], error["code"]) == ("tools", "unsupported_parameter")
+    assert "/v1/chat/completions" in error["message"]
+    for empty in ({"tools": []}, {"tool_choice": "none"}, {"parallel_tool_calls": False}):
+        assert call(make_app(), "POST", "/v1/completions", COMPLETION | empty).status_code == 200, empty
+    assert post("chat", functions=[]).status_code == 200  # a deprecated field that asks for nothing
 
 
 @pytest.mark.parametrize(
