@@ -134,9 +134,8 @@ def apply_grammar_masks(logits: torch.Tensor, rows: list[SamplingRow]) -> torch.
         return logits
     device = logits.device
     vocab_size = logits.shape[-1]
-    words = torch.stack(
-        [torch.frombuffer(bytearray(rows[i].allowed_token_bitmask), dtype=torch.int32) for i in masked]  # type: ignore[arg-type]
-    ).to(device)  # (R, W), W = ceil(V / 32)
+    packed = bytearray(b"".join(rows[i].allowed_token_bitmask for i in masked))  # type: ignore[misc]
+    words = torch.frombuffer(packed, dtype=torch.int32).view(len(masked), -1).to(device)  # (R, W), W = ceil(V / 32)
     bits = torch.arange(32, dtype=torch.int32, device=device)
     allowed = ((words[:, :, None] >> bits) & 1).flatten(1).bool()  # (R, 32 W)
     # Logits wider than the vocabulary the mask covers (a padded LM head): the rest is not allowed.
