@@ -5,6 +5,7 @@
     switchyard plan --model llama-2-70b --dtype float16 --gpu-memory-gib 80 --context-len 4096
     switchyard keys create --config manifests/tenants.yaml --tenant team-a   # an API key, shown once
     switchyard status                            # each deployed model's state, replicas, load, autoscaling
+    switchyard kuberay manifests/multi-model.yaml > rayservice.yaml   # the KubeRay RayService for it
 
 `serve run` builds applications on the Serve controller: a bad config is reported in its log and
 `serve run` keeps waiting. `switchyard check` fails at once instead, naming the field, with exit 1.
@@ -22,6 +23,7 @@ from pydantic import ValidationError
 
 from deployments.config import AppConfig
 from deployments.tools.keys_command import add_keys_parser, run_keys
+from deployments.tools.kuberay_command import add_kuberay_parser, run_kuberay
 from deployments.tools.run_command import add_run_arguments, serve_run
 from deployments.tools.serve_files import BUILD_APP
 from deployments.tools.status_command import add_status_parser, run_status
@@ -67,6 +69,11 @@ def main(argv: list[str] | None = None) -> int:
         return run_keys(args)
     if args.command == "status":
         return run_status(args)
+    if args.command == "kuberay":
+        problems = check_config(args.config)
+        for problem in problems:
+            print(problem, file=sys.stderr)
+        return 1 if problems else run_kuberay(args)
     problems = check_config(args.config)
     for problem in problems:
         print(problem, file=sys.stderr)
@@ -121,6 +128,7 @@ def _parser() -> argparse.ArgumentParser:
     plan.add_argument("--block-size", type=int, default=16, help="tokens per KV block, as in the engine config")
     add_keys_parser(commands)
     add_status_parser(commands)
+    add_kuberay_parser(commands)
     return parser
 
 

@@ -12,7 +12,10 @@ from deployments.tools import cli
 MANIFESTS = Path(__file__).resolve().parents[2] / "manifests"
 
 
-@pytest.mark.parametrize("manifest", sorted(path.name for path in MANIFESTS.glob("*.yaml")))
+@pytest.mark.parametrize(
+    "manifest",
+    sorted(str(path.relative_to(MANIFESTS)) for path in [*MANIFESTS.glob("*.yaml"), *MANIFESTS.glob("gpu/*.yaml")]),
+)
 def test_every_manifest_passes_the_check(manifest: str) -> None:
     assert cli.check_config(MANIFESTS / manifest) == []
     assert cli.main(["check", str(MANIFESTS / manifest)]) == 0

@@ -1,0 +1,265 @@
+"""A KubeRay `RayService` derived from the serve config `serve run` takes, so the two cannot drift.
+
+`serveConfigV2` is that config (its HTTP proxy listening on every interface); the cluster is
+sized from what its models need:
+
+- the head runs Ray's control plane and nothing else (`num-cpus: "0"`, `num-gpus: "0"`);
+- the Router's replicas get a CPU worker group of their own;
+- every model's replica is one or more pods: with tensor-parallel shards under PACK or
+  STRICT_PACK one pod holds all of a replica's bundles (its GPUs on one node), under SPREAD or
+  STRICT_SPREAD each shard's bundle is a pod of its own; models whose pods have the same shape
+  share a worker group, those that scale to zero apart from those that do not;
+- a group's `minReplicas`/`maxReplicas` add up its models' replica bounds times their pods, so a
+  group whose models all scale to zero has `minReplicas: 0` and Ray's autoscaler (v2, in tree)
+  removes its pods after `idle_timeout_s`.
+
+Secrets are referenced, never inlined: the hub token (`HF_TOKEN`, for `hub_id` models) and, with
+auth, the admin key (`auth.admin_key_env`) come from Kubernetes Secrets. With `redis_address` the
+GCS keeps its state in Redis (fault tolerance: a restarted head recovers its actors); with auth the
+tenants store must be Redis, since router pods run on several nodes. `model_volume_claim` mounts a
+(ReadWriteMany) volume at /models on every pod as the hub cache, so every shard's node reads one
+download.
+
+A replica no pod could hold (more GPUs than a node has), a service beyond the cluster's GPU nodes
+or an SQLite tenants store is refused, naming the model and the setting.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+import yaml
+
+from deployments.config import AppConfig, ModelConfig
+from deployments.tools.serve_files import BUILD_APP
+
+__all__ = ["KubeRayOptions", "PodShape", "WorkerGroup", "ray_service", "worker_groups"]
+
+# Ports KubeRay expects by name on the head (the metrics port on every Ray pod).
+HEAD_PORTS = {"gcs-server": 6379, "dashboard": 8265, "client": 10001, "serve": 8000, "metrics": 8080}
+METRICS_PORT = HEAD_PORTS["metrics"]
+SERVE_PORT = HEAD_PORTS["serve"]
+# Where `model_volume_claim` is mounted on every pod.
+MODEL_MOUNT = "/models"
+_SPREAD_STRATEGIES = {"SPREAD", "STRICT_SPREAD"}
+
+
+@dataclass(frozen=True)
+class KubeRayOptions:
+    name: str = "switchyard"
+    namespace: str = "default"
+    image: str = f"switchyard:ray-{ray.__version__}"
+    # GPU pods: the product label their nodes carry (a node selector), none for any GPU node.
+    gpu_type: str | None = None
+    # The most GPUs one node (so one pod) has, and the most GPU nodes the cluster may add.
+    gpus_per_node: int = 8
+    max_gpu_nodes: int | None = None
+    # Memory requested per CPU a pod reserves.
+    memory_gib_per_cpu: float = 4.0
+    # Seconds an idle worker pod lives before Ray's autoscaler removes it.
+    idle_timeout_s: int = 60
+    # KubeRay's zero-downtime upgrade: "NewCluster" brings up a new cluster before switching
+    # traffic (twice the GPUs for a while), "None" updates the serve config in place only.
+    upgrade_strategy: str = "NewCluster"
+    # Secrets by name: the hub token (key "token") and the admin key (key "admin-key").
+    hub_token_secret: str = "switchyard-hub-token"
+    admin_key_secret: str = "switchyard-admin-key"
+    # Redis for the GCS's fault tolerance ("host:port"; its password from `redis_secret`, key
+    # "password"), and a volume claim shared by every pod for model weights; None: neither.
+    redis_address: str | None = None
+    redis_secret: str = "switchyard-redis"
+    model_volume_claim: str | None = None
+
+
+@dataclass(frozen=True, order=True)
+class PodShape:
+    """What one worker pod offers Ray: whole CPUs and GPUs (`ray start` takes integers)."""
+
+    cpus: int
+    gpus: int
+
+    @classmethod
+    def holding(cls, cpus: float, gpus: float) -> PodShape:
+        """The smallest pod that holds this much (at least one CPU)."""
+        return cls(max(math.ceil(cpus), 1), math.ceil(gpus))
+
+    @property
+    def group_name(self) -> str:
+        return f"gpu{self.gpus}-cpu{self.cpus}" if self.gpus else f"cpu{self.cpus}"
+
+
+@dataclass
+class WorkerGroup:
+    name: str
+    shape: PodShape
+    min_pods: int = 0
+    max_pods: int = 0
+    # What its pods are for: model names, or "router".
+    holds: list[str] = field(default_factory=list)
+
+
+def replica_pods(model: ModelConfig) -> list[PodShape]:
+    """The pods one replica of `model` takes: its placement bundles, packed into one pod or spread
+    one per pod as its placement strategy places them."""
+    if model.engine.tensor_parallel_size > 1:
+        bundles = model.placement_group_bundles()
+        if model.engine.placement_strategy in _SPREAD_STRATEGIES:
+            return [PodShape.holding(bundle["CPU"], bundle.get("GPU", 0.0)) for bundle in bundles]
+        return [PodShape.holding(sum(b["CPU"] for b in bundles), sum(b.get("GPU", 0.0) for b in bundles))]
+    actor = model.deployment.ray_actor_options
+    return [PodShape.holding(actor.num_cpus, actor.num_gpus)]
+
+
+def _replica_bounds(model: ModelConfig) -> tuple[int, int]:
+    autoscaling = model.deployment.autoscaling
+    if autoscaling is None:
+        return model.deployment.num_replicas, model.deployment.num_replicas
+    return autoscaling.min_replicas, autoscaling.max_replicas
+
+
+def worker_groups(config: AppConfig, options: KubeRayOptions) -> list[WorkerGroup]:
+    """The worker groups that host `config`'s Router and models, by pod shape; ValueError naming
+    the model and the setting when no pod, or not the cluster, could host it."""
+    router_pods = config.router.num_replicas
+    groups = {
+        "router": WorkerGroup(
+            "router", PodShape.holding(config.router.num_cpus, 0), router_pods, router_pods, ["router"]
+        )
+    }
+    for model in config.models:
+        min_replicas, max_replicas = _replica_bounds(model)
+        pods_per_shape: dict[PodShape, int] = defaultdict(int)
+        for shape in replica_pods(model):
+            if shape.gpus > options.gpus_per_node:
+                raise ValueError(
+                    f"model {model.name!r}: one replica needs {shape.gpus} GPUs in one pod (engine.tensor_parallel_"
+                    f"size {model.engine.tensor_parallel_size} under {model.engine.placement_strategy}), more than "
+                    f"a node has (gpus_per_node {options.gpus_per_node}); use STRICT_SPREAD or fewer shards"
+                )
+            pods_per_shape[shape] += 1
+        for shape, count in pods_per_shape.items():
+            name = shape.group_name + ("-to-zero" if min_replicas == 0 else "")
+            group = groups.setdefault(name, WorkerGroup(name, shape))
+            group.min_pods += min_replicas * count
+            group.max_pods += max_replicas * count
+            group.holds.append(model.name)
+    gpu_pods = sum(group.max_pods for group in groups.values() if group.shape.gpus)
+    if options.max_gpu_nodes is not None and gpu_pods > options.max_gpu_nodes:
+        raise ValueError(
+            f"at their max_replicas the models need {gpu_pods} GPU pods, more than max_gpu_nodes "
+            f"({options.max_gpu_nodes}): lower deployment.autoscaling.max_replicas or tensor_parallel_size"
+        )
+    return list(groups.values())
+
+
+def ray_service(serve_config: dict[str, Any], options: KubeRayOptions) -> dict[str, Any]:
+    """The RayService manifest for a serve config (as `serve run` reads it) of Switchyard apps."""
+    applications = [app for app in serve_config["applications"] if app.get("import_path") == BUILD_APP]
+    if len(applications) != 1:
+        raise ValueError(f"the serve config must hold one application of {BUILD_APP}, got {len(applications)}")
+    config = AppConfig.model_validate(applications[0].get("args") or {})
+    if config.auth.enabled and config.auth.is_sqlite:
+        raise ValueError(
+            "auth.store: an SQLite store lives on one node, and a KubeRay service's router pods run on several; "
+            "use 'redis://<host>:<port>/<db>'"
+        )
+    served = dict(serve_config) | {"http_options": {"host": "0.0.0.0", "port": SERVE_PORT}}
+    pods = _PodSettings(options, _environment(config, options))
+    cluster: dict[str, Any] = {
+        "rayVersion": ray.__version__,
+        "enableInTreeAutoscaling": True,
+        "autoscalerOptions": {"version": "v2", "idleTimeoutSeconds": options.idle_timeout_s},
+        "headGroupSpec": {
+            "rayStartParams": {
+                "num-cpus": "0",
+                "num-gpus": "0",
+                "dashboard-host": "0.0.0.0",
+                "metrics-export-port": str(METRICS_PORT),
+            },
+            "template": pods.template("ray-head", PodShape(1, 0), HEAD_PORTS),
+        },
+        "workerGroupSpecs": [_worker_group(group, pods) for group in worker_groups(config, options)],
+    }
+    if options.redis_address is not None:
+        cluster["gcsFaultToleranceOptions"] = {
+            "redisAddress": options.redis_address,
+            "redisPassword": {"valueFrom": {"secretKeyRef": {"name": options.redis_secret, "key": "password"}}},
+        }
+    return {
+        "apiVersion": "ray.io/v1",
+        "kind": "RayService",
+        "metadata": {"name": options.name, "namespace": options.namespace},
+        "spec": {
+            "upgradeStrategy": {"type": options.upgrade_strategy},
+            "serveConfigV2": yaml.safe_dump(served, sort_keys=False),
+            "rayClusterConfig": cluster,
+        },
+    }
+
+
+def _environment(config: AppConfig, options: KubeRayOptions) -> list[dict[str, Any]]:
+    """Every Ray container's environment: secrets by reference, the shared hub cache."""
+    environment: list[dict[str, Any]] = []
+    if any(model.source.hub_id is not None for model in config.models):
+        token = {"secretKeyRef": {"name": options.hub_token_secret, "key": "token", "optional": True}}
+        environment.append({"name": "HF_TOKEN", "valueFrom": token})
+    if config.auth.enabled:
+        admin_key = {"secretKeyRef": {"name": options.admin_key_secret, "key": "admin-key", "optional": True}}
+        environment.append({"name": config.auth.admin_key_env, "valueFrom": admin_key})
+    if options.model_volume_claim is not None:
+        environment.append({"name": "HF_HOME", "value": f"{MODEL_MOUNT}/huggingface"})
+    return environment
+
+
+def _worker_group(group: WorkerGroup, pods: _PodSettings) -> dict[str, Any]:
+    shape = group.shape
+    return {
+        "groupName": group.name,
+        "replicas": group.min_pods,
+        "minReplicas": group.min_pods,
+        "maxReplicas": group.max_pods,
+        "rayStartParams": {
+            "num-cpus": str(shape.cpus),
+            "num-gpus": str(shape.gpus),
+            "metrics-export-port": str(METRICS_PORT),
+        },
+        "template": pods.template("ray-worker", shape, {"metrics": METRICS_PORT}),
+    }
+
+
+@dataclass(frozen=True)
+class _PodSettings:
+    """What every Ray pod of the service shares: image, environment, volumes, GPU placement."""
+
+    options: KubeRayOptions
+    environment: list[dict[str, Any]]
+
+    def template(self, container: str, shape: PodShape, ports: dict[str, int]) -> dict[str, Any]:
+        options = self.options
+        resources: dict[str, Any] = {
+            "cpu": str(shape.cpus),
+            "memory": f"{math.ceil(shape.cpus * options.memory_gib_per_cpu)}Gi",
+        }
+        if shape.gpus:
+            resources["nvidia.com/gpu"] = shape.gpus
+        ray_container: dict[str, Any] = {
+            "name": container,
+            "image": options.image,
+            "ports": [{"name": name, "containerPort": port} for name, port in ports.items()],
+            "resources": {"requests": dict(resources), "limits": dict(resources)},
+        }
+        if self.environment:
+            ray_container["env"] = self.environment
+        spec: dict[str, Any] = {"containers": [ray_container]}
+        if options.model_volume_claim is not None:
+            ray_container["volumeMounts"] = [{"name": "models", "mountPath": MODEL_MOUNT}]
+            spec["volumes"] = [{"name": "models", "persistentVolumeClaim": {"claimName": options.model_volume_claim}}]
+        if shape.gpus:
+            spec["tolerations"] = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+            if options.gpu_type is not None:
+                spec["nodeSelector"] = {"nvidia.com/gpu.product": options.gpu_type}
+        return {"spec": spec}

@@ -1,0 +1,185 @@
+"""`switchyard kuberay`: RayService manifests derived from serve configs, validated against KubeRay's
+CRD schema (../shared/crds), their serveConfigV2 checked as a serve config, and their worker groups
+consistent with what the models need."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+
+from deployments.config import AppConfig
+from deployments.tools.cli import check_config, main
+from deployments.tools.kuberay import KubeRayOptions, ray_service, replica_pods
+
+ROOT = Path(__file__).resolve().parents[2]
+CRDS = ROOT.parent / "shared" / "crds"
+# Every serve config, but the tenants one: its SQLite store is refused on KubeRay (tested below).
+TENANTS = ROOT / "manifests" / "tenants.yaml"
+MANIFESTS = sorted(path for path in (ROOT / "manifests").glob("*.yaml") if path != TENANTS)
+MANIFESTS += sorted((ROOT / "manifests" / "gpu").glob("*.yaml"))
+GENERATED = sorted((ROOT / "manifests" / "kuberay").glob("*.yaml"))
+COMMAND_LINE = "#   switchyard kuberay "
+
+
+def crd_schema(name: str) -> dict[str, Any]:
+    crd = yaml.safe_load((CRDS / name).read_text())
+    (v1,) = [version for version in crd["spec"]["versions"] if version["name"] == "v1"]
+    return v1["schema"]["openAPIV3Schema"]
+
+
+RAY_SERVICE_SCHEMA = crd_schema("ray.io_rayservices.yaml")
+
+
+def serve_config(manifest: Path) -> dict[str, Any]:
+    return yaml.safe_load(manifest.read_text())
+
+
+def app_config(config: dict[str, Any]) -> AppConfig:
+    return AppConfig.model_validate(config["applications"][0]["args"])
+
+
+def gpu_config(tensor_parallel_size: int, strategy: str, min_replicas: int, max_replicas: int) -> dict[str, Any]:
+    """A serve config of one CUDA model in `tensor_parallel_size` shards."""
+    model = {
+        "name": "big",
+        "source": {"hub_id": "org/big-model"},
+        "engine": {"device": "cuda", "tensor_parallel_size": tensor_parallel_size, "placement_strategy": strategy},
+        "deployment": {"autoscaling": {"min_replicas": min_replicas, "max_replicas": max_replicas}},
+    }
+    application = {"name": "switchyard", "route_prefix": "/", "import_path": "deployments.app:build_app"}
+    return {"applications": [application | {"args": {"models": [model]}}]}
+
+
+@pytest.mark.parametrize("generated", GENERATED, ids=lambda path: path.name)
+def test_each_checked_in_service_is_what_its_command_prints_now(
+    generated: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lines = generated.read_text().splitlines(keepends=True)
+    (command,) = [line for line in lines if line.startswith(COMMAND_LINE)]
+    monkeypatch.chdir(ROOT)
+    assert main(["kuberay", *command.removeprefix(COMMAND_LINE).split()]) == 0
+    assert "".join(line for line in lines if not line.startswith("#")) == capsys.readouterr().out
+    jsonschema.Draft7Validator(RAY_SERVICE_SCHEMA).validate(yaml.safe_load(generated.read_text()))
+
+
+def test_the_scale_to_zero_service_lets_its_gpu_group_go_to_zero_pods() -> None:
+    service = yaml.safe_load((ROOT / "manifests" / "kuberay" / "scale-to-zero-gpu.yaml").read_text())
+    groups = service["spec"]["rayClusterConfig"]["workerGroupSpecs"]
+    (gpu_group,) = [group for group in groups if group["rayStartParams"]["num-gpus"] != "0"]
+    assert (gpu_group["minReplicas"], gpu_group["replicas"], gpu_group["maxReplicas"]) == (0, 0, 2)
+    assert service["spec"]["rayClusterConfig"]["enableInTreeAutoscaling"] is True
+
+
+@pytest.mark.parametrize("manifest", MANIFESTS, ids=lambda path: path.name)
+def test_every_generated_service_validates_against_the_crd_and_its_serve_config_checks(
+    manifest: Path, tmp_path: Path
+) -> None:
+    service = ray_service(serve_config(manifest), KubeRayOptions())
+    jsonschema.Draft7Validator(RAY_SERVICE_SCHEMA).validate(service)
+    served = tmp_path / "served.yaml"
+    served.write_text(service["spec"]["serveConfigV2"])
+    assert check_config(served) == []
+    assert yaml.safe_load(served.read_text())["http_options"]["host"] == "0.0.0.0"
+
+
+@pytest.mark.parametrize("manifest", MANIFESTS, ids=lambda path: path.name)
+def test_worker_groups_hold_every_replica_at_its_bounds(manifest: Path) -> None:
+    config = serve_config(manifest)
+    cluster = ray_service(config, KubeRayOptions())["spec"]["rayClusterConfig"]
+    assert cluster["headGroupSpec"]["rayStartParams"]["num-gpus"] == "0"
+    assert cluster["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"  # no model or router on the head
+    groups = {group["groupName"]: group for group in cluster["workerGroupSpecs"]}
+    for model in app_config(config).models:
+        autoscaling = model.deployment.autoscaling
+        max_replicas = autoscaling.max_replicas if autoscaling else model.deployment.num_replicas
+        for pod in replica_pods(model):
+            fits = [
+                group
+                for group in groups.values()
+                if int(group["rayStartParams"]["num-cpus"]) >= pod.cpus
+                and int(group["rayStartParams"]["num-gpus"]) >= pod.gpus
+                and group["groupName"] != "router"
+                and group["maxReplicas"] >= max_replicas
+            ]
+            assert fits, (model.name, pod)
+            if autoscaling is not None and autoscaling.min_replicas == 0:
+                assert all(group["minReplicas"] == 0 for group in fits if group["groupName"].endswith("-to-zero"))
+                assert any(group["groupName"].endswith("-to-zero") for group in fits)
+
+
+@pytest.mark.parametrize(
+    ("strategy", "pod_gpus", "max_pods"),
+    [("PACK", 4, 3), ("STRICT_PACK", 4, 3), ("STRICT_SPREAD", 1, 12), ("SPREAD", 1, 12)],
+)
+def test_tensor_parallel_replicas_pack_into_one_pod_or_spread_one_shard_per_pod(
+    strategy: str, pod_gpus: int, max_pods: int
+) -> None:
+    service = ray_service(gpu_config(4, strategy, 0, 3), KubeRayOptions(gpu_type="NVIDIA-H100-80GB-HBM3"))
+    jsonschema.Draft7Validator(RAY_SERVICE_SCHEMA).validate(service)
+    groups = [g for g in service["spec"]["rayClusterConfig"]["workerGroupSpecs"] if g["groupName"] != "router"]
+    # Spread: shard 0's pod also holds the replica's own CPU, so it is a shape (a group) of its own.
+    assert len(groups) == (2 if strategy in {"SPREAD", "STRICT_SPREAD"} else 1)
+    assert sum(group["maxReplicas"] for group in groups) == max_pods
+    for group in groups:
+        assert (group["rayStartParams"]["num-gpus"], group["minReplicas"]) == (str(pod_gpus), 0)
+        pod = group["template"]["spec"]
+        assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == pod_gpus
+        assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
+
+
+def test_a_replica_no_node_can_hold_is_refused_naming_the_model_and_setting() -> None:
+    with pytest.raises(ValueError, match=r"model 'big'.*8 GPUs in one pod.*tensor_parallel_size 8.*gpus_per_node 4"):
+        ray_service(gpu_config(8, "PACK", 1, 1), KubeRayOptions(gpus_per_node=4))
+
+
+def test_a_service_beyond_the_clusters_gpu_nodes_is_refused_naming_the_limit() -> None:
+    with pytest.raises(ValueError, match=r"8 GPU pods, more than max_gpu_nodes \(6\).*max_replicas"):
+        ray_service(gpu_config(4, "STRICT_SPREAD", 1, 2), KubeRayOptions(gpus_per_node=1, max_gpu_nodes=6))
+
+
+def test_a_config_without_one_switchyard_application_is_refused() -> None:
+    config = gpu_config(1, "PACK", 1, 1)
+    config["applications"].append(copy.deepcopy(config["applications"][0]))
+    with pytest.raises(ValueError, match="one application of deployments.app:build_app, got 2"):
+        ray_service(config, KubeRayOptions())
+
+
+def test_the_command_prints_the_manifest_and_refuses_a_bad_config(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["kuberay", str(ROOT / "manifests" / "multi-model.yaml"), "--namespace", "llm"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed == ray_service(
+        serve_config(ROOT / "manifests" / "multi-model.yaml"), KubeRayOptions(namespace="llm")
+    )
+    too_big = tmp_path / "too-big.yaml"
+    too_big.write_text(yaml.safe_dump(gpu_config(8, "PACK", 1, 1)))
+    assert main(["kuberay", str(too_big), "--gpus-per-node", "4"]) == 1
+    assert "gpus_per_node 4" in capsys.readouterr().err
+
+
+def test_auth_needs_a_redis_store_and_secrets_are_referenced_never_inlined() -> None:
+    config = serve_config(TENANTS)
+    with pytest.raises(ValueError, match="auth.store: an SQLite store"):
+        ray_service(config, KubeRayOptions())
+    config["applications"][0]["args"]["auth"]["store"] = "redis://redis.llm.svc:6379/0"
+    config["applications"][0]["args"]["models"][0]["source"] = {"hub_id": "Qwen/Qwen2.5-0.5B-Instruct"}
+    options = KubeRayOptions(redis_address="redis.llm.svc:6379", model_volume_claim="models")
+    service = ray_service(config, options)
+    jsonschema.Draft7Validator(RAY_SERVICE_SCHEMA).validate(service)
+    cluster = service["spec"]["rayClusterConfig"]
+    assert cluster["gcsFaultToleranceOptions"]["redisAddress"] == "redis.llm.svc:6379"
+    templates = [cluster["headGroupSpec"]["template"]] + [group["template"] for group in cluster["workerGroupSpecs"]]
+    for template in templates:
+        (container,) = template["spec"]["containers"]
+        environment = {entry["name"]: entry for entry in container["env"]}
+        assert environment["HF_TOKEN"]["valueFrom"]["secretKeyRef"]["name"] == options.hub_token_secret
+        assert environment["SWITCHYARD_ADMIN_KEY"]["valueFrom"]["secretKeyRef"]["name"] == options.admin_key_secret
+        assert all("value" not in entry for name, entry in environment.items() if name != "HF_HOME")
+        assert container["volumeMounts"] == [{"name": "models", "mountPath": "/models"}]
+        assert template["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"] == "models"
