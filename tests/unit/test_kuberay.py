@@ -112,6 +112,21 @@ def test_worker_groups_hold_every_replica_at_its_bounds(manifest: Path) -> None:
                 assert any(group["groupName"].endswith("-to-zero") for group in fits)
 
 
+@pytest.mark.parametrize("manifest", MANIFESTS, ids=lambda path: path.name)
+def test_the_models_gpus_at_their_max_replicas_fit_the_gpu_groups(manifest: Path) -> None:
+    config = serve_config(manifest)
+    groups = ray_service(config, KubeRayOptions())["spec"]["rayClusterConfig"]["workerGroupSpecs"]
+    offered = sum(group["maxReplicas"] * int(group["rayStartParams"]["num-gpus"]) for group in groups)
+    needed = 0
+    for model in app_config(config).models:
+        autoscaling = model.deployment.autoscaling
+        max_replicas = autoscaling.max_replicas if autoscaling else model.deployment.num_replicas
+        needed += max_replicas * sum(pod.gpus for pod in replica_pods(model))
+    assert offered >= needed
+    if "gpu" in str(manifest.parent):
+        assert needed > 0  # the GPU configs do ask for GPUs
+
+
 @pytest.mark.parametrize(
     ("strategy", "pod_gpus", "max_pods"),
     [("PACK", 4, 3), ("STRICT_PACK", 4, 3), ("STRICT_SPREAD", 1, 12), ("SPREAD", 1, 12)],
