@@ -43,16 +43,20 @@ __all__ = ["KubeRayOptions", "PodShape", "WorkerGroup", "ray_service", "worker_g
 HEAD_PORTS = {"gcs-server": 6379, "dashboard": 8265, "client": 10001, "serve": 8000, "metrics": 8080}
 METRICS_PORT = HEAD_PORTS["metrics"]
 SERVE_PORT = HEAD_PORTS["serve"]
-# Where `model_volume_claim` is mounted on every pod.
+# Where `model_volume_claim` is mounted on every pod, and the group Ray's images run as.
 MODEL_MOUNT = "/models"
+_RAY_IMAGE_GROUP = 100
 _SPREAD_STRATEGIES = {"SPREAD", "STRICT_SPREAD"}
+# The share of a Ray node's memory its tasks and actors may reserve (the rest is the object store).
+_TASK_MEMORY_SHARE = 0.7
 
 
 @dataclass(frozen=True)
 class KubeRayOptions:
     name: str = "switchyard"
     namespace: str = "default"
-    image: str = f"switchyard:ray-{ray.__version__}"
+    # None: the Dockerfile's tag, its CUDA build (`-gpu`) when a model runs on CUDA.
+    image: str | None = None
     # GPU pods: the product label their nodes carry (a node selector), none for any GPU node.
     gpu_type: str | None = None
     # The most GPUs one node (so one pod) has, and the most GPU nodes the cluster may add.
@@ -77,15 +81,21 @@ class KubeRayOptions:
 
 @dataclass(frozen=True, order=True)
 class PodShape:
-    """What one worker pod offers Ray: whole CPUs and GPUs (`ray start` takes integers)."""
+    """What one worker pod offers Ray: whole CPUs and GPUs (`ray start` takes integers), and its
+    memory."""
 
     cpus: int
     gpus: int
+    memory_gib: int
 
     @classmethod
-    def holding(cls, cpus: float, gpus: float) -> PodShape:
-        """The smallest pod that holds this much (at least one CPU)."""
-        return cls(max(math.ceil(cpus), 1), math.ceil(gpus))
+    def holding(cls, cpus: float, gpus: float, memory_bytes: float, options: KubeRayOptions) -> PodShape:
+        """The smallest pod that holds this much (at least one CPU): `memory_gib_per_cpu` per CPU,
+        or more where the replica reserves more memory (Ray offers tasks about 70% of a pod's
+        memory, the rest is its object store)."""
+        whole_cpus = max(math.ceil(cpus), 1)
+        reserved_gib = math.ceil(memory_bytes / _TASK_MEMORY_SHARE / 2**30)
+        return cls(whole_cpus, math.ceil(gpus), max(math.ceil(whole_cpus * options.memory_gib_per_cpu), reserved_gib))
 
     @property
     def group_name(self) -> str:
@@ -102,16 +112,22 @@ class WorkerGroup:
     holds: list[str] = field(default_factory=list)
 
 
-def replica_pods(model: ModelConfig) -> list[PodShape]:
+def replica_pods(model: ModelConfig, options: KubeRayOptions) -> list[PodShape]:
     """The pods one replica of `model` takes: its placement bundles, packed into one pod or spread
     one per pod as its placement strategy places them."""
+    actor = model.deployment.ray_actor_options
+    if actor.resources:
+        raise ValueError(
+            f"model {model.name!r}: deployment.ray_actor_options.resources ({sorted(actor.resources)}) are custom "
+            "Ray resources that no generated pod offers; select nodes with --gpu-type instead"
+        )
     if model.engine.tensor_parallel_size > 1:
         bundles = model.placement_group_bundles()
         if model.engine.placement_strategy in _SPREAD_STRATEGIES:
-            return [PodShape.holding(bundle["CPU"], bundle.get("GPU", 0.0)) for bundle in bundles]
-        return [PodShape.holding(sum(b["CPU"] for b in bundles), sum(b.get("GPU", 0.0) for b in bundles))]
-    actor = model.deployment.ray_actor_options
-    return [PodShape.holding(actor.num_cpus, actor.num_gpus)]
+            return [PodShape.holding(b["CPU"], b.get("GPU", 0.0), b.get("memory", 0.0), options) for b in bundles]
+        cpus, gpus = sum(b["CPU"] for b in bundles), sum(b.get("GPU", 0.0) for b in bundles)
+        return [PodShape.holding(cpus, gpus, sum(b.get("memory", 0.0) for b in bundles), options)]
+    return [PodShape.holding(actor.num_cpus, actor.num_gpus, actor.memory or 0, options)]
 
 
 def _replica_bounds(model: ModelConfig) -> tuple[int, int]:
@@ -125,15 +141,12 @@ def worker_groups(config: AppConfig, options: KubeRayOptions) -> list[WorkerGrou
     """The worker groups that host `config`'s Router and models, by pod shape; ValueError naming
     the model and the setting when no pod, or not the cluster, could host it."""
     router_pods = config.router.num_replicas
-    groups = {
-        "router": WorkerGroup(
-            "router", PodShape.holding(config.router.num_cpus, 0), router_pods, router_pods, ["router"]
-        )
-    }
+    router_shape = PodShape.holding(config.router.num_cpus, 0, 0, options)
+    groups = {"router": WorkerGroup("router", router_shape, router_pods, router_pods, ["router"])}
     for model in config.models:
         min_replicas, max_replicas = _replica_bounds(model)
         pods_per_shape: dict[PodShape, int] = defaultdict(int)
-        for shape in replica_pods(model):
+        for shape in replica_pods(model, options):
             if shape.gpus > options.gpus_per_node:
                 raise ValueError(
                     f"model {model.name!r}: one replica needs {shape.gpus} GPUs in one pod (engine.tensor_parallel_"
@@ -147,11 +160,17 @@ def worker_groups(config: AppConfig, options: KubeRayOptions) -> list[WorkerGrou
             group.min_pods += min_replicas * count
             group.max_pods += max_replicas * count
             group.holds.append(model.name)
-    gpu_pods = sum(group.max_pods for group in groups.values() if group.shape.gpus)
-    if options.max_gpu_nodes is not None and gpu_pods > options.max_gpu_nodes:
+    # GPU nodes at every model's max_replicas: each node takes as many of a group's pods as fit.
+    gpu_nodes = sum(
+        math.ceil(group.max_pods / (options.gpus_per_node // group.shape.gpus))
+        for group in groups.values()
+        if group.shape.gpus
+    )
+    if options.max_gpu_nodes is not None and gpu_nodes > options.max_gpu_nodes:
         raise ValueError(
-            f"at their max_replicas the models need {gpu_pods} GPU pods, more than max_gpu_nodes "
-            f"({options.max_gpu_nodes}): lower deployment.autoscaling.max_replicas or tensor_parallel_size"
+            f"at their max_replicas the models need {gpu_nodes} GPU nodes of {options.gpus_per_node} GPUs, more "
+            f"than max_gpu_nodes ({options.max_gpu_nodes}): lower deployment.autoscaling.max_replicas or "
+            "engine.tensor_parallel_size"
         )
     return list(groups.values())
 
@@ -162,13 +181,16 @@ def ray_service(serve_config: dict[str, Any], options: KubeRayOptions) -> dict[s
     if len(applications) != 1:
         raise ValueError(f"the serve config must hold one application of {BUILD_APP}, got {len(applications)}")
     config = AppConfig.model_validate(applications[0].get("args") or {})
-    if config.auth.enabled and config.auth.is_sqlite:
+    if config.auth.enabled and not config.auth.store.startswith(("redis://", "rediss://")):
         raise ValueError(
-            "auth.store: an SQLite store lives on one node, and a KubeRay service's router pods run on several; "
-            "use 'redis://<host>:<port>/<db>'"
+            "auth.store: an SQLite store or a unix socket lives on one node, and a KubeRay service's router pods "
+            "run on several; use 'redis://<host>:<port>/<db>'"
         )
-    served = dict(serve_config) | {"http_options": {"host": "0.0.0.0", "port": SERVE_PORT}}
-    pods = _PodSettings(options, _environment(config, options))
+    http_options = dict(serve_config.get("http_options") or {}) | {"host": "0.0.0.0", "port": SERVE_PORT}
+    served = dict(serve_config) | {"http_options": http_options}
+    on_cuda = any(model.engine.device.startswith("cuda") for model in config.models)
+    image = options.image or f"switchyard:ray-{ray.__version__}" + ("-gpu" if on_cuda else "")
+    pods = _PodSettings(options, image, _environment(config, options))
     cluster: dict[str, Any] = {
         "rayVersion": ray.__version__,
         "enableInTreeAutoscaling": True,
@@ -180,7 +202,7 @@ def ray_service(serve_config: dict[str, Any], options: KubeRayOptions) -> dict[s
                 "dashboard-host": "0.0.0.0",
                 "metrics-export-port": str(METRICS_PORT),
             },
-            "template": pods.template("ray-head", PodShape(1, 0), HEAD_PORTS),
+            "template": pods.template("ray-head", PodShape.holding(1, 0, 0, options), HEAD_PORTS),
         },
         "workerGroupSpecs": [_worker_group(group, pods) for group in worker_groups(config, options)],
     }
@@ -236,28 +258,36 @@ class _PodSettings:
     """What every Ray pod of the service shares: image, environment, volumes, GPU placement."""
 
     options: KubeRayOptions
+    image: str
     environment: list[dict[str, Any]]
 
     def template(self, container: str, shape: PodShape, ports: dict[str, int]) -> dict[str, Any]:
         options = self.options
-        resources: dict[str, Any] = {
-            "cpu": str(shape.cpus),
-            "memory": f"{math.ceil(shape.cpus * options.memory_gib_per_cpu)}Gi",
-        }
+        resources: dict[str, Any] = {"cpu": str(shape.cpus), "memory": f"{shape.memory_gib}Gi"}
         if shape.gpus:
             resources["nvidia.com/gpu"] = shape.gpus
         ray_container: dict[str, Any] = {
             "name": container,
-            "image": options.image,
+            "image": self.image,
             "ports": [{"name": name, "containerPort": port} for name, port in ports.items()],
             "resources": {"requests": dict(resources), "limits": dict(resources)},
         }
         if self.environment:
             ray_container["env"] = self.environment
         spec: dict[str, Any] = {"containers": [ray_container]}
+        mounts: list[dict[str, Any]] = []
+        volumes: list[dict[str, Any]] = []
         if options.model_volume_claim is not None:
-            ray_container["volumeMounts"] = [{"name": "models", "mountPath": MODEL_MOUNT}]
-            spec["volumes"] = [{"name": "models", "persistentVolumeClaim": {"claimName": options.model_volume_claim}}]
+            mounts.append({"name": "models", "mountPath": MODEL_MOUNT})
+            volumes.append({"name": "models", "persistentVolumeClaim": {"claimName": options.model_volume_claim}})
+            spec["securityContext"] = {"fsGroup": _RAY_IMAGE_GROUP}  # Ray's images run as ray:users
+        if shape.gpus:
+            # NCCL's shared-memory transport between a pod's GPUs needs more than the default 64 MiB.
+            mounts.append({"name": "dshm", "mountPath": "/dev/shm"})
+            volumes.append({"name": "dshm", "emptyDir": {"medium": "Memory"}})
+        if mounts:
+            ray_container["volumeMounts"] = mounts
+            spec["volumes"] = volumes
         if shape.gpus:
             spec["tolerations"] = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
             if options.gpu_type is not None:

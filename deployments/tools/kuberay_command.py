@@ -20,7 +20,9 @@ def add_kuberay_parser(commands: argparse._SubParsersAction) -> None:  # type: i
     command.add_argument("config", type=Path, help="serve config YAML, as `serve run` takes it")
     command.add_argument("--name", default=_DEFAULTS.name, help="the RayService's name")
     command.add_argument("--namespace", default=_DEFAULTS.namespace)
-    command.add_argument("--image", default=_DEFAULTS.image, help="the container image (see Dockerfile)")
+    command.add_argument(
+        "--image", default=None, help="the container image (default: the Dockerfile's tag, -gpu for CUDA models)"
+    )
     command.add_argument("--gpu-type", default=None, help="GPU pods' node selector value of nvidia.com/gpu.product")
     command.add_argument("--gpus-per-node", type=int, default=_DEFAULTS.gpus_per_node)
     command.add_argument("--max-gpu-nodes", type=int, default=None, help="refuse a service needing more GPU pods")
@@ -61,7 +63,11 @@ def run_kuberay(args: argparse.Namespace) -> int:
 
 
 class _ManifestDumper(yaml.SafeDumper):
-    """Multi-line strings (serveConfigV2) as YAML literal blocks, readable as the serve config they are."""
+    """Multi-line strings (serveConfigV2) as YAML literal blocks, readable as the serve config they
+    are; every value written out where it is, no anchors and aliases."""
+
+    def ignore_aliases(self, data: object) -> bool:
+        return True
 
 
 def _literal_blocks(dumper: yaml.SafeDumper, text: str) -> yaml.ScalarNode:

@@ -51,6 +51,8 @@ def gpu_config(tensor_parallel_size: int, strategy: str, min_replicas: int, max_
         "engine": {"device": "cuda", "tensor_parallel_size": tensor_parallel_size, "placement_strategy": strategy},
         "deployment": {"autoscaling": {"min_replicas": min_replicas, "max_replicas": max_replicas}},
     }
+    if tensor_parallel_size == 1:  # the replica itself holds the GPU
+        model["deployment"]["ray_actor_options"] = {"num_gpus": 1}
     application = {"name": "switchyard", "route_prefix": "/", "import_path": "deployments.app:build_app"}
     return {"applications": [application | {"args": {"models": [model]}}]}
 
@@ -97,7 +99,7 @@ def test_worker_groups_hold_every_replica_at_its_bounds(manifest: Path) -> None:
     for model in app_config(config).models:
         autoscaling = model.deployment.autoscaling
         max_replicas = autoscaling.max_replicas if autoscaling else model.deployment.num_replicas
-        for pod in replica_pods(model):
+        for pod in replica_pods(model, KubeRayOptions()):
             fits = [
                 group
                 for group in groups.values()
@@ -121,7 +123,7 @@ def test_the_models_gpus_at_their_max_replicas_fit_the_gpu_groups(manifest: Path
     for model in app_config(config).models:
         autoscaling = model.deployment.autoscaling
         max_replicas = autoscaling.max_replicas if autoscaling else model.deployment.num_replicas
-        needed += max_replicas * sum(pod.gpus for pod in replica_pods(model))
+        needed += max_replicas * sum(pod.gpus for pod in replica_pods(model, KubeRayOptions()))
     assert offered >= needed
     if "gpu" in str(manifest.parent):
         assert needed > 0  # the GPU configs do ask for GPUs
@@ -153,8 +155,10 @@ def test_a_replica_no_node_can_hold_is_refused_naming_the_model_and_setting() ->
 
 
 def test_a_service_beyond_the_clusters_gpu_nodes_is_refused_naming_the_limit() -> None:
-    with pytest.raises(ValueError, match=r"8 GPU pods, more than max_gpu_nodes \(6\).*max_replicas"):
+    with pytest.raises(ValueError, match=r"8 GPU nodes of 1 GPUs, more than max_gpu_nodes \(6\).*max_replicas"):
         ray_service(gpu_config(4, "STRICT_SPREAD", 1, 2), KubeRayOptions(gpus_per_node=1, max_gpu_nodes=6))
+    # Pods that share a node: two 4-GPU replicas on one 8-GPU node.
+    ray_service(gpu_config(4, "PACK", 1, 2), KubeRayOptions(gpus_per_node=8, max_gpu_nodes=1))
 
 
 def test_a_config_without_one_switchyard_application_is_refused() -> None:
@@ -196,5 +200,29 @@ def test_auth_needs_a_redis_store_and_secrets_are_referenced_never_inlined() -> 
         assert environment["HF_TOKEN"]["valueFrom"]["secretKeyRef"]["name"] == options.hub_token_secret
         assert environment["SWITCHYARD_ADMIN_KEY"]["valueFrom"]["secretKeyRef"]["name"] == options.admin_key_secret
         assert all("value" not in entry for name, entry in environment.items() if name != "HF_HOME")
-        assert container["volumeMounts"] == [{"name": "models", "mountPath": "/models"}]
+        assert container["volumeMounts"][0] == {"name": "models", "mountPath": "/models"}
+        assert template["spec"]["securityContext"] == {"fsGroup": 100}
         assert template["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"] == "models"
+
+
+def test_a_replicas_memory_sizes_its_pod_and_custom_resources_are_refused() -> None:
+    config = gpu_config(1, "PACK", 1, 1)
+    actor = {"num_cpus": 2, "num_gpus": 1, "memory": 70 * 2**30}
+    config["applications"][0]["args"]["models"][0]["deployment"]["ray_actor_options"] = actor
+    cluster = ray_service(config, KubeRayOptions())["spec"]["rayClusterConfig"]
+    (gpu_group,) = [group for group in cluster["workerGroupSpecs"] if group["groupName"] != "router"]
+    (container,) = gpu_group["template"]["spec"]["containers"]
+    assert container["resources"]["limits"]["memory"] == "100Gi"  # 70 GiB for the replica is 70% of the pod
+    assert container["image"] == "switchyard:ray-2.60.0-gpu"  # a CUDA model: the Dockerfile's CUDA build
+    assert {"name": "dshm", "mountPath": "/dev/shm"} in container["volumeMounts"]
+    actor["resources"] = {"A100": 1}
+    with pytest.raises(ValueError, match=r"model 'big': deployment.ray_actor_options.resources \(\['A100'\]\)"):
+        ray_service(config, KubeRayOptions())
+
+
+def test_the_serve_configs_http_options_are_kept_with_the_proxy_on_every_interface() -> None:
+    config = gpu_config(1, "PACK", 1, 1) | {
+        "http_options": {"host": "127.0.0.1", "port": 9000, "request_timeout_s": 30}
+    }
+    served = yaml.safe_load(ray_service(config, KubeRayOptions())["spec"]["serveConfigV2"])
+    assert served["http_options"] == {"host": "0.0.0.0", "port": 8000, "request_timeout_s": 30}
