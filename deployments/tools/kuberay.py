@@ -29,9 +29,9 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from dataclasses import dataclass, field
+from importlib.metadata import version
 from typing import Any
 
-import ray
 import yaml
 
 from deployments.config import AppConfig, ModelConfig
@@ -47,6 +47,9 @@ SERVE_PORT = HEAD_PORTS["serve"]
 MODEL_MOUNT = "/models"
 _RAY_IMAGE_GROUP = 100
 _SPREAD_STRATEGIES = {"SPREAD", "STRICT_SPREAD"}
+# The installed Ray's version, read without importing Ray: the CLI must set RAY_AUTH_MODE (see
+# status_command) before anything imports it.
+RAY_VERSION = version("ray")
 # The share of a Ray node's memory its tasks and actors may reserve (the rest is the object store).
 _TASK_MEMORY_SHARE = 0.7
 
@@ -189,10 +192,10 @@ def ray_service(serve_config: dict[str, Any], options: KubeRayOptions) -> dict[s
     http_options = dict(serve_config.get("http_options") or {}) | {"host": "0.0.0.0", "port": SERVE_PORT}
     served = dict(serve_config) | {"http_options": http_options}
     on_cuda = any(model.engine.device.startswith("cuda") for model in config.models)
-    image = options.image or f"switchyard:ray-{ray.__version__}" + ("-gpu" if on_cuda else "")
+    image = options.image or f"switchyard:ray-{RAY_VERSION}" + ("-gpu" if on_cuda else "")
     pods = _PodSettings(options, image, _environment(config, options))
     cluster: dict[str, Any] = {
-        "rayVersion": ray.__version__,
+        "rayVersion": RAY_VERSION,
         "enableInTreeAutoscaling": True,
         "autoscalerOptions": {"version": "v2", "idleTimeoutSeconds": options.idle_timeout_s},
         "headGroupSpec": {

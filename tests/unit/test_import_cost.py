@@ -44,3 +44,12 @@ def test_the_engine_facade_loads_the_engines_on_first_use() -> None:
     result = subprocess.run([sys.executable, "-c", probe], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "True"
+
+
+def test_the_cli_does_not_import_ray_before_choosing_its_auth_mode() -> None:
+    """Ray reads RAY_AUTH_MODE when it is imported; `switchyard status` sets it first (from the token
+    file), so nothing the CLI module imports may import Ray."""
+    probe = "import sys; import deployments.tools.cli; print('ray' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", probe], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"
