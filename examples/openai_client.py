@@ -60,7 +60,7 @@ def complete_token_ids(client: OpenAI, model: str) -> None:
 
 PERSON_SCHEMA = {
     "type": "object",
-    "properties": {"name": {"type": "string", "maxLength": 20}, "age": {"type": "integer", "minimum": 0}},
+    "properties": {"name": {"type": "string", "maxLength": 20}, "age": {"type": "integer", "minimum": 0, "maximum": 150}},
     "required": ["name", "age"],
     "additionalProperties": False,
 }
@@ -96,6 +96,7 @@ def tool_call(client: OpenAI, model: str) -> None:
         messages=[{"role": "user", "content": "What is the weather in Paris?"}],
         tools=[WEATHER_TOOL],
         tool_choice="required",
+        parallel_tool_calls=False,  # exactly one call: a model that never stops calling runs to max_tokens
         max_tokens=100,
     )
     for call in response.choices[0].message.tool_calls or []:
