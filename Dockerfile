@@ -14,9 +14,11 @@ FROM ${BASE}
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
 RUN pip install --no-cache-dir torch --index-url ${TORCH_INDEX}
 
+# COPY creates the folder owned by ray (a WORKDIR first would make it root's, and the build, run as
+# ray, could not write there).
+COPY --chown=ray:users pyproject.toml README.md /home/ray/switchyard/
+COPY --chown=ray:users engine /home/ray/switchyard/engine
+COPY --chown=ray:users deployments /home/ray/switchyard/deployments
+COPY --chown=ray:users autoscaling /home/ray/switchyard/autoscaling
 WORKDIR /home/ray/switchyard
-COPY --chown=ray:users pyproject.toml README.md ./
-COPY --chown=ray:users engine engine
-COPY --chown=ray:users deployments deployments
-COPY --chown=ray:users autoscaling autoscaling
 RUN pip install --no-cache-dir .

@@ -35,7 +35,7 @@ def build_app(args: dict[str, Any]) -> Application:
         name="Router",
         num_replicas=config.router.num_replicas,
         max_ongoing_requests=config.router.max_ongoing_requests,
-        ray_actor_options={"num_cpus": config.router.num_cpus},
+        ray_actor_options={"num_cpus": config.router.num_cpus, "resources": config.router.resources},
     )
     return router.bind(
         handles,

@@ -39,10 +39,17 @@ class RedisServer:
     so what a test wrote survives `stop()` and even `kill()`, and is there again after `start()`.
     Benchmarks pass "everysec", Redis's own default for the append-only file."""
 
-    def __init__(self, directory: Path, executable: str = "redis-server", appendfsync: str = "always") -> None:
+    def __init__(
+        self,
+        directory: Path,
+        executable: str = "redis-server",
+        appendfsync: str = "always",
+        password: str | None = None,
+    ) -> None:
         self.directory = directory
         self.executable = executable
         self.appendfsync = appendfsync
+        self.password = password
         self.port = free_port()
         self._process: subprocess.Popen[bytes] | None = None
 
@@ -64,6 +71,8 @@ class RedisServer:
             "--save", "",
             "--logfile", str(log),
         ]  # fmt: skip
+        if self.password is not None:
+            command += ["--requirepass", self.password]
         self._process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout_s
         while not self._answers_ping():
@@ -104,6 +113,10 @@ class RedisServer:
     def _answers_ping(self) -> bool:
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=1.0) as connection:
+                if self.password is not None:
+                    connection.sendall(f"AUTH {self.password}\r\n".encode())
+                    if not connection.recv(64).startswith(b"+OK"):
+                        return False
                 connection.sendall(b"PING\r\n")
                 # '-LOADING ...' while it loads its data, '+PONG' once it serves.
                 return connection.recv(64).startswith(b"+PONG")

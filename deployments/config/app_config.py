@@ -145,6 +145,11 @@ class ModelConfig(Strict):
         return self
 
     @property
+    def uses_engine_process(self) -> bool:
+        """Whether the model runs in a child process of the replica (not with tensor-parallel shards)."""
+        return self.engine.engine_process and self.engine.tensor_parallel_size == 1
+
+    @property
     def deployment_name(self) -> str:
         return f"LLMServer:{self.name}"
 
@@ -180,6 +185,11 @@ class RouterSettings(Strict):
     num_replicas: int = Field(default=1, ge=1, description="Router replicas (they hold no model).")
     max_ongoing_requests: int = Field(default=1024, ge=1, description="Requests one router replica handles at once.")
     num_cpus: float = Field(default=0.5, ge=0, description="CPUs reserved per router replica.")
+    resources: dict[str, float] = Field(
+        default_factory=dict,
+        description="Custom Ray resources per router replica, e.g. to keep the routers on nodes of their own "
+        "(`switchyard kuberay` sets one).",
+    )
     keepalive_interval_s: float = Field(
         default=5.0,
         gt=0,

@@ -125,6 +125,11 @@ class AuthSettings(Strict):
         description="Where keys, rate-limit windows and spend are kept: 'sqlite:///<path>' (one router replica on "
         "one node) or 'redis://<host>:<port>/<db>' (several router replicas, or a cluster).",
     )
+    store_password_env: str = Field(
+        default="SWITCHYARD_STORE_PASSWORD",
+        description="Environment variable holding the Redis store's password where the URL names none, which keeps "
+        "it out of the serve config (unset: the URL's own, or none).",
+    )
     admin_key_env: str = Field(
         default="SWITCHYARD_ADMIN_KEY",
         description="Environment variable holding the admin key for /admin/ (unset: the admin API is off).",

@@ -27,7 +27,7 @@ from deployments.observability.ray_metrics import RayMetricsBackend
 from deployments.observability.router_recorder import RouterMetrics
 from deployments.tenants.fair_queue import FairQueue, QueueFullError
 from deployments.tenants.gate import TenantAccess, TenantGate
-from deployments.tenants.store import open_store
+from deployments.tenants.store import open_auth_store
 
 __all__ = ["HandleModelClient", "ModelRoute", "Router"]
 
@@ -246,7 +246,7 @@ class Router:
         self.gate = (
             None
             if access is None
-            else TenantGate(access, open_store(access.auth.store), on_settle=self.metrics.tenant_settled)
+            else TenantGate(access, open_auth_store(access.auth), on_settle=self.metrics.tenant_settled)
         )
 
     def __serve_build_asgi_app__(self) -> FastAPI:

@@ -40,18 +40,13 @@ def default_engine_factory(config: EngineConfig, model: ModelConfig) -> EngineCl
     from engine import AsyncLLMEngine
 
     on_stats = EngineMetrics(RayMetricsBackend(), model.name).record
-    if uses_engine_process(model):
+    if model.uses_engine_process:
         return AsyncLLMEngine(config, engine_process=True, num_threads=_process_threads(model), on_stats=on_stats)
     if model.engine.device == "cpu":
         import torch  # the engine loads it anyway; building the app does not
 
         torch.set_num_threads(cpu_threads(model))
     return AsyncLLMEngine(config, on_stats=on_stats)
-
-
-def uses_engine_process(model: ModelConfig) -> bool:
-    """Whether the model runs in a child process of the replica (not with tensor-parallel shards)."""
-    return model.engine.engine_process and model.engine.tensor_parallel_size == 1
 
 
 def _process_threads(model: ModelConfig) -> int | None:

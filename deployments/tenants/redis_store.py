@@ -70,12 +70,14 @@ _REVOKED = "switchyard:{keys}:revoked"
 
 
 class RedisStore:
-    """A TenantStore in the Redis at `url` ('redis://host:port/db', 'rediss://…' or 'unix://…')."""
+    """A TenantStore in the Redis at `url` ('redis://host:port/db', 'rediss://…' or 'unix://…');
+    `password` is used where the URL names none."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, password: str | None = None) -> None:
         self._where = _without_password(url)
         self._redis = Redis.from_url(
             url,
+            password=password,
             decode_responses=True,
             socket_connect_timeout=CONNECT_TIMEOUT_S,
             socket_timeout=COMMAND_TIMEOUT_S,

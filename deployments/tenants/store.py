@@ -17,8 +17,11 @@ Money is integer pico-USD (1e-12 USD), so sums are exact. A store that cannot be
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
+
+from deployments.config import AuthSettings
 
 __all__ = [
     "SECONDS_PER_WINDOW",
@@ -211,8 +214,9 @@ class TenantStore(Protocol):
     async def close(self) -> None: ...
 
 
-def open_store(url: str) -> TenantStore:
-    """The store at `url`: 'sqlite:///<path>' (a file, created when missing) or 'redis://host:port/db'.
+def open_store(url: str, password: str | None = None) -> TenantStore:
+    """The store at `url`: 'sqlite:///<path>' (a file, created when missing) or 'redis://host:port/db'
+    (`password`: Redis's, where the URL names none).
 
     Raises ValueError for any other scheme."""
     if url.startswith("sqlite:///"):
@@ -222,5 +226,10 @@ def open_store(url: str) -> TenantStore:
     if url.startswith(("redis://", "rediss://", "unix://")):
         from deployments.tenants.redis_store import RedisStore
 
-        return RedisStore(url)
+        return RedisStore(url, password)
     raise ValueError(f"a store URL is 'sqlite:///<path>' or 'redis://<host>:<port>/<db>', got {url!r}")
+
+
+def open_auth_store(auth: AuthSettings) -> TenantStore:
+    """The store `auth` names, with the password in `auth.store_password_env` where that is set."""
+    return open_store(auth.store, os.environ.get(auth.store_password_env) or None)

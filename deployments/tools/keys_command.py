@@ -5,8 +5,10 @@
     switchyard keys revoke --config manifests/tenants.yaml <key id>
 
 `--config` reads the store's URL (and the tenants a key may belong to) from a serve config's
-`auth` section; `--store <url>` names a store instead. A created key is printed once, on stdout;
-only its hash is stored. Revocations reach every router replica within `auth.key_cache_ttl_s`.
+`auth` section; `--store <url>` names a store instead. A Redis password comes from the URL or, where
+it names none, from `auth.store_password_env` (SWITCHYARD_STORE_PASSWORD by default). A created key
+is printed once, on stdout; only its hash is stored. Revocations reach every router replica within
+`auth.key_cache_ttl_s`.
 """
 
 from __future__ import annotations
@@ -22,9 +24,9 @@ from pathlib import Path
 import yaml
 from pydantic import ValidationError
 
-from deployments.config import AppConfig
+from deployments.config import AppConfig, AuthSettings
 from deployments.tenants.key_admin import create_key, key_json
-from deployments.tenants.store import StoreUnavailableError, TenantStore, open_store
+from deployments.tenants.store import StoreUnavailableError, TenantStore, open_auth_store
 from deployments.tools.serve_files import BUILD_APP
 
 __all__ = ["add_keys_parser", "run_keys"]
@@ -53,15 +55,15 @@ def add_keys_parser(commands: argparse._SubParsersAction) -> None:
 
 def run_keys(args: argparse.Namespace) -> int:
     try:
-        store_url, tenants = _store_and_tenants(args)
+        auth, tenants = _auth_and_tenants(args)
     except ValueError as error:
         print(f"switchyard keys: {error}", file=sys.stderr)
         return 1
-    store = open_store(store_url)
+    store = open_auth_store(auth)
     try:
         return asyncio.run(_run(args, store, tenants))
     except StoreUnavailableError as error:
-        print(f"switchyard keys: the store {store_url} is unreachable: {error}", file=sys.stderr)
+        print(f"switchyard keys: the store {auth.store} is unreachable: {error}", file=sys.stderr)
         return 1
     except ValueError as error:
         print(f"switchyard keys: {error}", file=sys.stderr)
@@ -102,10 +104,10 @@ async def _run(args: argparse.Namespace, store: TenantStore, tenants: list[str] 
         await store.close()
 
 
-def _store_and_tenants(args: argparse.Namespace) -> tuple[str, list[str] | None]:
-    """The store URL and the tenants a key may name (None with --store: not checked)."""
+def _auth_and_tenants(args: argparse.Namespace) -> tuple[AuthSettings, list[str] | None]:
+    """The store's settings and the tenants a key may name (None with --store: not checked)."""
     if args.store is not None:
-        return args.store, None
+        return AuthSettings(store=args.store), None
     try:
         document = yaml.safe_load(args.config.read_text())
     except (OSError, yaml.YAMLError) as error:
@@ -121,7 +123,7 @@ def _store_and_tenants(args: argparse.Namespace) -> tuple[str, list[str] | None]
                 f"`switchyard check {args.config}`)"
             ) from None
         if config.auth.enabled:
-            return config.auth.store, [tenant.name for tenant in config.tenants]
+            return config.auth, [tenant.name for tenant in config.tenants]
     raise ValueError(f"{args.config}: no application has auth.enabled")
 
 

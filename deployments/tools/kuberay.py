@@ -4,7 +4,10 @@
 sized from what its models need:
 
 - the head runs Ray's control plane and nothing else (`num-cpus: "0"`, `num-gpus: "0"`);
-- the Router's replicas get a CPU worker group of their own;
+- the Router's replicas get a CPU worker group of their own, one replica a pod: its pods offer Ray
+  no CPU but one unit of `switchyard-router`, which `serveConfigV2`'s router asks for in place of
+  CPUs, so no model replica lands on a router pod (whose memory is not sized for it) and no router
+  on a model's pod (which would then never be idle, and never scale down);
 - every model's replica is one or more pods: with tensor-parallel shards under PACK or
   STRICT_PACK one pod holds all of a replica's bundles (its GPUs on one node), under SPREAD or
   STRICT_SPREAD each shard's bundle is a pod of its own; models whose pods have the same shape
@@ -13,24 +16,34 @@ sized from what its models need:
   group whose models all scale to zero has `minReplicas: 0` and Ray's autoscaler (v2, in tree)
   removes its pods after `idle_timeout_s`.
 
+A pod's memory covers what its processes hold in host memory (deployments.tools.pod_memory: the
+planner's weight and KV figures), within the share of a pod Ray gives its tasks.
+
 Secrets are referenced, never inlined: the hub token (`HF_TOKEN`, for `hub_id` models) and, with
-auth, the admin key (`auth.admin_key_env`) come from Kubernetes Secrets. With `redis_address` the
-GCS keeps its state in Redis (fault tolerance: a restarted head recovers its actors); with auth the
-tenants store must be Redis, since router pods run on several nodes. `model_volume_claim` mounts a
+auth, the admin key (`auth.admin_key_env`) and the tenants store's Redis password
+(`auth.store_password_env`) come from Kubernetes Secrets; a store URL holding a password is
+refused. With `redis_address` the GCS keeps its state in Redis (fault tolerance: a restarted head
+recovers its actors); with auth the tenants store must be Redis, since router pods run on several
+nodes. `model_volume_claim` mounts a
 (ReadWriteMany) volume at /models on every pod as the hub cache, so every shard's node reads one
 download.
 
 A replica no pod could hold (more GPUs than a node has), a service beyond the cluster's GPU nodes
 or an SQLite tenants store is refused, naming the model and the setting.
+
+torch and transformers are imported when pods are sized (the planner's figures), not with this
+module: `switchyard check` imports the CLI, which imports it.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 from importlib.metadata import version
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -47,6 +60,8 @@ SERVE_PORT = HEAD_PORTS["serve"]
 MODEL_MOUNT = "/models"
 _RAY_IMAGE_GROUP = 100
 _SPREAD_STRATEGIES = {"SPREAD", "STRICT_SPREAD"}
+# The Ray resource only router pods offer, one unit a pod, and each Router replica takes.
+ROUTER_RESOURCE = "switchyard-router"
 # The installed Ray's version, read without importing Ray: the CLI must set RAY_AUTH_MODE (see
 # status_command) before anything imports it.
 RAY_VERSION = version("ray")
@@ -65,16 +80,23 @@ class KubeRayOptions:
     # The most GPUs one node (so one pod) has, and the most GPU nodes the cluster may add.
     gpus_per_node: int = 8
     max_gpu_nodes: int | None = None
-    # Memory requested per CPU a pod reserves.
+    # Memory requested per CPU a pod reserves, at least (more where its models' figures need it).
     memory_gib_per_cpu: float = 4.0
+    # The head's CPUs: the GCS, the dashboard, Serve's controller and the head's HTTP proxy.
+    head_cpus: int = 2
+    # Per model name, what `switchyard plan --model` takes (a built-in name, a config.json, a model
+    # directory) for the model's dimensions, in place of reading its source's config.
+    model_configs: dict[str, str] = field(default_factory=dict)
     # Seconds an idle worker pod lives before Ray's autoscaler removes it.
     idle_timeout_s: int = 60
     # KubeRay's zero-downtime upgrade: "NewCluster" brings up a new cluster before switching
     # traffic (twice the GPUs for a while), "None" updates the serve config in place only.
     upgrade_strategy: str = "NewCluster"
-    # Secrets by name: the hub token (key "token") and the admin key (key "admin-key").
+    # Secrets by name: the hub token (key "token"), the admin key (key "admin-key") and the
+    # tenants store's Redis password (key "password").
     hub_token_secret: str = "switchyard-hub-token"
     admin_key_secret: str = "switchyard-admin-key"
+    store_secret: str = "switchyard-store"
     # Redis for the GCS's fault tolerance ("host:port"; its password from `redis_secret`, key
     # "password"), and a volume claim shared by every pod for model weights; None: neither.
     redis_address: str | None = None
@@ -94,8 +116,8 @@ class PodShape:
     @classmethod
     def holding(cls, cpus: float, gpus: float, memory_bytes: float, options: KubeRayOptions) -> PodShape:
         """The smallest pod that holds this much (at least one CPU): `memory_gib_per_cpu` per CPU,
-        or more where the replica reserves more memory (Ray offers tasks about 70% of a pod's
-        memory, the rest is its object store)."""
+        or more where its processes take (or reserve) more memory (Ray offers tasks about 70% of a
+        pod's memory, the rest is its object store)."""
         whole_cpus = max(math.ceil(cpus), 1)
         reserved_gib = math.ceil(memory_bytes / _TASK_MEMORY_SHARE / 2**30)
         return cls(whole_cpus, math.ceil(gpus), max(math.ceil(whole_cpus * options.memory_gib_per_cpu), reserved_gib))
@@ -117,20 +139,28 @@ class WorkerGroup:
 
 def replica_pods(model: ModelConfig, options: KubeRayOptions) -> list[PodShape]:
     """The pods one replica of `model` takes: its placement bundles, packed into one pod or spread
-    one per pod as its placement strategy places them."""
+    one per pod as its placement strategy places them, each with the memory its processes take."""
+    from deployments.tools.pod_memory import replica_memory_bytes  # torch and transformers
+
     actor = model.deployment.ray_actor_options
     if actor.resources:
         raise ValueError(
             f"model {model.name!r}: deployment.ray_actor_options.resources ({sorted(actor.resources)}) are custom "
             "Ray resources that no generated pod offers; select nodes with --gpu-type instead"
         )
+    # Host bytes per process, shard 0's (with the replica's server) first.
+    processes = replica_memory_bytes(model, options.model_configs.get(model.name))
     if model.engine.tensor_parallel_size > 1:
         bundles = model.placement_group_bundles()
         if model.engine.placement_strategy in _SPREAD_STRATEGIES:
-            return [PodShape.holding(b["CPU"], b.get("GPU", 0.0), b.get("memory", 0.0), options) for b in bundles]
+            return [
+                PodShape.holding(bundle["CPU"], bundle.get("GPU", 0.0), max(bundle.get("memory", 0.0), taken), options)
+                for bundle, taken in zip(bundles, processes, strict=True)
+            ]
         cpus, gpus = sum(b["CPU"] for b in bundles), sum(b.get("GPU", 0.0) for b in bundles)
-        return [PodShape.holding(cpus, gpus, sum(b.get("memory", 0.0) for b in bundles), options)]
-    return [PodShape.holding(actor.num_cpus, actor.num_gpus, actor.memory or 0, options)]
+        reserved = sum(b.get("memory", 0.0) for b in bundles)
+        return [PodShape.holding(cpus, gpus, max(reserved, sum(processes)), options)]
+    return [PodShape.holding(actor.num_cpus, actor.num_gpus, max(actor.memory or 0, sum(processes)), options)]
 
 
 def _replica_bounds(model: ModelConfig) -> tuple[int, int]:
@@ -184,13 +214,13 @@ def ray_service(serve_config: dict[str, Any], options: KubeRayOptions) -> dict[s
     if len(applications) != 1:
         raise ValueError(f"the serve config must hold one application of {BUILD_APP}, got {len(applications)}")
     config = AppConfig.model_validate(applications[0].get("args") or {})
-    if config.auth.enabled and not config.auth.store.startswith(("redis://", "rediss://")):
-        raise ValueError(
-            "auth.store: an SQLite store or a unix socket lives on one node, and a KubeRay service's router pods "
-            "run on several; use 'redis://<host>:<port>/<db>'"
-        )
+    unknown = sorted(set(options.model_configs) - {model.name for model in config.models})
+    if unknown:
+        raise ValueError(f"--model-config names no model of the config: {', '.join(unknown)}")
+    if config.auth.enabled:
+        _check_store(config.auth.store, options)
     http_options = dict(serve_config.get("http_options") or {}) | {"host": "0.0.0.0", "port": SERVE_PORT}
-    served = dict(serve_config) | {"http_options": http_options}
+    served = dict(serve_config) | {"http_options": http_options, "applications": _pinned_router(serve_config)}
     on_cuda = any(model.engine.device.startswith("cuda") for model in config.models)
     image = options.image or f"switchyard:ray-{RAY_VERSION}" + ("-gpu" if on_cuda else "")
     pods = _PodSettings(options, image, _environment(config, options))
@@ -205,7 +235,7 @@ def ray_service(serve_config: dict[str, Any], options: KubeRayOptions) -> dict[s
                 "dashboard-host": "0.0.0.0",
                 "metrics-export-port": str(METRICS_PORT),
             },
-            "template": pods.template("ray-head", PodShape.holding(1, 0, 0, options), HEAD_PORTS),
+            "template": pods.template("ray-head", PodShape.holding(options.head_cpus, 0, 0, options), HEAD_PORTS),
         },
         "workerGroupSpecs": [_worker_group(group, pods) for group in worker_groups(config, options)],
     }
@@ -226,15 +256,53 @@ def ray_service(serve_config: dict[str, Any], options: KubeRayOptions) -> dict[s
     }
 
 
+def _pinned_router(serve_config: dict[str, Any]) -> list[dict[str, Any]]:
+    """The serve config's applications, the Router's replicas asking for a router pod's resource
+    instead of CPUs (a router pod is the replica's alone; Kubernetes reserves its CPUs)."""
+    applications = []
+    for application in serve_config["applications"]:
+        if application.get("import_path") == BUILD_APP:
+            args = dict(application.get("args") or {})
+            router = dict(args.get("router") or {})
+            router["num_cpus"] = 0
+            router["resources"] = dict(router.get("resources") or {}) | {ROUTER_RESOURCE: 1}
+            application = application | {"args": args | {"router": router}}
+        applications.append(application)
+    return applications
+
+
+def _check_store(store: str, options: KubeRayOptions) -> None:
+    if not store.startswith(("redis://", "rediss://")):
+        raise ValueError(
+            "auth.store: an SQLite store or a unix socket lives on one node, and a KubeRay service's router pods "
+            "run on several; use 'redis://<host>:<port>/<db>'"
+        )
+    if urlsplit(store).password is not None:
+        raise ValueError(
+            "auth.store: the URL holds a password, which the manifest would carry inline; leave it out of the URL "
+            f"and put it in the Secret {options.store_secret!r} (key 'password', --store-secret), which every pod "
+            "reads into auth.store_password_env"
+        )
+
+
+def _secret(name: str, key: str) -> dict[str, Any]:
+    # Optional: a missing Secret leaves the variable unset (no hub token, the admin API off) rather
+    # than every pod stuck in CreateContainerConfigError.
+    return {"secretKeyRef": {"name": name, "key": key, "optional": True}}
+
+
 def _environment(config: AppConfig, options: KubeRayOptions) -> list[dict[str, Any]]:
-    """Every Ray container's environment: secrets by reference, the shared hub cache."""
+    """Every Ray container's environment: secrets by reference, the shared hub cache. The Router's
+    secrets go to every pod, not only the router group's: Serve may place a Router replica on any
+    pod with a CPU free."""
     environment: list[dict[str, Any]] = []
     if any(model.source.hub_id is not None for model in config.models):
-        token = {"secretKeyRef": {"name": options.hub_token_secret, "key": "token", "optional": True}}
-        environment.append({"name": "HF_TOKEN", "valueFrom": token})
+        environment.append({"name": "HF_TOKEN", "valueFrom": _secret(options.hub_token_secret, "token")})
     if config.auth.enabled:
-        admin_key = {"secretKeyRef": {"name": options.admin_key_secret, "key": "admin-key", "optional": True}}
+        admin_key = _secret(options.admin_key_secret, "admin-key")
         environment.append({"name": config.auth.admin_key_env, "valueFrom": admin_key})
+        password = _secret(options.store_secret, "password")
+        environment.append({"name": config.auth.store_password_env, "valueFrom": password})
     if options.model_volume_claim is not None:
         environment.append({"name": "HF_HOME", "value": f"{MODEL_MOUNT}/huggingface"})
     return environment
@@ -242,16 +310,20 @@ def _environment(config: AppConfig, options: KubeRayOptions) -> list[dict[str, A
 
 def _worker_group(group: WorkerGroup, pods: _PodSettings) -> dict[str, Any]:
     shape = group.shape
+    ray_start: dict[str, str] = {
+        "num-cpus": str(shape.cpus),
+        "num-gpus": str(shape.gpus),
+        "metrics-export-port": str(METRICS_PORT),
+    }
+    if group.name == "router":
+        # `ray start --resources` takes JSON, which KubeRay wants quoted once more.
+        ray_start |= {"num-cpus": "0", "resources": json.dumps(json.dumps({ROUTER_RESOURCE: 1}))}
     return {
         "groupName": group.name,
         "replicas": group.min_pods,
         "minReplicas": group.min_pods,
         "maxReplicas": group.max_pods,
-        "rayStartParams": {
-            "num-cpus": str(shape.cpus),
-            "num-gpus": str(shape.gpus),
-            "metrics-export-port": str(METRICS_PORT),
-        },
+        "rayStartParams": ray_start,
         "template": pods.template("ray-worker", shape, {"metrics": METRICS_PORT}),
     }
 

@@ -26,17 +26,35 @@ def add_kuberay_parser(commands: argparse._SubParsersAction) -> None:  # type: i
     command.add_argument("--gpu-type", default=None, help="GPU pods' node selector value of nvidia.com/gpu.product")
     command.add_argument("--gpus-per-node", type=int, default=_DEFAULTS.gpus_per_node)
     command.add_argument("--max-gpu-nodes", type=int, default=None, help="refuse a service needing more GPU pods")
-    command.add_argument("--memory-gib-per-cpu", type=float, default=_DEFAULTS.memory_gib_per_cpu)
+    command.add_argument(
+        "--memory-gib-per-cpu", type=float, default=_DEFAULTS.memory_gib_per_cpu, help="pods' memory per CPU, at least"
+    )
+    command.add_argument("--head-cpus", type=int, default=_DEFAULTS.head_cpus)
+    command.add_argument(
+        "--model-config",
+        action="append",
+        default=[],
+        metavar="NAME=MODEL",
+        help="a model's dimensions, as `switchyard plan --model` takes them (a built-in name, a config.json, a "
+        "model directory), where its source's config cannot be read here; repeatable",
+    )
     command.add_argument("--idle-timeout-s", type=int, default=_DEFAULTS.idle_timeout_s)
     command.add_argument("--upgrade-strategy", choices=["NewCluster", "None"], default=_DEFAULTS.upgrade_strategy)
     command.add_argument("--hub-token-secret", default=_DEFAULTS.hub_token_secret, help="Secret with key `token`")
     command.add_argument("--admin-key-secret", default=_DEFAULTS.admin_key_secret, help="Secret with key `admin-key`")
+    command.add_argument(
+        "--store-secret", default=_DEFAULTS.store_secret, help="Secret with key `password`: the tenants store's Redis"
+    )
     command.add_argument("--redis-address", default=None, help="host:port of Redis for GCS fault tolerance")
     command.add_argument("--redis-secret", default=_DEFAULTS.redis_secret, help="Secret with key `password`")
     command.add_argument("--model-volume-claim", default=None, help="a ReadWriteMany claim mounted at /models")
 
 
 def run_kuberay(args: argparse.Namespace) -> int:
+    model_configs = dict(entry.partition("=")[::2] for entry in args.model_config)
+    if any(not name or not model for name, model in model_configs.items()):
+        print(f"switchyard kuberay: --model-config takes NAME=MODEL, got {args.model_config}", file=sys.stderr)
+        return 2
     options = KubeRayOptions(
         name=args.name,
         namespace=args.namespace,
@@ -45,10 +63,13 @@ def run_kuberay(args: argparse.Namespace) -> int:
         gpus_per_node=args.gpus_per_node,
         max_gpu_nodes=args.max_gpu_nodes,
         memory_gib_per_cpu=args.memory_gib_per_cpu,
+        head_cpus=args.head_cpus,
+        model_configs=model_configs,
         idle_timeout_s=args.idle_timeout_s,
         upgrade_strategy=args.upgrade_strategy,
         hub_token_secret=args.hub_token_secret,
         admin_key_secret=args.admin_key_secret,
+        store_secret=args.store_secret,
         redis_address=args.redis_address,
         redis_secret=args.redis_secret,
         model_volume_claim=args.model_volume_claim,

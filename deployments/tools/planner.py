@@ -82,6 +82,16 @@ KNOWN_MODELS: dict[str, dict[str, Any]] = {
         "vocab_size": 32768,
         "max_position_embeddings": 32768,
     },
+    "qwen2.5-32b": {
+        "model_type": "qwen2",
+        "hidden_size": 5120,
+        "num_hidden_layers": 64,
+        "num_attention_heads": 40,
+        "num_key_value_heads": 8,
+        "intermediate_size": 27648,
+        "vocab_size": 152064,
+        "max_position_embeddings": 32768,
+    },
     "qwen2.5-7b": {
         "model_type": "qwen2",
         "hidden_size": 3584,

@@ -53,6 +53,7 @@ __all__ = [
     "BENCHMARK_LLAMA",
     "DEMO_LLAMA",
     "TinyModelSpec",
+    "tiny_model_config",
     "write_tiny_model",
 ]
 
@@ -279,7 +280,7 @@ def _byte_pair_merges(count: int, byte_chars: dict[int, str]) -> list[tuple[str,
 
 
 def _build_model(spec: TinyModelSpec) -> PreTrainedModel:
-    config = _build_config(spec)
+    config = tiny_model_config(spec)
     # Seeded so the same spec gives identical weights; the forked RNG leaves the caller's global
     # torch random state as it was.
     with torch.random.fork_rng(devices=[]):
@@ -294,7 +295,8 @@ def _build_model(spec: TinyModelSpec) -> PreTrainedModel:
     return model
 
 
-def _build_config(spec: TinyModelSpec) -> PreTrainedConfig:
+def tiny_model_config(spec: TinyModelSpec) -> PreTrainedConfig:
+    """The transformers config of a tiny model (what its config.json holds)."""
     common = {
         "vocab_size": spec.vocab_size,
         "hidden_size": spec.hidden_size,

@@ -3,18 +3,26 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import torch
 
-__all__ = ["available_memory_bytes"]
+__all__ = ["available_memory_bytes", "cgroup_room_bytes"]
+
+# cgroup v1 writes "no limit" as the largest page-aligned 63-bit value.
+_V1_UNLIMITED = 2**62
 
 
 def available_memory_bytes(device: torch.device) -> int:
-    """Free memory on a CUDA device, or the system's available memory for the CPU."""
+    """Free memory on a CUDA device; for the CPU, the system's available memory or, in a container
+    with a memory limit (a Kubernetes pod), the room left under that limit if smaller: /proc/meminfo
+    speaks of the whole host there, and a KV pool sized from it gets the container OOM-killed."""
     if device.type == "cuda":
         free_bytes, _ = torch.cuda.mem_get_info(device)
         return int(free_bytes)
-    return _system_available_bytes()
+    system = _system_available_bytes()
+    room = cgroup_room_bytes(Path("/sys/fs/cgroup"), Path("/proc/self/cgroup"))
+    return system if room is None else min(system, room)
 
 
 def _system_available_bytes() -> int:
@@ -27,3 +35,50 @@ def _system_available_bytes() -> int:
     except OSError:
         pass
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def cgroup_room_bytes(cgroup_root: Path, self_cgroup: Path) -> int | None:
+    """Bytes this process's memory cgroup may still take: its limit less its usage, the inactive
+    page cache counted as free (the kernel reclaims it before the OOM killer acts, and kubelet's
+    working set leaves it out too). None without a limit or where the files are unreadable.
+
+    `self_cgroup` is /proc/self/cgroup, whose paths are relative to the mounted hierarchy; inside a
+    cgroup namespace (a container) the hierarchy's root is the process's own cgroup, so the path
+    is tried first and the root second."""
+    try:
+        lines = self_cgroup.read_text(encoding="ascii").splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        relative = path.lstrip("/")
+        if controllers == "":
+            files = ("memory.max", "memory.current", "inactive_file")
+            candidates = [cgroup_root / relative, cgroup_root]
+        elif "memory" in controllers.split(","):
+            files = ("memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file")
+            candidates = [cgroup_root / "memory" / relative, cgroup_root / "memory"]
+        else:
+            continue
+        for directory in candidates:
+            room = _room_in(directory, *files)
+            if room is not None:
+                return room
+    return None
+
+
+def _room_in(directory: Path, limit_file: str, usage_file: str, inactive_key: str) -> int | None:
+    try:
+        limit_text = (directory / limit_file).read_text(encoding="ascii").strip()
+        usage = int((directory / usage_file).read_text(encoding="ascii"))
+        stat = (directory / "memory.stat").read_text(encoding="ascii")
+    except (OSError, ValueError):
+        return None
+    if limit_text == "max" or int(limit_text) >= _V1_UNLIMITED:
+        return None
+    inactive = 0
+    for line in stat.splitlines():
+        key, _, value = line.partition(" ")
+        if key == inactive_key:
+            inactive = int(value)
+    return max(int(limit_text) - usage + inactive, 0)

@@ -13,7 +13,7 @@ from autoscaling import LoadSignals
 from deployments.config import ModelConfig
 from deployments.errors import ApiError, InvalidRequestError
 from deployments.generation import GenerationChunk, GenerationRequest
-from deployments.replica.llm_server import LLMServer, uses_engine_process
+from deployments.replica.llm_server import LLMServer
 from engine import (
     DEFAULT_TENANT,
     EngineConfig,
@@ -188,4 +188,4 @@ def test_load_signals_reach_serve_as_the_named_metrics() -> None:
 )
 def test_the_engine_runs_in_a_child_process_unless_off_or_sharded(engine: dict[str, object], expected: bool) -> None:
     config = ModelConfig.model_validate({"name": "m", "source": {"path": "/m"}, "engine": engine})
-    assert uses_engine_process(config) is expected
+    assert config.uses_engine_process is expected

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from engine import EngineConfig
+from engine.model.memory import cgroup_room_bytes
 from engine.model.model_runner import plan_num_kv_blocks
 
 BLOCK_BYTES = 1024
@@ -31,3 +34,51 @@ def test_memory_for_no_block_is_refused_naming_the_fraction() -> None:
     config = EngineConfig(model="m", kv_cache_memory_fraction=0.1)
     with pytest.raises(ValueError, match="kv_cache_memory_fraction=0.1"):
         plan_num_kv_blocks(config, BLOCK_BYTES, max_model_len=100, free_bytes=BLOCK_BYTES)
+
+
+def _cgroup(root: Path, directory: str, files: dict[str, str]) -> None:
+    (root / directory).mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        (root / directory / name).write_text(text)
+
+
+def test_a_v2_container_limit_leaves_its_room_counting_inactive_page_cache_free(tmp_path: Path) -> None:
+    # In a cgroup namespace /proc/self/cgroup says "/", the container's own cgroup at the root.
+    _cgroup(tmp_path, "", {"memory.max": "8000\n", "memory.current": "3000\n", "memory.stat": "inactive_file 500\n"})
+    (tmp_path / "self").write_text("0::/\n")
+    assert cgroup_room_bytes(tmp_path, tmp_path / "self") == 8000 - 3000 + 500
+
+
+def test_a_v1_limit_is_found_under_the_memory_hierarchy_at_the_process_path(tmp_path: Path) -> None:
+    stat = "inactive_file 7\ntotal_inactive_file 100\n"
+    _cgroup(
+        tmp_path,
+        "memory/kubepods/pod1",
+        {"memory.limit_in_bytes": "4096", "memory.usage_in_bytes": "1000", "memory.stat": stat},
+    )
+    (tmp_path / "self").write_text("5:cpu:/\n4:memory:/kubepods/pod1\n0::/\n")
+    assert cgroup_room_bytes(tmp_path, tmp_path / "self") == 4096 - 1000 + 100
+
+
+@pytest.mark.parametrize(
+    ("self_cgroup", "files"),
+    [
+        ("0::/\n", {"memory.max": "max\n", "memory.current": "1\n", "memory.stat": ""}),
+        (
+            "4:memory:/\n",
+            {
+                "memory/memory.limit_in_bytes": str(2**63 - 4096),
+                "memory/memory.usage_in_bytes": "1",
+                "memory/memory.stat": "",
+            },
+        ),
+        ("0::/\n", {}),
+    ],
+    ids=["v2-max", "v1-unlimited", "no-files"],
+)
+def test_no_limit_or_no_files_gives_no_room_figure(tmp_path: Path, self_cgroup: str, files: dict[str, str]) -> None:
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    (tmp_path / "self").write_text(self_cgroup)
+    assert cgroup_room_bytes(tmp_path, tmp_path / "self") is None

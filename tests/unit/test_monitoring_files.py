@@ -18,7 +18,7 @@ from engine.metrics.definitions import ENGINE_METRICS, MetricSpec
 from monitoring.queries import ALERTS, DASHBOARD, MONITORING_DIR, alert_rules, dashboard_queries, to_promql
 
 PROMETHEUS_CONFIG = MONITORING_DIR / "prometheus" / "prometheus.yml"
-POD_MONITOR = MONITORING_DIR / "kubernetes" / "podmonitor.yaml"
+POD_MONITOR = MONITORING_DIR.parent / "manifests" / "kuberay" / "podmonitor.yaml"
 ALL_VALUES = {"model": ".*", "tenant": ".*"}  # the dashboard's "All"
 
 REQUIRED_PANELS = {

@@ -48,6 +48,7 @@ def plan_on(
         ("llama-3.1-8b", 8.03),
         ("mistral-7b", 7.25),
         ("qwen2.5-7b", 7.62),
+        ("qwen2.5-32b", 32.76),
     ],
 )
 def test_parameter_counts_match_the_published_sizes(name: str, billions: float) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from deployments.config import AuthSettings
 from deployments.tenants.redis_store import WINDOW_TTL_S, RedisStore
 from deployments.tenants.sqlite_store import SqliteStore
 from deployments.tenants.store import (
@@ -23,6 +24,7 @@ from deployments.tenants.store import (
     TenantLimits,
     TenantStore,
     Usage,
+    open_auth_store,
     open_store,
 )
 from tests.services import RedisServer
@@ -34,6 +36,23 @@ def test_open_store_picks_the_store_by_url_scheme(tmp_path: Path) -> None:
     assert isinstance(open_store("redis://127.0.0.1:6379/0"), RedisStore)
     with pytest.raises(ValueError, match="postgres"):
         open_store("postgres://db/tenants")
+
+
+def test_a_redis_password_comes_from_the_environment_where_the_url_names_none(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = RedisServer(tmp_path / "redis", password="s3cret")
+    server.start()
+    try:
+        without = open_auth_store(AuthSettings(store=server.url, store_password_env="TEST_STORE_PASSWORD"))
+        with pytest.raises(StoreUnavailableError):
+            asyncio.run(_create_key_and_close(without, key("k0", "a", NOW)))
+        monkeypatch.setenv("TEST_STORE_PASSWORD", "s3cret")
+        store = open_auth_store(AuthSettings(store=server.url, store_password_env="TEST_STORE_PASSWORD"))
+        asyncio.run(_create_key_and_close(store, key("k1", "a", NOW)))
+        assert redis.Redis(port=server.port, password="s3cret").hexists("switchyard:{keys}", "k1")
+    finally:
+        server.stop()
 
 
 # ----- SQLite ------------------------------------------------------------------------------------

@@ -1,0 +1,81 @@
+"""Host memory a model's replica takes, from the planner's figures, for sizing its Kubernetes pods.
+
+Each process that runs the model (the replica itself, its engine process, or each tensor-parallel
+shard) holds its shard's weights in host memory while loading them (and keeps them there on CPU),
+on CPU also its KV pool, and a process's own footprint (Python, torch, Ray's worker; on CUDA the
+CUDA context and libraries). The weights and KV bytes are the planner's: parameters counted on
+the model's transformers class built on the meta device (a shard's on the engine's own split), the
+KV pool of `num_kv_blocks` blocks, or of `max_num_seqs` full-length sequences (the most the engine
+takes when it sizes the pool from memory).
+
+`dtype: auto` is sized as float32 on CPU (what it resolves to without AMX or AVX-512-BF16) and as
+bfloat16 on CUDA. A model's dimensions come from its demo spec, its `path` directory, the hub's
+config.json (the cache, or the network) for a `hub_id`, or what `switchyard plan --model` takes
+(a built-in name, a config.json, a model directory) given per model.
+
+torch and transformers are imported here, through the planner.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from transformers import AutoConfig
+
+from deployments.config import ModelConfig
+from deployments.replica.model_source import demo_spec
+from deployments.tools.planner import ModelDims, load_model_config, shard_weight_bytes, weight_bytes
+from engine import DTYPE_BYTES, KVCacheShape
+from engine.demo.tiny_models import tiny_model_config
+
+__all__ = ["replica_memory_bytes"]
+
+_GIB = 2**30
+# A process's own resident memory besides weights and KV: Python, torch and Ray's worker, and on
+# CUDA the context and kernels' libraries.
+_PROCESS_BYTES = {"cpu": 1 * _GIB, "cuda": 3 * _GIB}
+# The replica's server process when the engine runs elsewhere (its engine process or its shards).
+_SERVER_BYTES = 1 * _GIB
+
+
+def replica_memory_bytes(model: ModelConfig, model_source: str | None = None) -> list[int]:
+    """Host bytes per process of one replica, the one holding shard 0 first: one entry per
+    tensor-parallel shard (the first also counting the replica's server process), one for a
+    replica whose engine runs in it or in its engine process. `model_source`: what `switchyard
+    plan --model` takes, in place of the model's own source."""
+    engine = model.engine
+    device = "cuda" if engine.device.startswith("cuda") else "cpu"
+    dtype = engine.dtype if engine.dtype != "auto" else ("bfloat16" if device == "cuda" else "float32")
+    dims = ModelDims.from_config(_model_config(model, model_source))
+    tp = engine.tensor_parallel_size
+    weights = weight_bytes(dims, dtype, engine.quantization) if tp == 1 else shard_weight_bytes(dims, dtype, tp)
+    kv = 0
+    if device == "cpu":
+        shape = KVCacheShape(dims.num_layers, dims.num_kv_heads // tp, dims.head_dim, DTYPE_BYTES[dtype])
+        max_model_len = engine.max_model_len or dims.max_position_embeddings
+        num_blocks = engine.num_kv_blocks or engine.max_num_seqs * -(-max_model_len // engine.block_size)
+        kv = num_blocks * shape.bytes_per_block(engine.block_size)
+    per_engine = weights + kv + _PROCESS_BYTES[device]
+    if tp == 1 and not model.uses_engine_process:
+        return [per_engine]
+    return [per_engine + _SERVER_BYTES] + [per_engine] * (tp - 1)
+
+
+def _model_config(model: ModelConfig, model_source: str | None) -> Any:
+    source = model.source
+    try:
+        if model_source is not None:
+            return load_model_config(model_source)
+        if source.demo is not None:
+            return tiny_model_config(demo_spec(source.demo))
+        if source.path is not None and Path(source.path).is_dir():
+            return AutoConfig.from_pretrained(source.path)
+        if source.hub_id is not None:
+            return AutoConfig.from_pretrained(source.hub_id)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"model {model.name!r}: its dimensions could not be read to size its pods: {error}") from None
+    raise ValueError(
+        f"model {model.name!r}: source.path {source.path!r} is not a directory here, so its dimensions are unknown; "
+        f"pass --model-config {model.name}=<config.json, model directory or built-in name>"
+    )
