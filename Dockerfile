@@ -14,8 +14,8 @@ FROM ${BASE}
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
 RUN pip install --no-cache-dir torch --index-url ${TORCH_INDEX}
 
-# COPY creates the folder owned by ray (a WORKDIR first would make it root's, and the build, run as
-# ray, could not write there).
+# COPY --chown creates the folder owned by ray whatever the builder (the classic builder makes a
+# WORKDIR folder root's, and the build, run as ray, could not write there).
 COPY --chown=ray:users pyproject.toml README.md /home/ray/switchyard/
 COPY --chown=ray:users engine /home/ray/switchyard/engine
 COPY --chown=ray:users deployments /home/ray/switchyard/deployments

@@ -190,6 +190,17 @@ class RouterSettings(Strict):
         description="Custom Ray resources per router replica, e.g. to keep the routers on nodes of their own "
         "(`switchyard kuberay` sets one).",
     )
+
+    @field_validator("resources")
+    @classmethod
+    def _custom_and_positive(cls, resources: dict[str, float]) -> dict[str, float]:
+        for name, amount in resources.items():
+            if name in {"CPU", "GPU", "memory"}:
+                raise ValueError(f"{name!r} is not a custom resource (a router reserves num_cpus only)")
+            if not amount > 0:
+                raise ValueError(f"{name!r}: an amount must be > 0, got {amount}")
+        return resources
+
     keepalive_interval_s: float = Field(
         default=5.0,
         gt=0,

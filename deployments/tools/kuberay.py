@@ -37,6 +37,7 @@ module: `switchyard check` imports the CLI, which imports it.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections import defaultdict
@@ -190,6 +191,9 @@ def worker_groups(config: AppConfig, options: KubeRayOptions) -> list[WorkerGrou
         for shape, count in pods_per_shape.items():
             name = shape.group_name + ("-to-zero" if min_replicas == 0 else "")
             group = groups.setdefault(name, WorkerGroup(name, shape))
+            # Models with the same CPUs and GPUs a pod share a group, its pods as large as the
+            # largest of them needs.
+            group.shape = dataclasses.replace(group.shape, memory_gib=max(group.shape.memory_gib, shape.memory_gib))
             group.min_pods += min_replicas * count
             group.max_pods += max_replicas * count
             group.holds.append(model.name)
@@ -219,6 +223,11 @@ def ray_service(serve_config: dict[str, Any], options: KubeRayOptions) -> dict[s
         raise ValueError(f"--model-config names no model of the config: {', '.join(unknown)}")
     if config.auth.enabled:
         _check_store(config.auth.store, options)
+    if config.router.resources:
+        raise ValueError(
+            f"router.resources ({sorted(config.router.resources)}): the generated router pods offer only "
+            f"{ROUTER_RESOURCE!r}, which the routers are given"
+        )
     http_options = dict(serve_config.get("http_options") or {}) | {"host": "0.0.0.0", "port": SERVE_PORT}
     served = dict(serve_config) | {"http_options": http_options, "applications": _pinned_router(serve_config)}
     on_cuda = any(model.engine.device.startswith("cuda") for model in config.models)
@@ -292,9 +301,8 @@ def _secret(name: str, key: str) -> dict[str, Any]:
 
 
 def _environment(config: AppConfig, options: KubeRayOptions) -> list[dict[str, Any]]:
-    """Every Ray container's environment: secrets by reference, the shared hub cache. The Router's
-    secrets go to every pod, not only the router group's: Serve may place a Router replica on any
-    pod with a CPU free."""
+    """Every Ray container's environment (one for all of a service's pods): secrets by reference,
+    the shared hub cache."""
     environment: list[dict[str, Any]] = []
     if any(model.source.hub_id is not None for model in config.models):
         environment.append({"name": "HF_TOKEN", "valueFrom": _secret(options.hub_token_secret, "token")})

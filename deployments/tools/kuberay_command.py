@@ -29,7 +29,7 @@ def add_kuberay_parser(commands: argparse._SubParsersAction) -> None:  # type: i
     command.add_argument(
         "--memory-gib-per-cpu", type=float, default=_DEFAULTS.memory_gib_per_cpu, help="pods' memory per CPU, at least"
     )
-    command.add_argument("--head-cpus", type=int, default=_DEFAULTS.head_cpus)
+    command.add_argument("--head-cpus", type=_positive_int, default=_DEFAULTS.head_cpus)
     command.add_argument(
         "--model-config",
         action="append",
@@ -50,10 +50,21 @@ def add_kuberay_parser(commands: argparse._SubParsersAction) -> None:  # type: i
     command.add_argument("--model-volume-claim", default=None, help="a ReadWriteMany claim mounted at /models")
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
+    return value
+
+
 def run_kuberay(args: argparse.Namespace) -> int:
-    model_configs = dict(entry.partition("=")[::2] for entry in args.model_config)
-    if any(not name or not model for name, model in model_configs.items()):
-        print(f"switchyard kuberay: --model-config takes NAME=MODEL, got {args.model_config}", file=sys.stderr)
+    pairs = [entry.partition("=")[::2] for entry in args.model_config]
+    model_configs = dict(pairs)
+    if any(not name or not model for name, model in pairs) or len(model_configs) < len(pairs):
+        print(
+            f"switchyard kuberay: --model-config takes NAME=MODEL once per model, got {args.model_config}",
+            file=sys.stderr,
+        )
         return 2
     options = KubeRayOptions(
         name=args.name,

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate import init_empty_weights
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
 
@@ -132,12 +131,12 @@ class ModelDims:
     def from_config(cls, config: PretrainedConfig) -> ModelDims:
         text = config.get_text_config()
         num_heads = text.num_attention_heads
-        with init_empty_weights():
+        # On the meta device, as the engine's shards are built: accelerate's init_empty_weights
+        # leaves tied embeddings untied, which would count the LM head twice.
+        with torch.device("meta"):
             model = AutoModelForCausalLM.from_config(config)
         head = model.get_output_embeddings()
-        linears = [
-            module for module in model.modules() if isinstance(module, nn.Linear) and module is not head
-        ]
+        linears = [module for module in model.modules() if isinstance(module, nn.Linear) and module is not head]
         num_linear = sum(module.weight.numel() for module in linears)
         return cls(
             num_layers=text.num_hidden_layers,
@@ -162,6 +161,8 @@ def load_model_config(model: str) -> Any:
     path = Path(model)
     if path.is_file():
         data = json.loads(path.read_text())
+        if not isinstance(data, dict) or "model_type" not in data:
+            raise ValueError(f"{model}: a config.json names its model_type")
         return AutoConfig.for_model(data.pop("model_type"), **data)
     if path.is_dir():
         return AutoConfig.from_pretrained(path)

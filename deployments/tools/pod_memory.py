@@ -1,15 +1,17 @@
 """Host memory a model's replica takes, from the planner's figures, for sizing its Kubernetes pods.
 
 Each process that runs the model (the replica itself, its engine process, or each tensor-parallel
-shard) holds its shard's weights in host memory while loading them (and keeps them there on CPU),
-on CPU also its KV pool, and a process's own footprint (Python, torch, Ray's worker; on CUDA the
-CUDA context and libraries). The weights and KV bytes are the planner's: parameters counted on
+shard) takes its own footprint (Python, torch, Ray's worker; on CUDA the CUDA context and
+libraries) and, on CPU, its shard's weights and its KV pool. On CUDA the weights and the pool live
+on the GPU: the loaders copy the checkpoint to the device a tensor at a time, and the page cache
+its reads fill is reclaimable. The weights and KV bytes are the planner's: parameters counted on
 the model's transformers class built on the meta device (a shard's on the engine's own split), the
 KV pool of `num_kv_blocks` blocks, or of `max_num_seqs` full-length sequences (the most the engine
-takes when it sizes the pool from memory).
+takes when it sizes the pool from memory; set `num_kv_blocks` or `max_model_len` for a smaller
+pod).
 
-`dtype: auto` is sized as float32 on CPU (what it resolves to without AMX or AVX-512-BF16) and as
-bfloat16 on CUDA. A model's dimensions come from its demo spec, its `path` directory, the hub's
+`dtype: auto` is sized as float32 (what it resolves to on a CPU without AMX or AVX-512-BF16). A
+CPU model's dimensions come from its demo spec, its `path` directory, the hub's
 config.json (the cache, or the network) for a `hub_id`, or what `switchyard plan --model` takes
 (a built-in name, a config.json, a model directory) given per model.
 
@@ -46,17 +48,16 @@ def replica_memory_bytes(model: ModelConfig, model_source: str | None = None) ->
     plan --model` takes, in place of the model's own source."""
     engine = model.engine
     device = "cuda" if engine.device.startswith("cuda") else "cpu"
-    dtype = engine.dtype if engine.dtype != "auto" else ("bfloat16" if device == "cuda" else "float32")
-    dims = ModelDims.from_config(_model_config(model, model_source))
     tp = engine.tensor_parallel_size
-    weights = weight_bytes(dims, dtype, engine.quantization) if tp == 1 else shard_weight_bytes(dims, dtype, tp)
-    kv = 0
+    per_engine = _PROCESS_BYTES[device]
     if device == "cpu":
+        dtype = "float32" if engine.dtype == "auto" else engine.dtype
+        dims = ModelDims.from_config(_model_config(model, model_source))
+        per_engine += weight_bytes(dims, dtype, engine.quantization) if tp == 1 else shard_weight_bytes(dims, dtype, tp)
         shape = KVCacheShape(dims.num_layers, dims.num_kv_heads // tp, dims.head_dim, DTYPE_BYTES[dtype])
         max_model_len = engine.max_model_len or dims.max_position_embeddings
         num_blocks = engine.num_kv_blocks or engine.max_num_seqs * -(-max_model_len // engine.block_size)
-        kv = num_blocks * shape.bytes_per_block(engine.block_size)
-    per_engine = weights + kv + _PROCESS_BYTES[device]
+        per_engine += num_blocks * shape.bytes_per_block(engine.block_size)
     if tp == 1 and not model.uses_engine_process:
         return [per_engine]
     return [per_engine + _SERVER_BYTES] + [per_engine] * (tp - 1)
@@ -74,7 +75,10 @@ def _model_config(model: ModelConfig, model_source: str | None) -> Any:
         if source.hub_id is not None:
             return AutoConfig.from_pretrained(source.hub_id)
     except (OSError, ValueError) as error:
-        raise ValueError(f"model {model.name!r}: its dimensions could not be read to size its pods: {error}") from None
+        raise ValueError(
+            f"model {model.name!r}: its dimensions could not be read to size its pods ({error}); pass --model-config "
+            f"{model.name}=<config.json, model directory or built-in name>"
+        ) from None
     raise ValueError(
         f"model {model.name!r}: source.path {source.path!r} is not a directory here, so its dimensions are unknown; "
         f"pass --model-config {model.name}=<config.json, model directory or built-in name>"

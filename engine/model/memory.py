@@ -38,47 +38,54 @@ def _system_available_bytes() -> int:
 
 
 def cgroup_room_bytes(cgroup_root: Path, self_cgroup: Path) -> int | None:
-    """Bytes this process's memory cgroup may still take: its limit less its usage, the inactive
-    page cache counted as free (the kernel reclaims it before the OOM killer acts, and kubelet's
-    working set leaves it out too). None without a limit or where the files are unreadable.
+    """Bytes this process's memory cgroups may still take: the least, over its cgroup and every
+    ancestor with a limit, of limit less usage, the inactive page cache counted as free (the kernel
+    reclaims it before the OOM killer acts, and kubelet's working set leaves it out too). None
+    without a limit, or where the files cannot be read or parsed: the caller then goes by the
+    system's figure.
 
     `self_cgroup` is /proc/self/cgroup, whose paths are relative to the mounted hierarchy; inside a
-    cgroup namespace (a container) the hierarchy's root is the process's own cgroup, so the path
-    is tried first and the root second."""
+    cgroup namespace (a container) the hierarchy's root is the process's own cgroup, and the path
+    it names is not there."""
     try:
         lines = self_cgroup.read_text(encoding="ascii").splitlines()
-    except OSError:
+    except (OSError, UnicodeDecodeError):
         return None
+    rooms: list[int] = []
     for line in lines:
-        _, controllers, path = line.split(":", 2)
-        relative = path.lstrip("/")
+        fields = line.split(":", 2)
+        if len(fields) != 3:
+            continue
+        _, controllers, path = fields
         if controllers == "":
-            files = ("memory.max", "memory.current", "inactive_file")
-            candidates = [cgroup_root / relative, cgroup_root]
+            files, hierarchy = ("memory.max", "memory.current", "inactive_file"), cgroup_root
         elif "memory" in controllers.split(","):
-            files = ("memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file")
-            candidates = [cgroup_root / "memory" / relative, cgroup_root / "memory"]
+            files, hierarchy = (
+                ("memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file"),
+                cgroup_root / "memory",
+            )
         else:
             continue
-        for directory in candidates:
-            room = _room_in(directory, *files)
+        parts = [part for part in path.split("/") if part]
+        for depth in range(len(parts), -1, -1):
+            room = _room_in(hierarchy.joinpath(*parts[:depth]), *files)
             if room is not None:
-                return room
-    return None
+                rooms.append(room)
+    return min(rooms) if rooms else None
 
 
 def _room_in(directory: Path, limit_file: str, usage_file: str, inactive_key: str) -> int | None:
+    """Room under the limit in one cgroup folder; None without a limit or readable figures."""
     try:
         limit_text = (directory / limit_file).read_text(encoding="ascii").strip()
+        if limit_text == "max" or int(limit_text) >= _V1_UNLIMITED:
+            return None
         usage = int((directory / usage_file).read_text(encoding="ascii"))
-        stat = (directory / "memory.stat").read_text(encoding="ascii")
-    except (OSError, ValueError):
+        inactive = 0
+        for line in (directory / "memory.stat").read_text(encoding="ascii").splitlines():
+            key, _, value = line.partition(" ")
+            if key == inactive_key:
+                inactive = int(value)
+    except (OSError, UnicodeDecodeError, ValueError):
         return None
-    if limit_text == "max" or int(limit_text) >= _V1_UNLIMITED:
-        return None
-    inactive = 0
-    for line in stat.splitlines():
-        key, _, value = line.partition(" ")
-        if key == inactive_key:
-            inactive = int(value)
     return max(int(limit_text) - usage + inactive, 0)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -30,13 +31,6 @@ MANIFESTS += sorted((ROOT / "manifests" / "gpu").glob("*.yaml"))
 POD_MONITOR = ROOT / "manifests" / "kuberay" / "podmonitor.yaml"
 GENERATED = sorted(path for path in (ROOT / "manifests" / "kuberay").glob("*.yaml") if path != POD_MONITOR)
 COMMAND_LINE = "#   switchyard kuberay "
-# The hub models' dimensions, as their published config.json files give them (no download here).
-MODEL_CONFIGS = {
-    "qwen2.5-7b-instruct": "qwen2.5-7b",
-    "llama-3.1-8b-instruct": "llama-3.1-8b",
-    "qwen2.5-32b-instruct": "qwen2.5-32b",
-    "big": "llama-2-7b",
-}
 GIB = 2**30
 
 
@@ -57,10 +51,10 @@ def app_config(config: dict[str, Any]) -> AppConfig:
     return AppConfig.model_validate(config["applications"][0]["args"])
 
 
-def options_for(config: dict[str, Any], **settings: Any) -> KubeRayOptions:
-    """Options for `config`, with the dimensions of its hub models."""
-    names = {model.name for model in app_config(config).models}
-    return KubeRayOptions(model_configs={n: m for n, m in MODEL_CONFIGS.items() if n in names}, **settings)
+def pod_memory_gib(group: dict[str, Any]) -> int:
+    limits = group["template"]["spec"]["containers"][0]["resources"]["limits"]
+    assert limits["memory"] == group["template"]["spec"]["containers"][0]["resources"]["requests"]["memory"]
+    return int(limits["memory"].removesuffix("Gi"))
 
 
 def gpu_config(tensor_parallel_size: int, strategy: str, min_replicas: int, max_replicas: int) -> dict[str, Any]:
@@ -101,7 +95,7 @@ def test_the_scale_to_zero_service_lets_its_gpu_group_go_to_zero_pods() -> None:
 def test_every_generated_service_validates_against_the_crd_and_its_serve_config_checks(
     manifest: Path, tmp_path: Path
 ) -> None:
-    service = ray_service(serve_config(manifest), options_for(serve_config(manifest)))
+    service = ray_service(serve_config(manifest), KubeRayOptions())
     jsonschema.Draft7Validator(RAY_SERVICE_SCHEMA).validate(service)
     served = tmp_path / "served.yaml"
     served.write_text(service["spec"]["serveConfigV2"])
@@ -112,19 +106,20 @@ def test_every_generated_service_validates_against_the_crd_and_its_serve_config_
 @pytest.mark.parametrize("manifest", MANIFESTS, ids=lambda path: path.name)
 def test_worker_groups_hold_every_replica_at_its_bounds(manifest: Path) -> None:
     config = serve_config(manifest)
-    cluster = ray_service(config, options_for(config))["spec"]["rayClusterConfig"]
+    cluster = ray_service(config, KubeRayOptions())["spec"]["rayClusterConfig"]
     assert cluster["headGroupSpec"]["rayStartParams"]["num-gpus"] == "0"
     assert cluster["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"  # no model or router on the head
     groups = {group["groupName"]: group for group in cluster["workerGroupSpecs"]}
     for model in app_config(config).models:
         autoscaling = model.deployment.autoscaling
         max_replicas = autoscaling.max_replicas if autoscaling else model.deployment.num_replicas
-        for pod in replica_pods(model, options_for(config)):
+        for pod in replica_pods(model, KubeRayOptions()):
             fits = [
                 group
                 for group in groups.values()
                 if int(group["rayStartParams"]["num-cpus"]) >= pod.cpus
                 and int(group["rayStartParams"]["num-gpus"]) >= pod.gpus
+                and pod_memory_gib(group) >= pod.memory_gib
                 and group["groupName"] != "router"
                 and group["maxReplicas"] >= max_replicas
             ]
@@ -137,13 +132,13 @@ def test_worker_groups_hold_every_replica_at_its_bounds(manifest: Path) -> None:
 @pytest.mark.parametrize("manifest", MANIFESTS, ids=lambda path: path.name)
 def test_the_models_gpus_at_their_max_replicas_fit_the_gpu_groups(manifest: Path) -> None:
     config = serve_config(manifest)
-    groups = ray_service(config, options_for(config))["spec"]["rayClusterConfig"]["workerGroupSpecs"]
+    groups = ray_service(config, KubeRayOptions())["spec"]["rayClusterConfig"]["workerGroupSpecs"]
     offered = sum(group["maxReplicas"] * int(group["rayStartParams"]["num-gpus"]) for group in groups)
     needed = 0
     for model in app_config(config).models:
         autoscaling = model.deployment.autoscaling
         max_replicas = autoscaling.max_replicas if autoscaling else model.deployment.num_replicas
-        needed += max_replicas * sum(pod.gpus for pod in replica_pods(model, options_for(config)))
+        needed += max_replicas * sum(pod.gpus for pod in replica_pods(model, KubeRayOptions()))
     assert offered >= needed
     if "gpu" in str(manifest.parent):
         assert needed > 0  # the GPU configs do ask for GPUs
@@ -157,7 +152,7 @@ def test_tensor_parallel_replicas_pack_into_one_pod_or_spread_one_shard_per_pod(
     strategy: str, pod_gpus: int, max_pods: int
 ) -> None:
     config = gpu_config(4, strategy, 0, 3)
-    service = ray_service(config, options_for(config, gpu_type="NVIDIA-H100-80GB-HBM3"))
+    service = ray_service(config, KubeRayOptions(gpu_type="NVIDIA-H100-80GB-HBM3"))
     jsonschema.Draft7Validator(RAY_SERVICE_SCHEMA).validate(service)
     groups = [g for g in service["spec"]["rayClusterConfig"]["workerGroupSpecs"] if g["groupName"] != "router"]
     # Spread: shard 0's pod also holds the replica's own CPU, so it is a shape (a group) of its own.
@@ -173,23 +168,23 @@ def test_tensor_parallel_replicas_pack_into_one_pod_or_spread_one_shard_per_pod(
 def test_a_replica_no_node_can_hold_is_refused_naming_the_model_and_setting() -> None:
     with pytest.raises(ValueError, match=r"model 'big'.*8 GPUs in one pod.*tensor_parallel_size 8.*gpus_per_node 4"):
         config = gpu_config(8, "PACK", 1, 1)
-        ray_service(config, options_for(config, gpus_per_node=4))
+        ray_service(config, KubeRayOptions(gpus_per_node=4))
 
 
 def test_a_service_beyond_the_clusters_gpu_nodes_is_refused_naming_the_limit() -> None:
     with pytest.raises(ValueError, match=r"8 GPU nodes of 1 GPUs, more than max_gpu_nodes \(6\).*max_replicas"):
         config = gpu_config(4, "STRICT_SPREAD", 1, 2)
-        ray_service(config, options_for(config, gpus_per_node=1, max_gpu_nodes=6))
+        ray_service(config, KubeRayOptions(gpus_per_node=1, max_gpu_nodes=6))
     # Pods that share a node: two 4-GPU replicas on one 8-GPU node.
     config = gpu_config(4, "PACK", 1, 2)
-    ray_service(config, options_for(config, gpus_per_node=8, max_gpu_nodes=1))
+    ray_service(config, KubeRayOptions(gpus_per_node=8, max_gpu_nodes=1))
 
 
 def test_a_config_without_one_switchyard_application_is_refused() -> None:
     config = gpu_config(1, "PACK", 1, 1)
     config["applications"].append(copy.deepcopy(config["applications"][0]))
     with pytest.raises(ValueError, match="one application of deployments.app:build_app, got 2"):
-        ray_service(config, options_for(config))
+        ray_service(config, KubeRayOptions())
 
 
 def test_the_command_prints_the_manifest_and_refuses_a_bad_config(
@@ -202,17 +197,17 @@ def test_the_command_prints_the_manifest_and_refuses_a_bad_config(
     )
     too_big = tmp_path / "too-big.yaml"
     too_big.write_text(yaml.safe_dump(gpu_config(8, "PACK", 1, 1)))
-    assert main(["kuberay", str(too_big), "--gpus-per-node", "4", "--model-config", "big=llama-2-7b"]) == 1
+    assert main(["kuberay", str(too_big), "--gpus-per-node", "4"]) == 1
     assert "gpus_per_node 4" in capsys.readouterr().err
 
 
 def test_auth_needs_a_redis_store_and_secrets_are_referenced_never_inlined() -> None:
     config = serve_config(TENANTS)
     with pytest.raises(ValueError, match="auth.store: an SQLite store"):
-        ray_service(config, options_for(config))
+        ray_service(config, KubeRayOptions())
     config["applications"][0]["args"]["auth"]["store"] = "redis://:hunter2@redis.llm.svc:6379/0"
     with pytest.raises(ValueError, match="auth.store: the URL holds a password.*'switchyard-store'"):
-        ray_service(config, options_for(config))
+        ray_service(config, KubeRayOptions())
     config["applications"][0]["args"]["auth"]["store"] = "redis://redis.llm.svc:6379/0"
     config["applications"][0]["args"]["models"][0]["source"] = {"hub_id": "Qwen/Qwen2.5-0.5B-Instruct"}
     options = KubeRayOptions(
@@ -239,7 +234,7 @@ def test_a_replicas_memory_sizes_its_pod_and_custom_resources_are_refused() -> N
     config = gpu_config(1, "PACK", 1, 1)
     actor = {"num_cpus": 2, "num_gpus": 1, "memory": 70 * 2**30}
     config["applications"][0]["args"]["models"][0]["deployment"]["ray_actor_options"] = actor
-    cluster = ray_service(config, options_for(config))["spec"]["rayClusterConfig"]
+    cluster = ray_service(config, KubeRayOptions())["spec"]["rayClusterConfig"]
     (gpu_group,) = [group for group in cluster["workerGroupSpecs"] if group["groupName"] != "router"]
     (container,) = gpu_group["template"]["spec"]["containers"]
     assert container["resources"]["limits"]["memory"] == "100Gi"  # 70 GiB for the replica is 70% of the pod
@@ -247,14 +242,14 @@ def test_a_replicas_memory_sizes_its_pod_and_custom_resources_are_refused() -> N
     assert {"name": "dshm", "mountPath": "/dev/shm"} in container["volumeMounts"]
     actor["resources"] = {"A100": 1}
     with pytest.raises(ValueError, match=r"model 'big': deployment.ray_actor_options.resources \(\['A100'\]\)"):
-        ray_service(config, options_for(config))
+        ray_service(config, KubeRayOptions())
 
 
 def test_the_serve_configs_http_options_are_kept_with_the_proxy_on_every_interface() -> None:
     config = gpu_config(1, "PACK", 1, 1) | {
         "http_options": {"host": "127.0.0.1", "port": 9000, "request_timeout_s": 30}
     }
-    served = yaml.safe_load(ray_service(config, options_for(config))["spec"]["serveConfigV2"])
+    served = yaml.safe_load(ray_service(config, KubeRayOptions())["spec"]["serveConfigV2"])
     assert served["http_options"] == {"host": "0.0.0.0", "port": 8000, "request_timeout_s": 30}
 
 
@@ -286,13 +281,34 @@ def test_tensor_parallel_shards_each_hold_their_slice_and_the_first_the_server()
     assert abs((second - GIB) * 2 - (whole - 2 * GIB)) < 0.01 * whole
 
 
-def test_a_large_gpu_shard_sizes_its_pod_beyond_the_per_cpu_memory() -> None:
-    service = yaml.safe_load((ROOT / "manifests" / "kuberay" / "tensor-parallel-two-nodes.yaml").read_text())
-    groups = [g for g in service["spec"]["rayClusterConfig"]["workerGroupSpecs"] if g["groupName"] != "router"]
-    shard_weights = 32.76e9 * 2 / 2  # qwen2.5-32b in bfloat16, half of it a shard
-    for group in groups:
-        memory = group["template"]["spec"]["containers"][0]["resources"]["limits"]["memory"]
-        assert int(memory.removesuffix("Gi")) * GIB * 0.7 >= shard_weights + 3 * GIB
+def test_models_sharing_a_group_get_pods_as_large_as_the_largest_needs() -> None:
+    small = {"name": "small", "source": {"demo": "llama"}, "engine": {"num_kv_blocks": 64}}
+    # 200,000 blocks of the demo model's 8 KiB in float32: about 1.5 GiB of KV
+    large = {"name": "large", "source": {"demo": "qwen2"}, "engine": {"num_kv_blocks": 200_000}}
+    config = gpu_config(1, "PACK", 1, 1)
+    config["applications"][0]["args"]["models"] = [small, large]
+    options = KubeRayOptions(memory_gib_per_cpu=1)
+    (group,) = [
+        g
+        for g in ray_service(config, options)["spec"]["rayClusterConfig"]["workerGroupSpecs"]
+        if g["groupName"] != "router"
+    ]
+    sizes = {
+        name: replica_pods(app_config(config).models[i], options)[0].memory_gib
+        for i, name in enumerate(["small", "large"])
+    }
+    assert sizes["small"] < sizes["large"] == pod_memory_gib(group)
+
+
+def test_a_cpu_shard_sizes_its_pod_beyond_the_per_cpu_memory() -> None:
+    model = cpu_model({"hub_id": "org/m"}, tensor_parallel_size=2, placement_strategy="STRICT_SPREAD", num_kv_blocks=16)
+    options = KubeRayOptions(model_configs={"m": "llama-2-7b"})
+    first, second = replica_pods(model, options)
+    shard_0, shard_1 = replica_memory_bytes(model, "llama-2-7b")
+    # llama-2-7b's 6.74 billion parameters in float32, about half of them a shard
+    assert 6.74e9 * 4 / 2 < shard_1 - GIB < 6.74e9 * 4 / 2 * 1.01
+    assert (first.memory_gib, second.memory_gib) == (math.ceil(shard_0 / 0.7 / GIB), math.ceil(shard_1 / 0.7 / GIB))
+    assert second.memory_gib > second.cpus * options.memory_gib_per_cpu
 
 
 def test_a_model_whose_dimensions_cannot_be_read_is_refused_naming_the_option(tmp_path: Path) -> None:
@@ -337,3 +353,25 @@ def test_the_dockerfile_builds_on_the_pinned_ray_under_the_tag_the_manifests_nam
     # The packages pyproject installs are the folders the image copies.
     for package in ("engine", "deployments", "autoscaling"):
         assert f"COPY --chown=ray:users {package} /home/ray/switchyard/{package}\n" in dockerfile
+
+
+def test_router_resources_of_the_users_own_are_refused_and_cli_options_checked(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    config = gpu_config(1, "PACK", 1, 1)
+    config["applications"][0]["args"]["router"] = {"resources": {"edge": 1}}
+    with pytest.raises(ValueError, match=r"router.resources \(\['edge'\]\).*'switchyard-router'"):
+        ray_service(config, KubeRayOptions())
+    quickstart = str(ROOT / "manifests" / "quickstart.yaml")
+    assert main(["kuberay", quickstart, "--model-config", "demo=llama-2-7b", "--model-config", "demo=mistral-7b"]) == 2
+    assert "NAME=MODEL once per model" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["kuberay", quickstart, "--head-cpus", "0"])
+    assert "--head-cpus: must be >= 1, got 0" in capsys.readouterr().err
+
+
+def test_a_cuda_replica_holds_its_weights_on_the_gpu_and_needs_no_dimensions() -> None:
+    model = ModelConfig.model_validate(
+        {"name": "m", "source": {"hub_id": "org/m"}, "engine": {"device": "cuda", "tensor_parallel_size": 2}}
+    )
+    assert replica_memory_bytes(model) == [3 * GIB + GIB, 3 * GIB]  # a footprint each, the server on shard 0's

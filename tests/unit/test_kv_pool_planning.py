@@ -82,3 +82,25 @@ def test_no_limit_or_no_files_gives_no_room_figure(tmp_path: Path, self_cgroup: 
         (tmp_path / name).write_text(text)
     (tmp_path / "self").write_text(self_cgroup)
     assert cgroup_room_bytes(tmp_path, tmp_path / "self") is None
+
+
+def test_the_tightest_limit_among_the_cgroups_ancestors_counts(tmp_path: Path) -> None:
+    _cgroup(tmp_path, "kubepods", {"memory.max": "5000", "memory.current": "4000", "memory.stat": ""})
+    _cgroup(tmp_path, "kubepods/pod1", {"memory.max": "max", "memory.current": "3000", "memory.stat": ""})
+    (tmp_path / "self").write_text("0::/kubepods/pod1\n")
+    assert cgroup_room_bytes(tmp_path, tmp_path / "self") == 1000
+
+
+def test_a_v1_process_path_missing_in_its_namespace_falls_back_to_the_mount_root(tmp_path: Path) -> None:
+    stat = "total_inactive_file 0\n"
+    _cgroup(tmp_path, "memory", {"memory.limit_in_bytes": "4096", "memory.usage_in_bytes": "96", "memory.stat": stat})
+    (tmp_path / "self").write_text("4:memory:/process_api/abc\n0::/\n")  # a hybrid host's lines
+    assert cgroup_room_bytes(tmp_path, tmp_path / "self") == 4000
+
+
+def test_unparsable_cgroup_files_give_no_room_figure_rather_than_an_error(tmp_path: Path) -> None:
+    _cgroup(tmp_path, "", {"memory.max": "lots", "memory.current": "1", "memory.stat": ""})
+    (tmp_path / "self").write_text("garbage\n0::/\n")
+    assert cgroup_room_bytes(tmp_path, tmp_path / "self") is None
+    (tmp_path / "self").write_bytes(b"0::/\xff\n")
+    assert cgroup_room_bytes(tmp_path, tmp_path / "self") is None

@@ -6,9 +6,11 @@ import json
 from pathlib import Path
 
 import pytest
+from transformers import AutoModelForCausalLM
 
 from deployments.tools import cli, planner
 from deployments.tools.planner import KNOWN_MODELS, ModelDims, load_model_config, plan, shard_weight_bytes, weight_bytes
+from engine.demo.tiny_models import TinyModelSpec, write_tiny_model
 
 GB = 10**9
 
@@ -130,3 +132,18 @@ def test_plan_command_prints_figures_and_a_snippet(capsys: pytest.CaptureFixture
 def test_render_says_when_nothing_fits() -> None:
     result = planner.Plan(10, 1, 1, None, None, 0, 0)
     assert "does not fit" in planner.render("m", result, dtype="float32", quantization=None, context_len=8)
+
+
+def test_tied_embeddings_are_counted_once_as_the_loaded_model_holds_them(tmp_path: Path) -> None:
+    spec = TinyModelSpec(tie_word_embeddings=True)
+    model = AutoModelForCausalLM.from_pretrained(write_tiny_model(tmp_path / "tied", spec))
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    parameters = sum(parameter.numel() for parameter in model.parameters())  # shared ones once
+    assert ModelDims.from_config(model.config).num_parameters() == parameters
+
+
+def test_a_config_json_without_a_model_type_is_refused_by_name(tmp_path: Path) -> None:
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"hidden_size": 64}))
+    with pytest.raises(ValueError, match="config.json names its model_type"):
+        load_model_config(str(path))

@@ -114,6 +114,12 @@ def model(args: Args) -> Args:
         ),
         pytest.param(lambda a: model(a).update(name="my model"), "models.0.name", "'my model'", id="name-space"),
         pytest.param(lambda a: model(a).update(name=""), "models.0.name", "got ''", id="name-empty"),
+        pytest.param(
+            lambda a: a.update(router={"resources": {"CPU": 1}}), "router.resources", "num_cpus", id="router-cpu"
+        ),
+        pytest.param(
+            lambda a: a.update(router={"resources": {"edge": 0}}), "router.resources", "> 0", id="router-zero"
+        ),
     ],
 )
 def test_bad_config_is_refused_naming_the_field_path(
