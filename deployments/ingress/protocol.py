@@ -66,6 +66,8 @@ def parse_body(body_type: type[BodyT], raw: bytes) -> BodyT:
         data = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise InvalidRequestError(f"the request body is not valid JSON: {error}") from None
+    except RecursionError:  # the parser recurses per nesting level
+        raise InvalidRequestError("the request body is nested too deeply") from None
     if not isinstance(data, dict):
         raise InvalidRequestError("the request body must be a JSON object")
     # OpenAI accepts null for any optional field, meaning its default.

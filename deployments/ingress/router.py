@@ -20,6 +20,7 @@ from deployments.config import RequestLimits
 from deployments.errors import DEFAULT_RETRY_AFTER_S, ApiError, ModelUnavailableError, OverloadedError
 from deployments.generation import GenerationChunk, GenerationRequest, Tokenized, TokenizeRequest
 from deployments.ingress.admin import add_admin_routes
+from deployments.ingress.admission import Admission
 from deployments.ingress.model_states import ModelState, ServeModelStates
 from deployments.ingress.openai_app import ModelCard, build_openai_app
 from deployments.ingress.serve_context import remote_as_own_request
@@ -83,6 +84,9 @@ class HandleModelClient:
             if fair_share_of is None
             else FairQueue(capacity=self._capacity(None), max_waiting=route.max_queued_requests)
         )
+        self.admission = Admission(name)
+        # The model's state as the last request read it: what admission bounds the next one by.
+        self._last_state: ModelState | None = None
 
     def _capacity(self, state: ModelState | None) -> int:
         """This router replica's share of what the model's running replicas take (one replica's worth
@@ -90,9 +94,19 @@ class HandleModelClient:
         replicas = max(1, state.running_replicas if state is not None else 1)
         return max(1, replicas * self.route.max_ongoing_requests // (self.fair_share_of or 1))
 
-    async def stream(self, request: GenerationRequest) -> AsyncGenerator[GenerationChunk, None]:
+    def stream(self, request: GenerationRequest) -> AsyncGenerator[GenerationChunk, None]:
+        """The request's chunks; refused at once with OverloadedError when this replica already
+        holds what the model's running replicas take plus its queue bound (see admission)."""
+        limit = None
+        if self.route.max_queued_requests >= 0:
+            replicas = max(1, self._last_state.running_replicas if self._last_state is not None else 1)
+            limit = replicas * self.route.max_ongoing_requests + self.route.max_queued_requests
+        return self.admission.admit(self._admitted_stream(request), limit)
+
+    async def _admitted_stream(self, request: GenerationRequest) -> AsyncGenerator[GenerationChunk, None]:
         queued = time.monotonic()
         state = (await self.states.states()).get(self.name)
+        self._last_state = state
         cold = state is not None and state.running_replicas == 0
         timeout_s = self.route.cold_start_timeout_s if cold else self.route.first_token_timeout_s
         async with self._dispatch_slot(request, state, timeout_s):

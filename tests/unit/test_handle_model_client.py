@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from deployments.errors import ModelUnavailableError
+from deployments.errors import ModelUnavailableError, OverloadedError
 from deployments.generation import GenerationChunk
 from deployments.ingress.model_states import ModelState
 from deployments.ingress.router import HandleModelClient, ModelRoute
@@ -108,3 +108,23 @@ def test_the_project_requires_a_python_whose_wait_for_raises_the_builtin_timeout
     pyproject = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())
     assert pyproject["project"]["requires-python"] == ">=3.11"
     assert asyncio.TimeoutError is TimeoutError
+
+
+def test_requests_beyond_the_running_replicas_and_the_queue_bound_are_refused_where_they_arrive() -> None:
+    states = FixedStates({"m": ModelState("ready", 2, 0)})
+    route = ModelRoute("LLMServer:m", 60.0, 60.0, max_ongoing_requests=2, max_queued_requests=1)
+    model = HandleModelClient("m", FakeHandle(delay_s=0.2), route, states)  # type: ignore[arg-type]
+
+    async def scenario() -> list[str]:
+        first = model.stream(object())  # type: ignore[arg-type]
+        assert [chunk.text async for chunk in first] == ["a", "b", "c"]  # the state is read: 2 replicas
+        held = [model.stream(object()) for _ in range(2 * 2 + 1)]  # type: ignore[arg-type]
+        with pytest.raises(OverloadedError, match="Too many requests are queued for model 'm'"):
+            model.stream(object())  # type: ignore[arg-type]
+        texts = [chunk.text for chunk in [await anext(stream) for stream in held]]
+        for stream in held:
+            await stream.aclose()
+        return texts
+
+    assert asyncio.run(scenario()) == ["a"] * 5
+    assert model.admission.held == 0

@@ -421,6 +421,12 @@ CHAT, COMPLETION = BODIES["chat"], BODIES["completion"]
     [
         pytest.param(b"{not json", None, "not valid JSON", id="malformed-json"),
         pytest.param(b'[{"model": "tiny"}]', None, "JSON object", id="json-array"),
+        pytest.param(
+            b'{"model": "tiny", "prompt": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+            None,
+            "nested too deeply",
+            id="deep-json",
+        ),
         pytest.param({"prompt": "hi"}, "model", "model", id="missing-model"),
         pytest.param(CHAT | {"temperature": 3}, "temperature", "2", id="temperature-out-of-range"),
         pytest.param(COMPLETION | {"zap": 1}, "zap", "Unrecognized request argument supplied: zap", id="unknown-field"),
