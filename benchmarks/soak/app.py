@@ -1,5 +1,5 @@
 """The app the soak suite serves: one demo model in two replicas with a bounded queue, so that
-overload is answered with 503s rather than an unbounded wait."""
+overload is answered with 429s rather than an unbounded wait."""
 
 from __future__ import annotations
 

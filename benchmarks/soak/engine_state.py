@@ -13,10 +13,13 @@ from dataclasses import dataclass
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from engine.metrics.definitions import KV_CACHE_USAGE, NUM_REQUESTS_RUNNING, NUM_REQUESTS_WAITING
+
 __all__ = ["EngineHoldings", "read_holdings", "wait_until_idle"]
 
-_KV_USAGE = "switchyard_kv_cache_usage_perc"
-_REQUESTS = ("switchyard_num_requests_running", "switchyard_num_requests_waiting")
+# Ray exports an application's metrics with its own `ray_` prefix.
+_KV_USAGE = f"ray_{KV_CACHE_USAGE.name}"
+_REQUESTS = (f"ray_{NUM_REQUESTS_RUNNING.name}", f"ray_{NUM_REQUESTS_WAITING.name}")
 
 
 @dataclass(frozen=True)
@@ -25,24 +28,27 @@ class EngineHoldings:
     kv_blocks: int
     # Requests running or waiting in the engines.
     requests: int
+    # Replica processes whose KV gauge was read: none means nothing was seen, not that all is free.
+    replicas_seen: int
 
     @property
     def is_idle(self) -> bool:
-        return self.kv_blocks == 0 and self.requests == 0
+        return self.replicas_seen > 0 and self.kv_blocks == 0 and self.requests == 0
 
 
 def read_holdings(metrics_url: str, model: str, blocks_per_replica: int) -> EngineHoldings:
     text = httpx.get(metrics_url, timeout=10).text
-    kv_blocks, requests = 0.0, 0.0
+    kv_blocks, requests, replicas_seen = 0.0, 0.0, 0
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             if sample.labels.get("model") != model:
                 continue
             if sample.name == _KV_USAGE:
                 kv_blocks += sample.value * blocks_per_replica
+                replicas_seen += 1
             elif sample.name in _REQUESTS:
                 requests += sample.value
-    return EngineHoldings(round(kv_blocks), round(requests))
+    return EngineHoldings(round(kv_blocks), round(requests), replicas_seen)
 
 
 def wait_until_idle(metrics_url: str, model: str, blocks_per_replica: int, deadline_s: float) -> EngineHoldings:

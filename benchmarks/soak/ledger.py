@@ -79,6 +79,8 @@ class Ledger:
     def failures(self, rules: Rules) -> list[str]:
         """Why the scenario fails under `rules`; empty when it passes."""
         found = list(self.problems)
+        if not self.entries:
+            found.append("no request was sent")
         for outcome, count in sorted(self.counts().items(), key=lambda item: item[0].value):
             if outcome not in rules.allowed:
                 example = next(entry.detail for entry in self.entries if entry.outcome is outcome)

@@ -96,7 +96,10 @@ async def overload(target: Target, sizes: Sizes, concurrency: int) -> tuple[Ledg
             ):
                 ledger.add(entry)
             rss_after_phase.append(serving_rss_bytes())
-    ledger.figures |= {"capacity req/s": capacity, "offered req/s": rate}
+    goodput = sum(entry.outcome is Outcome.OK for entry in ledger.entries) / sizes.overload_s
+    ledger.figures |= {"capacity req/s": capacity, "offered req/s": rate, "answered req/s": goodput}
+    if goodput < capacity / 4:
+        ledger.problems.append(f"{goodput:.1f} req/s answered under overload, below a quarter of capacity")
     _check_memory(ledger, rss_after_phase[0], rss_after_phase[-1])
     _check_idle(ledger, target)
     allowed = frozenset({Outcome.OK, Outcome.RATE_LIMITED, Outcome.UNAVAILABLE})
@@ -178,8 +181,11 @@ async def replica_killed(
                 recovered_at = time.monotonic()
                 break
             await asyncio.sleep(0.5)
-        for entry in await asyncio.gather(*in_flight):
+        in_flight_entries = await asyncio.gather(*in_flight)
+        for entry in in_flight_entries:
             ledger.add(entry)
+    if not any(entry.outcome in (Outcome.STREAM_ERROR, Outcome.SERVER_ERROR) for entry in in_flight_entries):
+        ledger.problems.append("no stream in flight was on the killed replica (none ended with an error)")
     if recovered_at is None:
         ledger.problems.append(f"Serve did not run every replica again within {sizes.max_recovery_s:.0f} s")
     else:
@@ -258,5 +264,7 @@ def _check_memory(ledger: Ledger, before: dict[str, int], after: dict[str, int])
 
 def _check_idle(ledger: Ledger, target: Target) -> None:
     holdings = wait_until_idle(target.metrics_url, target.model, target.blocks_per_replica, deadline_s=30)
+    if holdings.replicas_seen == 0:
+        ledger.problems.append(f"no engine gauge of {target.model!r} at {target.metrics_url}: leaks unknown")
     ledger.leaked_blocks = max(ledger.leaked_blocks, holdings.kv_blocks)
     ledger.leaked_requests = max(ledger.leaked_requests, holdings.requests)

@@ -19,18 +19,21 @@ __all__ = ["stream_all"]
 def stream_all(client: ModelClient, generations: list[GenerationRequest]) -> AsyncGenerator[GenerationChunk, None]:
     """The chunks of every prompt's request: a batch's merged as they come, each chunk's index
     moved to prompt position x n + its choice. Closing it closes every prompt's stream."""
+    # Every prompt's stream is opened here, before any runs: a refusal (admission's 429) is raised
+    # to the caller for the whole request, and the streams opened before it, never started, are
+    # dropped (no replica was called; admission counts them no more once collected).
+    streams = [client.stream(generation) for generation in generations]
     if len(generations) == 1:
-        return client.stream(generations[0])
-    return _merged_streams(client, generations)
+        return streams[0]
+    return _merged_streams(generations, streams)
 
 
 async def _merged_streams(
-    client: ModelClient, generations: list[GenerationRequest]
+    generations: list[GenerationRequest], streams: list[AsyncGenerator[GenerationChunk, None]]
 ) -> AsyncGenerator[GenerationChunk, None]:
     queue: asyncio.Queue[GenerationChunk | Exception | None] = asyncio.Queue()
 
-    async def pump(position: int, generation: GenerationRequest) -> None:
-        chunks = client.stream(generation)
+    async def pump(position: int, generation: GenerationRequest, chunks: AsyncGenerator[GenerationChunk, None]) -> None:
         try:
             async for chunk in chunks:
                 queue.put_nowait(dataclasses.replace(chunk, index=position * generation.n + chunk.index))
@@ -40,7 +43,10 @@ async def _merged_streams(
             await chunks.aclose()  # even when cancelled: the replica's request must be cancelled too
             queue.put_nowait(None)
 
-    pumps = [asyncio.create_task(pump(position, generation)) for position, generation in enumerate(generations)]
+    pumps = [
+        asyncio.create_task(pump(position, generation, chunks))
+        for position, (generation, chunks) in enumerate(zip(generations, streams, strict=True))
+    ]
     try:
         num_running = len(pumps)
         while num_running:

@@ -98,9 +98,9 @@ class HandleModelClient:
         """The request's chunks; refused at once with OverloadedError when this replica already
         holds what the model's running replicas take plus its queue bound (see admission)."""
         limit = None
-        if self.route.max_queued_requests >= 0:
-            replicas = max(1, self._last_state.running_replicas if self._last_state is not None else 1)
-            limit = replicas * self.route.max_ongoing_requests + self.route.max_queued_requests
+        # Until a request has read the model's state, Serve's own queue bound alone applies.
+        if self.route.max_queued_requests >= 0 and self._last_state is not None:
+            limit = self._capacity(self._last_state) + self.route.max_queued_requests
         return self.admission.admit(self._admitted_stream(request), limit)
 
     async def _admitted_stream(self, request: GenerationRequest) -> AsyncGenerator[GenerationChunk, None]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import json
 from collections.abc import AsyncGenerator, Callable
 from typing import Any
@@ -20,6 +21,7 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, 
 
 from deployments.errors import ContextLengthExceededError, InvalidRequestError, ModelUnavailableError, invalid_request
 from deployments.generation import GenerationChunk, GenerationRequest, Tokenized, TokenizeRequest, TokenLogprob
+from deployments.ingress.admission import Admission
 from deployments.ingress.model_states import ModelState
 from deployments.ingress.openai_app import ModelCard, build_openai_app
 from engine import ContextLengthError, EngineDeadError, InvalidGrammarError
@@ -919,3 +921,25 @@ def test_echo_without_logprobs_does_not_score_the_prompt() -> None:
     choice = call(make_app(client), "POST", PATHS["completion"], body).json()["choices"][0]
     assert choice["text"] == "<5><6>!"
     assert client.request.params.prompt_logprobs is None and client.request.echo
+
+
+class AdmittingClient(FakeModelClient):
+    """Admits `room` prompt streams, then refuses as the Router's admission does."""
+
+    def __init__(self, room: int) -> None:
+        super().__init__()
+        self.admission = Admission("tiny")
+        self.room = room
+
+    def stream(self, request: GenerationRequest) -> AsyncGenerator[GenerationChunk, None]:  # type: ignore[override]
+        return self.admission.admit(super().stream(request), limit=self.room)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_batch_refused_for_one_of_its_prompts_is_a_429_and_holds_nothing(stream: bool) -> None:
+    client = AdmittingClient(room=1)
+    body = COMPLETION | {"prompt": ["a", "b"], "stream": stream}
+    error = openai_error(call(make_app(client), "POST", PATHS["completion"], body), 429)
+    assert error["code"] == "too_many_requests"
+    gc.collect()
+    assert client.admission.held == 0 and client.requests == []  # no prompt reached a replica

@@ -110,3 +110,7 @@ def test_the_verdict_names_what_the_rules_do_not_allow_leaks_and_slow_first_toke
     ]
     table = format_ledgers([(ledger, rules)])
     assert "| s " in table and "FAIL" in table
+
+
+def test_a_ledger_with_nothing_sent_fails() -> None:
+    assert Ledger("empty").failures(Rules(frozenset(Outcome))) == ["no request was sent"]
