@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,7 +14,7 @@ import httpx
 from benchmarks.serving_metrics import chunk_finish_reason, chunk_text, sse_data
 from benchmarks.soak.ledger import Entry, Outcome
 
-__all__ = ["Shot", "fire"]
+__all__ = ["Shot", "classify_answer", "fire"]
 
 _QUOTE = 160
 
@@ -53,7 +54,22 @@ async def _send(client: httpx.AsyncClient, shot: Shot) -> Entry:
         return Entry(Outcome.CONNECTION_ERROR, detail=f"{type(error).__name__}: {error}"[:_QUOTE])
 
 
-def _refusal(status: int, headers: httpx.Headers, body: bytes) -> Entry:
+def classify_answer(status: int, headers: Mapping[str, str], body: bytes) -> Entry:
+    """An answer read whole, of any operation (a fuzzer's): a 2xx is OK unless it is a stream with an
+    error event; otherwise the refusal. `headers` by lower-case name."""
+    if status >= 300:
+        return _refusal(status, headers, body)
+    if "text/event-stream" in headers.get("content-type", ""):
+        for line in body.decode(errors="replace").splitlines():
+            data = sse_data(line)
+            if data is not None and data.strip() != "[DONE]" and '"error"' in data:
+                error = json.loads(data).get("error")
+                if error is not None:
+                    return Entry(Outcome.STREAM_ERROR, status=status, detail=str(error)[:_QUOTE])
+    return Entry(Outcome.OK, status=status)
+
+
+def _refusal(status: int, headers: Mapping[str, str], body: bytes) -> Entry:
     outcome = {429: Outcome.RATE_LIMITED, 503: Outcome.UNAVAILABLE}.get(status)
     if outcome is None:
         outcome = Outcome.SERVER_ERROR if status >= 500 else Outcome.CLIENT_ERROR

@@ -8,8 +8,18 @@ disconnect storm  streams aborted before the first token, mid stream and at the 
                   the engines back to zero KV blocks and requests, others' throughput unharmed
 bad input         hand-made nasties while good requests run: every refusal a 4xx in OpenAI's
                   shape, no 5xx, the good requests answered
-replica killed    one model replica SIGKILLed under load: in-flight streams end with an error
-                  event or a 5xx, nothing hangs or is lost, Serve replaces it (recovery timed)
+replica killed    a model replica (or a tensor-parallel shard) SIGKILLed under load: in-flight
+                  streams end with an error event or a 5xx, nothing hangs or is lost, Serve
+                  replaces it (recovery timed)
+router killed     one of two Router replicas SIGKILLed under load: its requests end with a
+                  connection error or a 5xx, the other Router's complete, Serve replaces it
+store down        the tenants store stopped under traffic and started again: 503s with
+                  Retry-After meanwhile, nothing crashes, every answer's spend counted once,
+                  service back by itself (recovery timed)
+schema fuzz       schemathesis's requests from the live server's OpenAPI document while good
+                  requests run: no 5xx, every 4xx in OpenAI's shape
+mixed             streams, cancels, n > 1, a shared prefix and chats for a long period, the
+                  serving processes' memory and open files sampled: no growth beyond the bounds
 """
 
 from __future__ import annotations
@@ -29,24 +39,44 @@ import httpx
 
 from benchmarks.soak.client import Shot, fire
 from benchmarks.soak.engine_state import wait_until_idle
+from benchmarks.soak.fuzz import fuzz
 from benchmarks.soak.ledger import Entry, Ledger, Outcome, Rules
 from benchmarks.soak.traffic import (
+    ProcessSample,
     Target,
     closed_loop,
     good_shot,
+    mixed_shot,
     new_client,
     open_loop,
+    serving_processes,
     serving_rss_bytes,
     successful_tokens_per_s,
 )
+from tests.services import RedisServer
 
-__all__ = ["LONG", "SHORT", "Sizes", "bad_input", "disconnect_storm", "nasty_shots", "overload", "replica_killed"]
+__all__ = [
+    "LONG",
+    "SHORT",
+    "Sizes",
+    "bad_input",
+    "disconnect_storm",
+    "mixed",
+    "nasty_shots",
+    "overload",
+    "process_killed",
+    "router_killed",
+    "schema_fuzz",
+    "store_down",
+]
 
 _MIB = 2**20
 # Memory a serving process may grow by over a scenario before it counts as growth: allocator and
 # import noise, not a leak.
 _RSS_SLACK_BYTES = 96 * _MIB
 _RSS_SLACK_SHARE = 0.15
+# Open files a serving process may gain over the mixed run: connections come and go under load.
+_OPEN_FILES_SLACK = 32
 
 
 @dataclass(frozen=True)
@@ -63,14 +93,26 @@ class Sizes:
     # Bounds: p99 TTFT of accepted requests under overload, recovery after a replica is killed.
     max_p99_ttft_s: float
     max_recovery_s: float
+    store_down_s: float
+    fuzz_examples_per_operation: int
+    mixed_s: float
+    sample_every_s: float
 
 
 # The TTFT bound: on a 2-core machine the client, Serve's proxy, the Router and both engines share
 # the cores, and at 10x capacity the proxy's and Router's event loops fall behind (p99 TTFT 25 s
 # measured); accepted requests then wait for them, not for the engines. The bound is below the
 # Router's own first-token timeout (60 s), so no accepted request is near being timed out.
-SHORT = Sizes(4, 18, 10, 16, 120, 32, 8, 45, 120)
-LONG = Sizes(20, 300, 10, 32, 1000, 64, 16, 45, 180)
+SHORT = Sizes(
+    measure_s=4, overload_s=15, overload_factor=10, max_tokens=16, storm_streams=120, storm_concurrency=32,
+    kill_streams=8, max_p99_ttft_s=45, max_recovery_s=120, store_down_s=6, fuzz_examples_per_operation=15,
+    mixed_s=30, sample_every_s=10,
+)  # fmt: skip
+LONG = Sizes(
+    measure_s=20, overload_s=300, overload_factor=10, max_tokens=32, storm_streams=1000, storm_concurrency=64,
+    kill_streams=16, max_p99_ttft_s=45, max_recovery_s=180, store_down_s=20, fuzz_examples_per_operation=150,
+    mixed_s=1800, sample_every_s=60,
+)  # fmt: skip
 
 
 async def overload(target: Target, sizes: Sizes, concurrency: int) -> tuple[Ledger, Rules]:
@@ -144,7 +186,7 @@ async def bad_input(target: Target, sizes: Sizes) -> tuple[Ledger, Rules]:
         good = asyncio.create_task(
             closed_loop(client, target, lambda: good_shot(target, rng, sizes.max_tokens), 2, sizes.measure_s)
         )
-        for shot in nasty_shots(target.model):
+        for shot in nasty_shots(target.model, target.headers):
             ledger.add(await fire(client, shot, target.hang_after_s))
         good_entries, _ = await good
         for entry in good_entries:
@@ -156,51 +198,185 @@ async def bad_input(target: Target, sizes: Sizes) -> tuple[Ledger, Rules]:
     return ledger, Rules(frozenset({Outcome.OK, Outcome.CLIENT_ERROR}))
 
 
-async def replica_killed(
-    target: Target, sizes: Sizes, replica_pid: int, replicas_ready: Callable[[], bool]
+async def process_killed(
+    target: Target, sizes: Sizes, scenario: str, pid: int, recovered: Callable[[], bool]
 ) -> tuple[Ledger, Rules]:
-    """Streams in flight on every replica, then SIGKILL of `replica_pid`; traffic goes on until
-    `replicas_ready()` (Serve runs every replica again, the killed one replaced) and a request is
-    answered, or `max_recovery_s`."""
-    ledger = Ledger("replica killed")
+    """Streams in flight on every replica of the target's model, then SIGKILL of `pid` (a replica, or
+    one of its shards); traffic goes on until `recovered()` (Serve runs every replica again, the
+    killed one replaced) and a request is answered, or `max_recovery_s`."""
+    ledger = Ledger(scenario)
     rng = random.Random(4)
-    long_tokens = sizes.max_tokens * 16
     async with new_client(target) as client:
-        in_flight = [
-            asyncio.create_task(fire(client, good_shot(target, rng, long_tokens), target.hang_after_s))
-            for _ in range(sizes.kill_streams)
-        ]
-        await asyncio.sleep(2.0)  # every stream admitted and generating
+        in_flight = await _start_long_streams(client, target, sizes, rng)
         killed_at = time.monotonic()
-        os.kill(replica_pid, signal.SIGKILL)
-        recovered_at = None
-        while time.monotonic() - killed_at < sizes.max_recovery_s:
-            entry = await fire(client, good_shot(target, rng, sizes.max_tokens), target.hang_after_s)
-            ledger.add(entry)
-            if recovered_at is None and entry.outcome is Outcome.OK and replicas_ready():
-                recovered_at = time.monotonic()
-                break
-            await asyncio.sleep(0.5)
+        os.kill(pid, signal.SIGKILL)
+        recovered_at = await _traffic_until(client, target, sizes, rng, ledger, recovered)
         in_flight_entries = await asyncio.gather(*in_flight)
         for entry in in_flight_entries:
             ledger.add(entry)
     if not any(entry.outcome in (Outcome.STREAM_ERROR, Outcome.SERVER_ERROR) for entry in in_flight_entries):
-        ledger.problems.append("no stream in flight was on the killed replica (none ended with an error)")
-    if recovered_at is None:
-        ledger.problems.append(f"Serve did not run every replica again within {sizes.max_recovery_s:.0f} s")
-    else:
-        ledger.figures["recovery s"] = recovered_at - killed_at
+        ledger.problems.append("no stream in flight was on the killed process (none ended with an error)")
+    _note_recovery(ledger, sizes, killed_at, recovered_at)
     _check_idle(ledger, target)
     allowed = frozenset({Outcome.OK, Outcome.STREAM_ERROR, Outcome.SERVER_ERROR, Outcome.UNAVAILABLE})
     return ledger, Rules(allowed)
 
 
-def nasty_shots(model: str) -> list[Shot]:
-    """Bad requests a fuzzer rarely writes: sizes, nesting, encodings and values at the edges."""
+async def router_killed(
+    target: Target, sizes: Sizes, router_pid: int, recovered: Callable[[], bool]
+) -> tuple[Ledger, Rules]:
+    """Streams in flight through both Router replicas, then SIGKILL of `router_pid`: its requests end
+    with a connection error or a 5xx from Serve's proxy, the other Router's complete and it keeps
+    answering new ones while Serve replaces the killed one (`recovered()`)."""
+    ledger = Ledger("router killed")
+    rng = random.Random(5)
+    async with new_client(target) as client:
+        in_flight = await _start_long_streams(client, target, sizes, rng)
+        killed_at = time.monotonic()
+        os.kill(router_pid, signal.SIGKILL)
+        recovered_at = await _traffic_until(client, target, sizes, rng, ledger, recovered)
+        answered_meanwhile = sum(entry.outcome is Outcome.OK for entry in ledger.entries)
+        in_flight_entries = await asyncio.gather(*in_flight)
+        for entry in in_flight_entries:
+            ledger.add(entry)
+    broken = (Outcome.CONNECTION_ERROR, Outcome.SERVER_ERROR, Outcome.STREAM_ERROR)
+    if not any(entry.outcome in broken for entry in in_flight_entries):
+        ledger.problems.append("no stream in flight was on the killed Router (none ended with an error)")
+    if not any(entry.outcome is Outcome.OK for entry in in_flight_entries):
+        ledger.problems.append("no stream in flight completed: the other Router's were cut too")
+    ledger.figures["answered while replacing"] = answered_meanwhile
+    if answered_meanwhile == 0:
+        ledger.problems.append("no new request was answered while the killed Router was replaced")
+    _note_recovery(ledger, sizes, killed_at, recovered_at)
+    _check_idle(ledger, target)
+    return ledger, Rules(frozenset({Outcome.OK, *broken, Outcome.UNAVAILABLE}))
+
+
+async def store_down(
+    target: Target, sizes: Sizes, store: RedisServer, routers: Callable[[], list[int]]
+) -> tuple[Ledger, Rules]:
+    """Traffic while the tenants store is stopped for `store_down_s` and started again: refusals are
+    503s with Retry-After, the Routers (`routers()`: their pids) do not crash, the tenant's usage grows
+    by exactly the requests answered (none counted twice, none dropped), and service comes back by
+    itself."""
+    ledger = Ledger("store down")
+    rng = random.Random(6)
+    routers_before = sorted(routers())
+    async with new_client(target) as client:
+        usage_before = await _usage(client, target)
+        stop_traffic = asyncio.Event()
+
+        async def one_client() -> None:
+            while not stop_traffic.is_set():
+                ledger.add(await fire(client, good_shot(target, rng, sizes.max_tokens), target.hang_after_s))
+                await asyncio.sleep(0.1)
+
+        clients = [asyncio.create_task(one_client()) for _ in range(4)]
+        await asyncio.sleep(sizes.measure_s)
+        store.stop()
+        await asyncio.sleep(sizes.store_down_s)
+        store.start()
+        restarted_at = time.monotonic()
+        restarted_index = len(ledger.entries)
+        recovered_at = None
+        while time.monotonic() - restarted_at < sizes.max_recovery_s:
+            if any(entry.outcome is Outcome.OK for entry in ledger.entries[restarted_index:]):
+                recovered_at = time.monotonic()
+                break
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(sizes.measure_s)
+        stop_traffic.set()
+        await asyncio.gather(*clients)
+        answered = [entry for entry in ledger.entries if entry.outcome is Outcome.OK]
+        usage_after = await _settled_usage(client, target, usage_before, len(answered))
+    _note_recovery(ledger, sizes, restarted_at, recovered_at, "after the store restarted")
+    counted = usage_after["requests"] - usage_before["requests"]
+    tokens = usage_after["completion_tokens"] - usage_before["completion_tokens"]
+    ledger.figures |= {"answered": len(answered), "usage counted": counted}
+    # Every good request generates exactly max_tokens (ignore_eos).
+    if counted != len(answered) or tokens != len(answered) * sizes.max_tokens:
+        ledger.problems.append(
+            f"usage counted {counted} requests and {tokens} tokens for {len(answered)} answers of "
+            f"{sizes.max_tokens} tokens each"
+        )
+    if not any(entry.outcome is Outcome.UNAVAILABLE for entry in ledger.entries):
+        ledger.problems.append("no request was refused with a 503 while the store was down")
+    if sorted(routers()) != routers_before:
+        ledger.problems.append(f"the Routers' processes changed from {routers_before} to {sorted(routers())}")
+    _check_idle(ledger, target)
+    return ledger, Rules(frozenset({Outcome.OK, Outcome.UNAVAILABLE}))
+
+
+async def schema_fuzz(target: Target, sizes: Sizes) -> tuple[Ledger, Rules]:
+    """The schema fuzzer against the live server while good requests run alongside."""
+    ledger = Ledger("schema fuzz")
+    rng = random.Random(7)
+    async with new_client(target) as client:
+        stop_good = asyncio.Event()
+
+        async def good_traffic() -> list[Entry]:
+            entries = []
+            while not stop_good.is_set():
+                entries.append(await fire(client, good_shot(target, rng, sizes.max_tokens), target.hang_after_s))
+            return entries
+
+        good = asyncio.create_task(good_traffic())
+        fuzzed = await asyncio.to_thread(
+            fuzz, target.base_url, target.model, target.headers, sizes.fuzz_examples_per_operation
+        )
+        stop_good.set()
+        good_entries = await good
+    for entry in fuzzed + good_entries:
+        ledger.add(entry)
+    ledger.figures["fuzzed requests"] = len(fuzzed)
+    if not any(entry.outcome is Outcome.OK for entry in good_entries):
+        ledger.problems.append("no good request was answered during the fuzzing")
+    _check_idle(ledger, target)
+    return ledger, Rules(frozenset({Outcome.OK, Outcome.CLIENT_ERROR}))
+
+
+async def mixed(target: Target, sizes: Sizes, concurrency: int) -> tuple[Ledger, Rules]:
+    """`concurrency` clients sending mixed requests for `mixed_s`; the serving processes sampled
+    every `sample_every_s`: memory and open files from the first sample (warmed up to the load) to
+    the last may grow by the slack only."""
+    ledger = Ledger("mixed")
+    rng = random.Random(8)
+    samples: list[dict[str, ProcessSample]] = []
+    async with new_client(target) as client:
+        traffic = asyncio.create_task(
+            closed_loop(client, target, lambda: mixed_shot(target, rng, sizes.max_tokens), concurrency, sizes.mixed_s)
+        )
+        while not traffic.done():
+            await asyncio.wait([traffic], timeout=sizes.sample_every_s)
+            samples.append(await asyncio.to_thread(serving_processes))
+        entries, _ = traffic.result()
+    for entry in entries:
+        ledger.add(entry)
+    first, last = samples[0], samples[-1]
+    _check_memory(
+        ledger, {name: sample.rss_bytes for name, sample in first.items()},
+        {name: sample.rss_bytes for name, sample in last.items()},
+    )  # fmt: skip
+    for name, start in first.items():
+        end = last.get(name)
+        if end is None:
+            continue
+        ledger.figures[f"open files {name}"] = end.open_files
+        if end.open_files - start.open_files > _OPEN_FILES_SLACK:
+            ledger.problems.append(f"{name} went from {start.open_files} to {end.open_files} open files")
+    ledger.figures["samples"] = len(samples)
+    _check_idle(ledger, target)
+    return ledger, Rules(frozenset({Outcome.OK, Outcome.ABORTED}))
+
+
+def nasty_shots(model: str, headers: dict[str, str]) -> list[Shot]:
+    """Bad requests a fuzzer rarely writes: sizes, nesting, encodings and values at the edges, and
+    keys that are missing or not keys; `headers` (the API key) on all the others."""
     path = "/v1/completions"
+    body = {"model": model, "prompt": "hi"}
     deep = "[" * 100_000 + "]" * 100_000
     messages = [{"role": "user", "content": "hi"}] * 5_000
-    return [
+    shots = [
         Shot(path, b""),
         Shot(path, b"{not json"),
         Shot(path, b'{"model": "' + model.encode() + b'", "prompt": "\xff\xfe\xfa"}'),
@@ -225,6 +401,76 @@ def nasty_shots(model: str) -> list[Shot]:
         Shot(path, {"model": model, "prompt": "hi", "seed": 2**70}),
         Shot(path, {"model": model, "prompt": "hi", "stream": "yes"}),
     ]
+    keyless = [
+        Shot(path, body),
+        Shot(path, body, {"Authorization": "Bearer sy-not-a-key"}),
+        Shot(path, body, {"Authorization": "Basic " + "A" * 10_000}),
+    ]
+    return [Shot(shot.path, shot.body, headers) for shot in shots] + keyless
+
+
+async def _start_long_streams(
+    client: httpx.AsyncClient, target: Target, sizes: Sizes, rng: random.Random
+) -> list[asyncio.Task[Entry]]:
+    """`kill_streams` streams long enough to be generating when a process is killed."""
+    in_flight = [
+        asyncio.create_task(fire(client, good_shot(target, rng, sizes.max_tokens * 16), target.hang_after_s))
+        for _ in range(sizes.kill_streams)
+    ]
+    await asyncio.sleep(2.0)  # every stream admitted and generating
+    return in_flight
+
+
+async def _traffic_until(
+    client: httpx.AsyncClient,
+    target: Target,
+    sizes: Sizes,
+    rng: random.Random,
+    ledger: Ledger,
+    recovered: Callable[[], bool],
+) -> float | None:
+    """Requests one after another until one is answered with `recovered()` true; when that was, or
+    None after `max_recovery_s`."""
+    start = time.monotonic()
+    while time.monotonic() - start < sizes.max_recovery_s:
+        entry = await fire(client, good_shot(target, rng, sizes.max_tokens), target.hang_after_s)
+        ledger.add(entry)
+        if entry.outcome is Outcome.OK and await asyncio.to_thread(recovered):
+            return time.monotonic()
+        await asyncio.sleep(0.5)
+    return None
+
+
+def _note_recovery(
+    ledger: Ledger, sizes: Sizes, since: float, recovered_at: float | None, what: str = "after the kill"
+) -> None:
+    if recovered_at is None:
+        ledger.problems.append(f"service did not recover within {sizes.max_recovery_s:.0f} s {what}")
+    else:
+        ledger.figures["recovery s"] = recovered_at - since
+
+
+async def _usage(client: httpx.AsyncClient, target: Target) -> dict[str, int]:
+    """The tenant's usage of the target's model (zeros before its first request)."""
+    response = await client.get("/v1/usage", headers=target.headers)
+    response.raise_for_status()
+    for model in response.json()["models"]:
+        if model["model"] == target.model:
+            return {"requests": model["requests"], "completion_tokens": model["completion_tokens"]}
+    return {"requests": 0, "completion_tokens": 0}
+
+
+async def _settled_usage(
+    client: httpx.AsyncClient, target: Target, before: dict[str, int], answered: int
+) -> dict[str, int]:
+    """The usage once `answered` more requests are counted (settles retried after the store came
+    back land within seconds), or as it stands after 30 s."""
+    deadline = time.monotonic() + 30
+    while True:
+        usage = await _usage(client, target)
+        if usage["requests"] - before["requests"] >= answered or time.monotonic() > deadline:
+            return usage
+        await asyncio.sleep(0.5)
 
 
 async def _throughput(client: httpx.AsyncClient, target: Target, sizes: Sizes, rng: random.Random) -> float:

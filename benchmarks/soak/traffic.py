@@ -1,4 +1,5 @@
-"""Traffic for the scenarios: good requests, closed and open loops, and the serving processes' memory."""
+"""Traffic for the scenarios: good and mixed requests, closed and open loops, and the serving
+processes' memory and open files."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import asyncio
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import httpx
 import psutil
@@ -15,11 +16,14 @@ from benchmarks.soak.client import Shot, fire
 from benchmarks.soak.ledger import Entry, Outcome
 
 __all__ = [
+    "ProcessSample",
     "Target",
     "closed_loop",
     "good_shot",
+    "mixed_shot",
     "new_client",
     "open_loop",
+    "serving_processes",
     "serving_rss_bytes",
     "successful_tokens_per_s",
 ]
@@ -38,6 +42,8 @@ class Target:
     blocks_per_replica: int
     # Longest an answer may take before it counts as hung.
     hang_after_s: float = 60.0
+    # Sent with every good request: the tenant's API key.
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 def new_client(target: Target, max_connections: int = 512) -> httpx.AsyncClient:
@@ -57,7 +63,31 @@ def good_shot(target: Target, rng: random.Random, max_tokens: int, abort_after_c
         "stream": True,
         "temperature": 0,
     }
-    return Shot("/v1/completions", body, abort_after_chunks=abort_after_chunks)
+    return Shot("/v1/completions", body, target.headers, abort_after_chunks)
+
+
+# Shared by the prefix-sharing requests of the mixed traffic: long enough to fill KV blocks.
+_SHARED_PREFIX = " ".join(_WORDS * 6)
+
+
+def mixed_shot(target: Target, rng: random.Random, max_tokens: int) -> Shot:
+    """One of the mixed run's kinds, at random: a stream, a stream the client cancels part way, an
+    answer of two choices, a request on the shared prefix, a chat completion."""
+    kind = rng.randrange(5)
+    if kind == 0:
+        return good_shot(target, rng, max_tokens)
+    if kind == 1:
+        return good_shot(target, rng, max_tokens, abort_after_chunks=rng.randrange(max_tokens))
+    prompt = " ".join(rng.choice(_WORDS) for _ in range(rng.randint(4, 24)))
+    body: dict[str, object] = {"model": target.model, "max_tokens": max_tokens, "ignore_eos": True}
+    if kind == 2:
+        body |= {"prompt": prompt, "n": 2, "temperature": 0.8, "seed": rng.randrange(2**31)}
+    elif kind == 3:
+        body |= {"prompt": f"{_SHARED_PREFIX} {prompt}", "temperature": 0}
+    else:
+        body |= {"messages": [{"role": "user", "content": prompt}], "temperature": 0}
+        return Shot("/v1/chat/completions", body, target.headers)
+    return Shot("/v1/completions", body, target.headers)
 
 
 async def closed_loop(
@@ -88,21 +118,35 @@ async def open_loop(
     return list(await asyncio.gather(*tasks))
 
 
-def serving_rss_bytes() -> dict[str, int]:
-    """Resident memory of each Serve replica process on this machine (the Routers' and the models'),
-    by process title, with their engine processes added to their replicas'."""
-    rss: dict[str, int] = {}
+@dataclass(frozen=True)
+class ProcessSample:
+    """A Serve replica process with its engine processes: resident memory and open files."""
+
+    rss_bytes: int
+    open_files: int
+
+
+def serving_processes() -> dict[str, ProcessSample]:
+    """Each Serve replica process on this machine (the Routers' and the models'), by deployment and
+    pid, with its child processes (engines) counted in."""
+    samples: dict[str, ProcessSample] = {}
     for process in psutil.process_iter(["cmdline"]):
-        title = " ".join(process.info["cmdline"] or [])
-        if "ServeReplica:" not in title:
+        # Ray titles an actor's process `ray::<class>`, `ray::<class>.<method>` while it runs one.
+        titles = [word.removeprefix("ray::").split(".")[0] for word in process.info["cmdline"] or []]
+        replica = next((title for title in titles if title.startswith("ServeReplica:")), None)
+        if replica is None:
             continue
         try:
-            total = process.memory_info().rss + sum(child.memory_info().rss for child in process.children())
+            family = [process, *process.children()]
+            sample = ProcessSample(sum(p.memory_info().rss for p in family), sum(p.num_fds() for p in family))
         except psutil.Error:
             continue
-        name = f"{title.split('ServeReplica:', 1)[1].split()[0]} (pid {process.pid})"
-        rss[name] = total
-    return rss
+        samples[f"{replica.removeprefix('ServeReplica:')} (pid {process.pid})"] = sample
+    return samples
+
+
+def serving_rss_bytes() -> dict[str, int]:
+    return {name: sample.rss_bytes for name, sample in serving_processes().items()}
 
 
 def successful_tokens_per_s(entries: list[Entry], seconds: float) -> float:

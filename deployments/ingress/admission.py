@@ -5,8 +5,9 @@ queue, but it says so only when the request is assigned, after awaits. A Router 
 behind (under overload it is) reaches that answer seconds later, when a stream may have been
 answered 200 already (its keep-alive comments started): the refusal then arrives as an error event
 instead of a 429 the client's retry logic understands. So the Router counts the model's requests it
-holds and refuses one beyond what the model's replicas run plus its queue bound at once, where the
-request arrives; Serve's own check then never fires.
+holds and refuses one beyond its share of what the model's replicas run (they are shared by every
+Router replica) plus its queue bound (Serve's is per caller) at once, where the request arrives;
+Serve's own check then rarely fires.
 """
 
 from __future__ import annotations

@@ -66,24 +66,22 @@ class HandleModelClient:
         handle: DeploymentHandle,
         route: ModelRoute,
         states: ServeModelStates,
-        fair_share_of: int | None = None,
+        router_replicas: int = 1,
+        fair: bool = False,
         metrics: RouterMetrics | None = None,
     ) -> None:
-        """`fair_share_of`: with tenants, the number of router replicas sharing the model's replicas
-        (requests beyond this replica's share wait in a FairQueue); None: Serve's queue alone.
-        `metrics`: where held cold starts are counted."""
+        """`router_replicas`: how many Router replicas share the model's replicas (each admits its
+        share of them plus its own handle's queue bound). `fair`: with tenants, requests beyond this
+        replica's share wait in a FairQueue; otherwise in Serve's queue alone. `metrics`: where held
+        cold starts are counted."""
         self.name = name
         self.metrics = metrics
         self.handle = handle.options(stream=True)
         self.unary_handle = handle.options(stream=False)
         self.route = route
         self.states = states
-        self.fair_share_of = fair_share_of
-        self.queue = (
-            None
-            if fair_share_of is None
-            else FairQueue(capacity=self._capacity(None), max_waiting=route.max_queued_requests)
-        )
+        self.router_replicas = router_replicas
+        self.queue = FairQueue(capacity=self._capacity(None), max_waiting=route.max_queued_requests) if fair else None
         self.admission = Admission(name)
         # The model's state as the last request read it: what admission bounds the next one by.
         self._last_state: ModelState | None = None
@@ -92,11 +90,11 @@ class HandleModelClient:
         """This router replica's share of what the model's running replicas take (one replica's worth
         while none runs, so a cold start still gets requests to hold)."""
         replicas = max(1, state.running_replicas if state is not None else 1)
-        return max(1, replicas * self.route.max_ongoing_requests // (self.fair_share_of or 1))
+        return max(1, replicas * self.route.max_ongoing_requests // self.router_replicas)
 
     def stream(self, request: GenerationRequest) -> AsyncGenerator[GenerationChunk, None]:
         """The request's chunks; refused at once with OverloadedError when this replica already
-        holds what the model's running replicas take plus its queue bound (see admission)."""
+        holds its share of what the model's running replicas take plus its queue bound (see admission)."""
         limit = None
         # Until a request has read the model's state, Serve's own queue bound alone applies.
         if self.route.max_queued_requests >= 0 and self._last_state is not None:
@@ -247,10 +245,11 @@ class Router:
         """`access`: tenants and the store of their keys and spend (None: auth off, open to anyone)."""
         app_name = serve.get_replica_context().app_name
         self.states = ServeModelStates(app_name, {name: route.deployment_name for name, route in routes.items()})
-        fair_share_of = None if access is None else num_router_replicas
         self.metrics = RouterMetrics(RayMetricsBackend())
         self.clients = {
-            name: HandleModelClient(name, handle, routes[name], self.states, fair_share_of, self.metrics)
+            name: HandleModelClient(
+                name, handle, routes[name], self.states, num_router_replicas, access is not None, self.metrics
+            )
             for name, handle in handles.items()
         }
         self.cards = cards

@@ -7,30 +7,19 @@ the engine's side of bad input is the soak suite's.
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import schemathesis
 from hypothesis import HealthCheck, settings
 
+from benchmarks.soak.fuzz import served_models_only
 from deployments.ingress.openai_app import build_openai_app
 from tests.unit.test_openai_app import CARDS, MODEL, TokenizingClient
 
 APP = build_openai_app({MODEL: TokenizingClient()}, CARDS)
 
 
-def _served_models_only(document: dict[str, Any]) -> dict[str, Any]:
-    """The app's schema with `model` limited to the served one, so that generated requests get
-    past the model lookup instead of mostly testing the 404."""
-    for path in document["paths"].values():
-        for operation in path.values():
-            body = operation.get("requestBody", {}).get("content", {}).get("application/json", {}).get("schema")
-            if body and "model" in body.get("properties", {}):
-                body["properties"]["model"] = {"type": "string", "enum": [MODEL]}
-    return document
-
-
-schema = schemathesis.openapi.from_dict(_served_models_only(copy.deepcopy(APP.openapi())))
+schema = schemathesis.openapi.from_dict(served_models_only(APP.openapi(), [MODEL]))
 schema.app = APP
 
 

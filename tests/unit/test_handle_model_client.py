@@ -128,3 +128,23 @@ def test_requests_beyond_the_running_replicas_and_the_queue_bound_are_refused_wh
 
     assert asyncio.run(scenario()) == ["a"] * 5
     assert model.admission.held == 0
+
+
+def test_each_router_replica_admits_its_share_of_the_model_replicas_plus_its_own_queue() -> None:
+    # Serve's queue bound is per caller but the replicas are shared: two Routers each admitting
+    # every replica's worth would queue twice the bound in all, refused by Serve mid stream.
+    states = FixedStates({"m": ModelState("ready", 2, 0)})
+    route = ModelRoute("LLMServer:m", 60.0, 60.0, max_ongoing_requests=4, max_queued_requests=1)
+    model = HandleModelClient("m", FakeHandle(delay_s=0.2), route, states, router_replicas=2)  # type: ignore[arg-type]
+
+    async def scenario() -> None:
+        first = model.stream(object())  # type: ignore[arg-type]
+        assert [chunk.text async for chunk in first] == ["a", "b", "c"]
+        held = [model.stream(object()) for _ in range(2 * 4 // 2 + 1)]  # type: ignore[arg-type]
+        with pytest.raises(OverloadedError):
+            model.stream(object())  # type: ignore[arg-type]
+        for stream in held:
+            await stream.aclose()
+
+    asyncio.run(scenario())
+    assert model.admission.held == 0
