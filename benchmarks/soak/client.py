@@ -21,17 +21,25 @@ _QUOTE = 160
 
 @dataclass(frozen=True)
 class Shot:
-    """One request: a JSON body (or raw bytes, for bad input) to a path, and for a stream where the
-    client hangs up: after this many data chunks (0: as soon as the headers arrive)."""
+    """One request: a JSON body (or raw bytes, for bad input) to a path, and where the client hangs
+    up: after this many data chunks of a stream (0: as soon as the headers arrive), or after this
+    many seconds if no answer has come by then (a Router sends a stream's headers with its first
+    token, so this is a hang-up before the first token)."""
 
     path: str
     body: dict[str, Any] | bytes
     headers: dict[str, str] = field(default_factory=dict)
     abort_after_chunks: int | None = None
+    abort_after_s: float | None = None
 
 
 async def fire(client: httpx.AsyncClient, shot: Shot, hang_after_s: float) -> Entry:
     """Send `shot`; an answer still incomplete after `hang_after_s` is HUNG."""
+    if shot.abort_after_s is not None:
+        try:
+            return await asyncio.wait_for(_send(client, shot), shot.abort_after_s)
+        except TimeoutError:
+            return Entry(Outcome.ABORTED, detail=f"hung up after {shot.abort_after_s:.2f} s with no answer")
     try:
         return await asyncio.wait_for(_send(client, shot), hang_after_s)
     except (TimeoutError, httpx.TimeoutException):

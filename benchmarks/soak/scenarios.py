@@ -153,16 +153,18 @@ async def disconnect_storm(target: Target, sizes: Sizes) -> tuple[Ledger, Rules]
     token; others' throughput measured before and after."""
     ledger = Ledger("disconnect storm")
     rng = random.Random(2)
-    points = [0, 1, sizes.max_tokens // 2, sizes.max_tokens - 1]
+    # Hung up on before the answer (within the first 300 ms), after the first token, mid stream,
+    # at the last token.
+    points = [None, 1, sizes.max_tokens // 2, sizes.max_tokens - 1]
     async with new_client(target) as client:
         baseline = await _throughput(client, target, sizes, rng)
         semaphore = asyncio.Semaphore(sizes.storm_concurrency)
 
         async def aborted_stream() -> Entry:
+            point = rng.choice(points)
+            early_s = rng.uniform(0.0, 0.3) if point is None else None
             async with semaphore:
-                return await fire(
-                    client, good_shot(target, rng, sizes.max_tokens, rng.choice(points)), target.hang_after_s
-                )
+                return await fire(client, good_shot(target, rng, sizes.max_tokens, point, early_s), target.hang_after_s)
 
         for entry in await asyncio.gather(*(aborted_stream() for _ in range(sizes.storm_streams))):
             ledger.add(entry)

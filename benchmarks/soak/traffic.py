@@ -52,8 +52,15 @@ def new_client(target: Target, max_connections: int = 512) -> httpx.AsyncClient:
     return httpx.AsyncClient(base_url=target.base_url, timeout=None, limits=limits)
 
 
-def good_shot(target: Target, rng: random.Random, max_tokens: int, abort_after_chunks: int | None = None) -> Shot:
-    """A streamed completion of exactly `max_tokens` tokens (ignore_eos) on a short random prompt."""
+def good_shot(
+    target: Target,
+    rng: random.Random,
+    max_tokens: int,
+    abort_after_chunks: int | None = None,
+    abort_after_s: float | None = None,
+) -> Shot:
+    """A streamed completion of exactly `max_tokens` tokens (ignore_eos) on a short random prompt,
+    hung up on as the Shot says."""
     prompt = " ".join(rng.choice(_WORDS) for _ in range(rng.randint(4, 24)))
     body = {
         "model": target.model,
@@ -63,7 +70,7 @@ def good_shot(target: Target, rng: random.Random, max_tokens: int, abort_after_c
         "stream": True,
         "temperature": 0,
     }
-    return Shot("/v1/completions", body, target.headers, abort_after_chunks)
+    return Shot("/v1/completions", body, target.headers, abort_after_chunks, abort_after_s)
 
 
 # Shared by the prefix-sharing requests of the mixed traffic: long enough to fill KV blocks.
