@@ -104,9 +104,9 @@ class Sizes:
 # measured); accepted requests then wait for them, not for the engines. The bound is below the
 # Router's own first-token timeout (60 s), so no accepted request is near being timed out.
 SHORT = Sizes(
-    measure_s=4, overload_s=15, overload_factor=10, max_tokens=16, storm_streams=120, storm_concurrency=32,
-    kill_streams=8, max_p99_ttft_s=45, max_recovery_s=120, store_down_s=6, fuzz_examples_per_operation=15,
-    mixed_s=30, sample_every_s=10,
+    measure_s=3, overload_s=12, overload_factor=10, max_tokens=16, storm_streams=120, storm_concurrency=32,
+    kill_streams=8, max_p99_ttft_s=45, max_recovery_s=120, store_down_s=5, fuzz_examples_per_operation=15,
+    mixed_s=16, sample_every_s=4,
 )  # fmt: skip
 LONG = Sizes(
     measure_s=20, overload_s=300, overload_factor=10, max_tokens=32, storm_streams=1000, storm_concurrency=64,
