@@ -180,7 +180,8 @@ async def disconnect_storm(target: Target, sizes: Sizes) -> tuple[Ledger, Rules]
 
 
 async def bad_input(target: Target, sizes: Sizes) -> tuple[Ledger, Rules]:
-    """Every nasty once, a slowloris connection held open, and good requests all the while."""
+    """Every nasty once (each must be refused with a 4xx), a slowloris connection held open, and good
+    requests all the while."""
     ledger = Ledger("bad input")
     rng = random.Random(3)
     async with new_client(target) as client:
@@ -189,7 +190,11 @@ async def bad_input(target: Target, sizes: Sizes) -> tuple[Ledger, Rules]:
             closed_loop(client, target, lambda: good_shot(target, rng, sizes.max_tokens), 2, sizes.measure_s)
         )
         for shot in nasty_shots(target.model, target.headers):
-            ledger.add(await fire(client, shot, target.hang_after_s))
+            entry = await fire(client, shot, target.hang_after_s)
+            ledger.add(entry)
+            if entry.outcome is not Outcome.CLIENT_ERROR:
+                body = shot.body if isinstance(shot.body, bytes) else json.dumps(shot.body).encode()
+                ledger.problems.append(f"{shot.path} {body[:80]!r} was not refused with a 4xx: {entry.outcome.value}")
         good_entries, _ = await good
         for entry in good_entries:
             ledger.add(entry)

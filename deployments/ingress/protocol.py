@@ -13,7 +13,16 @@ from __future__ import annotations
 import json
 from typing import Annotated, ClassVar, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from deployments.errors import InvalidRequestError
 from deployments.ingress.structured_fields import (
@@ -112,9 +121,9 @@ Penalty = Annotated[float, Field(ge=-2.0, le=2.0)]
 class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    include_usage: bool = False
+    include_usage: StrictBool = False
     # vLLM's: every content chunk carries the usage so far.
-    continuous_usage_stats: bool = False
+    continuous_usage_stats: StrictBool = False
 
 
 class SamplingFields(_Body):
@@ -124,7 +133,7 @@ class SamplingFields(_Body):
     temperature: float = Field(default=1.0, ge=0.0, le=2.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     n: int = Field(default=1, ge=1, le=128)
-    stream: bool = False
+    stream: StrictBool = False
     stream_options: StreamOptions | None = None
     stop: str | list[Annotated[str, Field(min_length=1)]] | None = None
     seed: int | None = Field(default=None, ge=-(2**63), lt=2**63)
@@ -138,12 +147,12 @@ class SamplingFields(_Body):
     min_p: Probability = 0.0
     repetition_penalty: float = Field(default=1.0, gt=0.0, le=100.0)
     min_tokens: int = Field(default=0, ge=0)
-    ignore_eos: bool = False
+    ignore_eos: StrictBool = False
     stop_token_ids: list[Annotated[int, Field(ge=0)]] = Field(default_factory=list)
     # vLLM's: score the prompt, with this many alternatives per prompt token.
     prompt_logprobs: int | None = Field(default=None, ge=0, le=20)
-    include_stop_str_in_output: bool = False
-    skip_special_tokens: bool = True
+    include_stop_str_in_output: StrictBool = False
+    skip_special_tokens: StrictBool = True
     # Structured output: OpenAI's response_format, or vLLM's structured_outputs (not both).
     response_format: ResponseFormat | None = None
     structured_outputs: StructuredOutputsField | None = None
@@ -204,7 +213,7 @@ class CompletionRequest(SamplingFields):
     # choices; choice index = prompt position x n + choice).
     prompt: str | list[Annotated[int, Field(ge=0)]] | list[str] | list[list[Annotated[int, Field(ge=0)]]]
     # Answer each choice with its prompt followed by the completion (before max_tokens: its check reads it).
-    echo: bool = False
+    echo: StrictBool = False
     # 0 only with echo: score the prompt without generating.
     max_tokens: int | None = Field(default=16, ge=0)
     # Chosen token's logprob plus this many alternatives per position (with echo, the prompt's too).
@@ -281,7 +290,7 @@ class ChatCompletionRequest(SamplingFields):
     messages: list[ChatMessageIn] = Field(min_length=1)
     max_tokens: int | None = Field(default=None, ge=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
-    logprobs: bool = False
+    logprobs: StrictBool = False
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
     # Functions the model may call: they go to the chat template, and calls in the output come
     # back as tool_calls. tool_choice: "auto" (default with tools) lets the model decide, "none"
@@ -289,7 +298,7 @@ class ChatCompletionRequest(SamplingFields):
     tools: list[ToolDefinition] | None = Field(default=None, max_length=128)
     tool_choice: ToolChoice | None = None
     # With "required": one call or several (a named function is called once).
-    parallel_tool_calls: bool | None = None
+    parallel_tool_calls: StrictBool | None = None
 
     @field_validator("tools")
     @classmethod
@@ -361,9 +370,9 @@ class TokenizeBody(_Body):
         return tools
 
     # Default: True for a prompt (its BOS), False for messages (the template writes its own).
-    add_special_tokens: bool | None = None
-    add_generation_prompt: bool = True
-    return_token_strs: bool = False
+    add_special_tokens: StrictBool | None = None
+    add_generation_prompt: StrictBool = True
+    return_token_strs: StrictBool = False
 
     @model_validator(mode="after")
     def _prompt_or_messages(self) -> TokenizeBody:

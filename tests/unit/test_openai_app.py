@@ -443,6 +443,8 @@ CHAT, COMPLETION = BODIES["chat"], BODIES["completion"]
         pytest.param(COMPLETION | {"prompt": ["a"] * 33}, "prompt", "max_prompts", id="batch-beyond-max-prompts"),
         pytest.param(COMPLETION | {"stream_options": {}}, "stream_options", "stream", id="unstreamed-options"),
         pytest.param(COMPLETION | {"top_k": 10**20}, "top_k", "less than", id="top-k-beyond-int32"),
+        pytest.param(COMPLETION | {"stream": "yes"}, "stream", "valid boolean", id="string-for-a-boolean"),
+        pytest.param(CHAT | {"logprobs": 1}, "logprobs", "valid boolean", id="number-for-a-boolean"),
     ],
 )
 def test_invalid_request_is_400_naming_the_field(body: Any, param: str | None, message_part: str) -> None:
