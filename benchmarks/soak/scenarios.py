@@ -139,7 +139,9 @@ async def overload(target: Target, sizes: Sizes, concurrency: int) -> tuple[Ledg
                 ledger.add(entry)
             rss_after_phase.append(serving_rss_bytes())
     goodput = sum(entry.outcome is Outcome.OK for entry in ledger.entries) / sizes.overload_s
-    ledger.figures |= {"capacity req/s": capacity, "offered req/s": rate, "answered req/s": goodput}
+    offered = len(ledger.entries) / sizes.overload_s
+    ledger.figures |= {"capacity req/s": capacity, "target req/s": rate, "offered req/s": offered,
+                       "answered req/s": goodput}  # fmt: skip
     if goodput < capacity / 4:
         ledger.problems.append(f"{goodput:.1f} req/s answered under overload, below a quarter of capacity")
     _check_memory(ledger, rss_after_phase[0], rss_after_phase[-1])

@@ -116,11 +116,13 @@ async def closed_loop(
 async def open_loop(
     client: httpx.AsyncClient, target: Target, make_shot: Callable[[], Shot], rate: float, seconds: float
 ) -> list[Entry]:
-    """Requests sent at `rate` per second for `seconds`, whether or not earlier ones were answered."""
+    """Requests sent at `rate` per second for `seconds`, whether or not earlier ones were answered.
+    The period is bounded by time, not by a count: a client that falls behind sends fewer (the
+    entries say how many went out)."""
     tasks: list[asyncio.Task[Entry]] = []
     start = time.monotonic()
-    for index in range(int(rate * seconds)):
-        await asyncio.sleep(max(0.0, start + index / rate - time.monotonic()))
+    while (elapsed := time.monotonic() - start) < seconds:
+        await asyncio.sleep(max(0.0, len(tasks) / rate - elapsed))
         tasks.append(asyncio.create_task(fire(client, make_shot(), target.hang_after_s)))
     return list(await asyncio.gather(*tasks))
 
