@@ -39,9 +39,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scenario", action="append", choices=SCENARIOS, help="run only these (repeatable)")
     args = parser.parse_args(argv)
     sizes = LONG if args.long else SHORT
-    # Ray runs its workers (the proxy, the Routers, the engines) at niceness 15: this client gets
-    # the same, so that on one machine it takes no priority over the platform it measures.
-    os.nice(max(0, _WORKER_NICENESS - os.nice(0)))
     metrics_port, http_port = free_port(), free_port()
     with tempfile.TemporaryDirectory() as directory:
         store = RedisServer(Path(directory) / "redis", appendfsync="everysec")
@@ -50,6 +47,10 @@ def main(argv: list[str] | None = None) -> int:
         # (the driver) a share of the two cores the platform under test needs.
         ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False, _metrics_export_port=metrics_port,
                  _system_config={"metrics_report_interval_ms": 1000})  # fmt: skip
+        # Ray runs its workers (the proxy, the Routers, the engines) at niceness 15: this client
+        # takes the same once Ray's own processes have started (they inherit it), so that on one
+        # machine it has no priority over the platform it measures.
+        os.nice(max(0, _WORKER_NICENESS - os.nice(0)))
         try:
             serve.start(http_options={"host": "127.0.0.1", "port": http_port})
             serve.run(build_app(soak_app_args(Path(directory) / "demo", store.url)), name=_APP, route_prefix=f"/{_APP}")
