@@ -1,2 +1,2 @@
 """A soak-and-chaos suite: the platform under load, faults and bad input, with a ledger of every
-request sent and what became of it (see benchmarks/soak/run.py)."""
+request sent and what became of it (`python -m benchmarks.soak`, see its __main__.py)."""

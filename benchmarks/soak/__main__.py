@@ -22,9 +22,10 @@ import ray
 from ray import serve
 
 from benchmarks.soak.app import new_api_key, soak_app_args
-from benchmarks.soak.ledger import format_ledgers
-from benchmarks.soak.scenarios import LONG, SHORT
+from benchmarks.soak.ledger import Ledger, Rules, format_ledgers
+from benchmarks.soak.scenarios import LONG, SHORT, Sizes
 from benchmarks.soak.suite import SCENARIOS, run_scenario, soak_target
+from benchmarks.soak.traffic import Target
 from deployments.app import build_app
 from tests.services import RedisServer, free_port
 
@@ -49,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
                  _system_config={"metrics_report_interval_ms": 1000})  # fmt: skip
         # Ray runs its workers (the proxy, the Routers, the engines) at niceness 15: this client
         # takes the same once Ray's own processes have started (they inherit it), so that on one
-        # machine it has no priority over the platform it measures.
+        # machine it has no priority over the platform it measures. (The store-down scenario's
+        # restarted redis-server inherits it too.)
         os.nice(max(0, _WORKER_NICENESS - os.nice(0)))
         try:
             serve.start(http_options={"host": "127.0.0.1", "port": http_port})
@@ -57,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
             url = f"http://127.0.0.1:{http_port}/{_APP}"
             _wait_until_answering(f"{url}/health")
             target = soak_target(url, f"http://127.0.0.1:{metrics_port}/metrics", new_api_key(store.url))
-            results = [run_scenario(name, _APP, target, sizes, store) for name in args.scenario or SCENARIOS]
+            results = [_run(name, target, sizes, store) for name in args.scenario or SCENARIOS]
         finally:
             serve.shutdown()
             ray.shutdown()
@@ -71,6 +73,17 @@ def main(argv: list[str] | None = None) -> int:
             failed = True
             print(f"  FAIL {failure}")
     return 1 if failed else 0
+
+
+def _run(name: str, target: Target, sizes: Sizes, store: RedisServer) -> tuple[Ledger, Rules]:
+    """The scenario's ledger; one that could not run (a process not found, say) gets a ledger with
+    that problem, so the scenarios after it still run."""
+    try:
+        return run_scenario(name, _APP, target, sizes, store)
+    except Exception as error:  # noqa: BLE001 - any failure is this scenario's, reported in its row
+        ledger = Ledger(name)
+        ledger.problems.append(f"the scenario failed: {type(error).__name__}: {error}")
+        return ledger, Rules(frozenset())
 
 
 def _wait_until_answering(url: str) -> None:

@@ -16,9 +16,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import psutil
 from ray import serve
 
+from benchmarks.soak.processes import pids_titled
 from deployments.tenants.key_admin import create_key
 from deployments.tenants.store import open_store
 
@@ -26,6 +26,7 @@ __all__ = [
     "MAX_NUM_SEQS",
     "MODEL",
     "NUM_KV_BLOCKS",
+    "NUM_TP_KV_BLOCKS",
     "REPLICAS",
     "ROUTERS",
     "TENANT",
@@ -42,6 +43,7 @@ MODEL = "soak-demo"
 TP_MODEL = "soak-tp"
 TENANT = "soak"
 NUM_KV_BLOCKS = 256
+NUM_TP_KV_BLOCKS = 64
 REPLICAS = 2
 ROUTERS = 2
 MAX_NUM_SEQS = 8
@@ -57,7 +59,7 @@ def soak_app_args(demo_dir: Path, store_url: str) -> dict[str, Any]:
         "max_queued_requests": 16,
         "ray_actor_options": {"num_cpus": 1},
     }
-    tp_engine = {**engine, "tensor_parallel_size": 2, "cpus_per_shard": 0.5, "num_kv_blocks": 64}
+    tp_engine = {**engine, "tensor_parallel_size": 2, "cpus_per_shard": 0.5, "num_kv_blocks": NUM_TP_KV_BLOCKS}
     # A killed shard fails the health check within a second; the group is replaced, not drained.
     tp_deployment = {"ray_actor_options": {"num_cpus": 0.5}, "health_check_period_s": 1,
                      "graceful_shutdown_timeout_s": 1}  # fmt: skip
@@ -90,16 +92,9 @@ def new_api_key(store_url: str) -> str:
 
 
 def replica_pids(app: str, deployment: str = f"LLMServer:{MODEL}") -> list[int]:
-    """Process ids of a deployment's replicas on this machine (for SIGKILL), by their process titles
-    (Ray's state API would need the dashboard)."""
-    title = f"ServeReplica:{app}:{deployment}"
-    pids = []
-    for process in psutil.process_iter(["cmdline"]):
-        # Ray titles an actor's process `ray::<class>`, `ray::<class>.<method>` while it runs one.
-        words = process.info["cmdline"] or []
-        if any(word.removeprefix("ray::").split(".")[0] == title for word in words):
-            pids.append(process.pid)
-    return pids
+    """Process ids of a deployment's replicas on this machine (Ray's state API would need the
+    dashboard)."""
+    return pids_titled(f"ServeReplica:{app}:{deployment}")
 
 
 def router_pids(app: str) -> list[int]:

@@ -34,15 +34,16 @@ class Shot:
 
 
 async def fire(client: httpx.AsyncClient, shot: Shot, hang_after_s: float) -> Entry:
-    """Send `shot`; an answer still incomplete after `hang_after_s` is HUNG."""
+    """Send `shot`; an answer still incomplete after `hang_after_s` is HUNG. A shot with
+    `abort_after_s` is hung up on at that time if it is not done by then (ABORTED)."""
     if shot.abort_after_s is not None:
         try:
             return await asyncio.wait_for(_send(client, shot), shot.abort_after_s)
         except TimeoutError:
-            return Entry(Outcome.ABORTED, detail=f"hung up after {shot.abort_after_s:.2f} s with no answer")
+            return Entry(Outcome.ABORTED, detail=f"hung up after {shot.abort_after_s:.2f} s")
     try:
         return await asyncio.wait_for(_send(client, shot), hang_after_s)
-    except (TimeoutError, httpx.TimeoutException):
+    except TimeoutError:
         return Entry(Outcome.HUNG, detail=f"no complete answer within {hang_after_s:.0f} s")
 
 
@@ -63,18 +64,26 @@ async def _send(client: httpx.AsyncClient, shot: Shot) -> Entry:
 
 
 def classify_answer(status: int, headers: Mapping[str, str], body: bytes) -> Entry:
-    """An answer read whole, of any operation (a fuzzer's): a 2xx is OK unless it is a stream with an
-    error event; otherwise the refusal. `headers` by lower-case name."""
+    """An answer read whole, of any operation (a fuzzer's): a 2xx is OK, unless it is a stream that
+    ended with an error event (STREAM_ERROR) or without `data: [DONE]` (LOST); otherwise the
+    refusal. `headers` by lower-case name."""
     if status >= 300:
         return _refusal(status, headers, body)
-    if "text/event-stream" in headers.get("content-type", ""):
-        for line in body.decode(errors="replace").splitlines():
-            data = sse_data(line)
-            if data is not None and data.strip() != "[DONE]" and '"error"' in data:
-                error = json.loads(data).get("error")
-                if error is not None:
-                    return Entry(Outcome.STREAM_ERROR, status=status, detail=str(error)[:_QUOTE])
-    return Entry(Outcome.OK, status=status)
+    if "text/event-stream" not in headers.get("content-type", ""):
+        return Entry(Outcome.OK, status=status)
+    for line in body.decode(errors="replace").splitlines():
+        data = sse_data(line)
+        if data is None:
+            continue
+        if data.strip() == "[DONE]":
+            return Entry(Outcome.OK, status=status)
+        try:
+            error = json.loads(data).get("error")
+        except (ValueError, AttributeError):
+            return Entry(Outcome.LOST, status=status, detail=f"malformed chunk {data[:_QUOTE]!r}")
+        if error is not None:
+            return Entry(Outcome.STREAM_ERROR, status=status, detail=str(error)[:_QUOTE])
+    return Entry(Outcome.LOST, status=status, detail="the stream closed before data: [DONE]")
 
 
 def _refusal(status: int, headers: Mapping[str, str], body: bytes) -> Entry:
@@ -82,20 +91,25 @@ def _refusal(status: int, headers: Mapping[str, str], body: bytes) -> Entry:
     if outcome is None:
         outcome = Outcome.SERVER_ERROR if status >= 500 else Outcome.CLIENT_ERROR
     detail = f"HTTP {status}: {body[:_QUOTE].decode(errors='replace')}"
+    error = _openai_error(body)
     defect = ""
     if status in (429, 503) and "retry-after" not in headers:
         defect = f"HTTP {status} without Retry-After"
-    elif not _is_openai_error(body):
+    elif error is None:
         defect = f"HTTP {status} not in OpenAI's error shape: {body[:_QUOTE]!r}"
-    return Entry(outcome, status=status, defect=defect, detail=detail)
+    code = str(error.get("code") or "") if error is not None else ""
+    return Entry(outcome, status=status, defect=defect, detail=detail, code=code)
 
 
-def _is_openai_error(body: bytes) -> bool:
+def _openai_error(body: bytes) -> dict[str, Any] | None:
+    """The body's `error` object when it is in OpenAI's shape (a message and a type), else None."""
     try:
         error = json.loads(body).get("error")
     except (ValueError, AttributeError):
-        return False
-    return isinstance(error, dict) and isinstance(error.get("message"), str) and isinstance(error.get("type"), str)
+        return None
+    if isinstance(error, dict) and isinstance(error.get("message"), str) and isinstance(error.get("type"), str):
+        return error
+    return None
 
 
 def _answer(body: bytes) -> Entry:

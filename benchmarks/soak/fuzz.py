@@ -7,13 +7,16 @@ import copy
 from typing import Any
 
 import httpx
+import requests
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 
 from benchmarks.soak.client import classify_answer
-from benchmarks.soak.ledger import Entry
+from benchmarks.soak.ledger import Entry, Outcome
 
 __all__ = ["fuzz", "served_models_only"]
+
+_READ_TIMEOUT_S = 120
 
 
 def served_models_only(document: dict[str, Any], models: list[str]) -> dict[str, Any]:
@@ -46,8 +49,16 @@ def fuzz(base_url: str, model: str, headers: dict[str, str], examples_per_operat
         )
         @given(operation.as_strategy())
         def call(case: Any) -> None:
-            # Generated bodies ask for up to max_model_len tokens: answers are bounded by the timeout.
-            response = case.call(base_url=base_url, headers=headers, timeout=120)
+            # Generated bodies ask for up to max_model_len tokens; a stream's wait for its first token
+            # is bounded by the Router, so the read timeout bounds every answer.
+            try:
+                response = case.call(base_url=base_url, headers=headers, timeout=_READ_TIMEOUT_S)
+            except requests.Timeout as error:
+                entries.append(Entry(Outcome.HUNG, detail=f"{type(error).__name__}: {error}"[:160]))
+                return
+            except requests.RequestException as error:
+                entries.append(Entry(Outcome.CONNECTION_ERROR, detail=f"{type(error).__name__}: {error}"[:160]))
+                return
             first_values = {name: values[0] for name, values in response.headers.items() if values}
             entries.append(classify_answer(response.status_code, first_values, response.content))
 

@@ -42,6 +42,8 @@ class Entry:
     defect: str = ""
     # Why the request did not complete, as the client saw it (for the report's examples).
     detail: str = ""
+    # The error's `code` in OpenAI's shape (e.g. "store_unavailable"), for a refusal that has one.
+    code: str = ""
 
 
 @dataclass(frozen=True)

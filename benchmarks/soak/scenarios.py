@@ -38,19 +38,17 @@ from urllib.parse import urlsplit
 import httpx
 
 from benchmarks.soak.client import Shot, fire
-from benchmarks.soak.engine_state import wait_until_idle
+from benchmarks.soak.engine_state import read_holdings, wait_until_idle
 from benchmarks.soak.fuzz import fuzz
 from benchmarks.soak.ledger import Entry, Ledger, Outcome, Rules
+from benchmarks.soak.processes import ProcessSample, serving_processes, serving_rss_bytes
 from benchmarks.soak.traffic import (
-    ProcessSample,
     Target,
     closed_loop,
     good_shot,
     mixed_shot,
     new_client,
     open_loop,
-    serving_processes,
-    serving_rss_bytes,
     successful_tokens_per_s,
 )
 from tests.services import RedisServer
@@ -77,6 +75,8 @@ _RSS_SLACK_BYTES = 96 * _MIB
 _RSS_SLACK_SHARE = 0.15
 # Open files a serving process may gain over the mixed run: connections come and go under load.
 _OPEN_FILES_SLACK = 32
+# The error code of a request the tenant gate refused because the store was unreachable.
+_STORE_UNAVAILABLE = "store_unavailable"
 
 
 @dataclass(frozen=True)
@@ -219,7 +219,7 @@ async def process_killed(
         in_flight = await _start_long_streams(client, target, sizes, rng)
         killed_at = time.monotonic()
         os.kill(pid, signal.SIGKILL)
-        recovered_at = await _traffic_until(client, target, sizes, rng, ledger, recovered)
+        recovered_at, _ = await _traffic_until(client, target, sizes, rng, ledger, recovered)
         in_flight_entries = await asyncio.gather(*in_flight)
         for entry in in_flight_entries:
             ledger.add(entry)
@@ -243,8 +243,7 @@ async def router_killed(
         in_flight = await _start_long_streams(client, target, sizes, rng)
         killed_at = time.monotonic()
         os.kill(router_pid, signal.SIGKILL)
-        recovered_at = await _traffic_until(client, target, sizes, rng, ledger, recovered)
-        answered_meanwhile = sum(entry.outcome is Outcome.OK for entry in ledger.entries)
+        recovered_at, answered_meanwhile = await _traffic_until(client, target, sizes, rng, ledger, recovered)
         in_flight_entries = await asyncio.gather(*in_flight)
         for entry in in_flight_entries:
             ledger.add(entry)
@@ -266,13 +265,13 @@ async def store_down(
 ) -> tuple[Ledger, Rules]:
     """Traffic while the tenants store is stopped for `store_down_s` and started again: refusals are
     503s with Retry-After, the Routers (`routers()`: their pids) do not crash, the tenant's usage grows
-    by exactly the requests answered (none counted twice, none dropped), and service comes back by
-    itself."""
+    by exactly the requests the Routers admitted (none counted twice, none dropped), and service
+    comes back by itself."""
     ledger = Ledger("store down")
     rng = random.Random(6)
     routers_before = sorted(routers())
     async with new_client(target) as client:
-        usage_before = await _usage(client, target)
+        usage_before = await _usage(client, target, ledger)
         stop_traffic = asyncio.Event()
 
         async def one_client() -> None:
@@ -281,39 +280,46 @@ async def store_down(
                 await asyncio.sleep(0.1)
 
         clients = [asyncio.create_task(one_client()) for _ in range(4)]
-        await asyncio.sleep(sizes.measure_s)
-        store.stop()
-        await asyncio.sleep(sizes.store_down_s)
-        store.start()
+        try:
+            await asyncio.sleep(sizes.measure_s)
+            await asyncio.to_thread(store.stop)
+            await asyncio.sleep(sizes.store_down_s)
+        finally:
+            # Started again whatever happened: the scenarios after this one need the store.
+            await asyncio.to_thread(store.start)
         restarted_at = time.monotonic()
-        restarted_index = len(ledger.entries)
-        recovered_at = None
-        while time.monotonic() - restarted_at < sizes.max_recovery_s:
-            if any(entry.outcome is Outcome.OK for entry in ledger.entries[restarted_index:]):
-                recovered_at = time.monotonic()
-                break
-            await asyncio.sleep(0.1)
+        recovered_at = await _first_answer_after(ledger, len(ledger.entries), sizes.max_recovery_s)
         await asyncio.sleep(sizes.measure_s)
         stop_traffic.set()
         await asyncio.gather(*clients)
-        answered = [entry for entry in ledger.entries if entry.outcome is Outcome.OK]
-        usage_after = await _settled_usage(client, target, usage_before, len(answered))
-    _note_recovery(ledger, sizes, restarted_at, recovered_at, "after the store restarted")
-    counted = usage_after["requests"] - usage_before["requests"]
-    tokens = usage_after["completion_tokens"] - usage_before["completion_tokens"]
-    ledger.figures |= {"answered": len(answered), "usage counted": counted}
-    # Every good request generates exactly max_tokens (ignore_eos).
-    if counted != len(answered) or tokens != len(answered) * sizes.max_tokens:
-        ledger.problems.append(
-            f"usage counted {counted} requests and {tokens} tokens for {len(answered)} answers of "
-            f"{sizes.max_tokens} tokens each"
-        )
-    if not any(entry.outcome is Outcome.UNAVAILABLE for entry in ledger.entries):
-        ledger.problems.append("no request was refused with a 503 while the store was down")
+        _note_recovery(ledger, sizes, restarted_at, recovered_at, "after the store restarted")
+        # A request refused for any other reason (a 503 first-token timeout, say) had passed the
+        # tenant's admission: its reservation is settled and counted too.
+        admitted = sum(entry.code != _STORE_UNAVAILABLE for entry in ledger.entries)
+        usage_after = await _settled_usage(client, target, ledger, usage_before, admitted)
+    if usage_before is not None and usage_after is not None:
+        _check_usage(ledger, sizes, usage_before, usage_after, admitted)
+    if not any(entry.code == _STORE_UNAVAILABLE for entry in ledger.entries):
+        ledger.problems.append("no request was refused with store_unavailable while the store was down")
     if sorted(routers()) != routers_before:
         ledger.problems.append(f"the Routers' processes changed from {routers_before} to {sorted(routers())}")
     _check_idle(ledger, target)
     return ledger, Rules(frozenset({Outcome.OK, Outcome.UNAVAILABLE}))
+
+
+def _check_usage(
+    ledger: Ledger, sizes: Sizes, before: dict[str, int], after: dict[str, int], admitted: int
+) -> None:
+    answered = sum(entry.outcome is Outcome.OK for entry in ledger.entries)
+    counted = after["requests"] - before["requests"]
+    tokens = after["completion_tokens"] - before["completion_tokens"]
+    ledger.figures |= {"answered": answered, "admitted": admitted, "usage counted": counted}
+    # Every answered request generated exactly max_tokens (ignore_eos); the others none.
+    if counted != admitted or tokens != answered * sizes.max_tokens:
+        ledger.problems.append(
+            f"usage counted {counted} requests and {tokens} tokens for {admitted} admitted, "
+            f"{answered} answered with {sizes.max_tokens} tokens each"
+        )
 
 
 async def schema_fuzz(target: Target, sizes: Sizes) -> tuple[Ledger, Rules]:
@@ -344,28 +350,47 @@ async def schema_fuzz(target: Target, sizes: Sizes) -> tuple[Ledger, Rules]:
     return ledger, Rules(frozenset({Outcome.OK, Outcome.CLIENT_ERROR}))
 
 
-async def mixed(target: Target, sizes: Sizes, concurrency: int) -> tuple[Ledger, Rules]:
-    """`concurrency` clients sending mixed requests for `mixed_s`; the serving processes sampled
-    every `sample_every_s`: memory and open files from the first sample (warmed up to the load) to
-    the last may grow by the slack only."""
+async def mixed(
+    target: Target, sizes: Sizes, concurrency: int, others: tuple[Target, ...] = ()
+) -> tuple[Ledger, Rules]:
+    """`concurrency` clients sending mixed requests for `mixed_s`, to the target's model and the
+    `others` (models of the same app) at random; the serving processes sampled every
+    `sample_every_s` while the traffic runs: memory and open files from the first sample (warmed up
+    to the load) to the last may grow by the slack only, and no process may go."""
     ledger = Ledger("mixed")
     rng = random.Random(8)
+    targets = (target, *others)
     samples: list[dict[str, ProcessSample]] = []
     async with new_client(target) as client:
-        traffic = asyncio.create_task(
-            closed_loop(client, target, lambda: mixed_shot(target, rng, sizes.max_tokens), concurrency, sizes.mixed_s)
-        )
-        while not traffic.done():
-            await asyncio.wait([traffic], timeout=sizes.sample_every_s)
+
+        def next_shot() -> Shot:
+            return mixed_shot(rng.choice(targets), rng, sizes.max_tokens)
+
+        traffic = asyncio.create_task(closed_loop(client, target, next_shot, concurrency, sizes.mixed_s))
+        # Samples under load only: the last one before the clients stop.
+        for _ in range(int(sizes.mixed_s // sizes.sample_every_s)):
+            await asyncio.sleep(sizes.sample_every_s)
+            if traffic.done():
+                break
             samples.append(await asyncio.to_thread(serving_processes))
-        entries, _ = traffic.result()
+        entries, _ = await traffic
     for entry in entries:
         ledger.add(entry)
-    first, last = samples[0], samples[-1]
-    _check_memory(
-        ledger, {name: sample.rss_bytes for name, sample in first.items()},
-        {name: sample.rss_bytes for name, sample in last.items()},
-    )  # fmt: skip
+    ledger.figures["samples"] = len(samples)
+    if len(samples) < 2:
+        ledger.problems.append(f"{len(samples)} samples under load: growth cannot be judged")
+    else:
+        _check_growth(ledger, samples[0], samples[-1])
+    for each in targets:
+        _check_idle(ledger, each)
+    return ledger, Rules(frozenset({Outcome.OK, Outcome.ABORTED}))
+
+
+def _check_growth(ledger: Ledger, first: dict[str, ProcessSample], last: dict[str, ProcessSample]) -> None:
+    for name in first.keys() - last.keys():
+        ledger.problems.append(f"{name} is gone")
+    _check_memory(ledger, {name: sample.rss_bytes for name, sample in first.items()},
+                  {name: sample.rss_bytes for name, sample in last.items()})  # fmt: skip
     for name, start in first.items():
         end = last.get(name)
         if end is None:
@@ -373,9 +398,6 @@ async def mixed(target: Target, sizes: Sizes, concurrency: int) -> tuple[Ledger,
         ledger.figures[f"open files {name}"] = end.open_files
         if end.open_files - start.open_files > _OPEN_FILES_SLACK:
             ledger.problems.append(f"{name} went from {start.open_files} to {end.open_files} open files")
-    ledger.figures["samples"] = len(samples)
-    _check_idle(ledger, target)
-    return ledger, Rules(frozenset({Outcome.OK, Outcome.ABORTED}))
 
 
 def nasty_shots(model: str, headers: dict[str, str]) -> list[Shot]:
@@ -421,12 +443,18 @@ def nasty_shots(model: str, headers: dict[str, str]) -> list[Shot]:
 async def _start_long_streams(
     client: httpx.AsyncClient, target: Target, sizes: Sizes, rng: random.Random
 ) -> list[asyncio.Task[Entry]]:
-    """`kill_streams` streams long enough to be generating when a process is killed."""
+    """`kill_streams` streams long enough to be generating when a process is killed; returns once
+    the engines hold them all (or after 20 s)."""
     in_flight = [
         asyncio.create_task(fire(client, good_shot(target, rng, sizes.max_tokens * 16), target.hang_after_s))
         for _ in range(sizes.kill_streams)
     ]
-    await asyncio.sleep(2.0)  # every stream admitted and generating
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        holdings = await asyncio.to_thread(read_holdings, target.metrics_url, target.model, target.blocks_per_replica)
+        if holdings.requests >= sizes.kill_streams:
+            break
+        await asyncio.sleep(0.2)
     return in_flight
 
 
@@ -437,16 +465,30 @@ async def _traffic_until(
     rng: random.Random,
     ledger: Ledger,
     recovered: Callable[[], bool],
-) -> float | None:
-    """Requests one after another until one is answered with `recovered()` true; when that was, or
-    None after `max_recovery_s`."""
+) -> tuple[float | None, int]:
+    """Requests one after another until one is answered with `recovered()` true: when that was (None
+    after `max_recovery_s`), and how many were answered before it (while not yet recovered)."""
     start = time.monotonic()
+    answered_before = 0
     while time.monotonic() - start < sizes.max_recovery_s:
         entry = await fire(client, good_shot(target, rng, sizes.max_tokens), target.hang_after_s)
         ledger.add(entry)
-        if entry.outcome is Outcome.OK and await asyncio.to_thread(recovered):
-            return time.monotonic()
+        if entry.outcome is Outcome.OK:
+            if await asyncio.to_thread(recovered):
+                return time.monotonic(), answered_before
+            answered_before += 1
         await asyncio.sleep(0.5)
+    return None, answered_before
+
+
+async def _first_answer_after(ledger: Ledger, index: int, deadline_s: float) -> float | None:
+    """When the first answer among the ledger's entries from `index` on came (None: not within
+    `deadline_s`), while others add to the ledger."""
+    start = time.monotonic()
+    while time.monotonic() - start < deadline_s:
+        if any(entry.outcome is Outcome.OK for entry in ledger.entries[index:]):
+            return time.monotonic()
+        await asyncio.sleep(0.1)
     return None
 
 
@@ -459,10 +501,13 @@ def _note_recovery(
         ledger.figures["recovery s"] = recovered_at - since
 
 
-async def _usage(client: httpx.AsyncClient, target: Target) -> dict[str, int]:
-    """The tenant's usage of the target's model (zeros before its first request)."""
+async def _usage(client: httpx.AsyncClient, target: Target, ledger: Ledger) -> dict[str, int] | None:
+    """The tenant's usage of the target's model (zeros before its first request); None, with a
+    problem noted, when it cannot be read."""
     response = await client.get("/v1/usage", headers=target.headers)
-    response.raise_for_status()
+    if response.status_code != 200:
+        ledger.problems.append(f"GET /v1/usage answered {response.status_code}: {response.text[:160]}")
+        return None
     for model in response.json()["models"]:
         if model["model"] == target.model:
             return {"requests": model["requests"], "completion_tokens": model["completion_tokens"]}
@@ -470,14 +515,16 @@ async def _usage(client: httpx.AsyncClient, target: Target) -> dict[str, int]:
 
 
 async def _settled_usage(
-    client: httpx.AsyncClient, target: Target, before: dict[str, int], answered: int
-) -> dict[str, int]:
-    """The usage once `answered` more requests are counted (settles retried after the store came
+    client: httpx.AsyncClient, target: Target, ledger: Ledger, before: dict[str, int] | None, admitted: int
+) -> dict[str, int] | None:
+    """The usage once `admitted` more requests are counted (settles retried after the store came
     back land within seconds), or as it stands after 30 s."""
+    if before is None:
+        return None
     deadline = time.monotonic() + 30
     while True:
-        usage = await _usage(client, target)
-        if usage["requests"] - before["requests"] >= answered or time.monotonic() > deadline:
+        usage = await _usage(client, target, ledger)
+        if usage is None or usage["requests"] - before["requests"] >= admitted or time.monotonic() > deadline:
             return usage
         await asyncio.sleep(0.5)
 

@@ -11,6 +11,7 @@ from benchmarks.soak.app import (
     MAX_NUM_SEQS,
     MODEL,
     NUM_KV_BLOCKS,
+    NUM_TP_KV_BLOCKS,
     REPLICAS,
     ROUTERS,
     TP_MODEL,
@@ -47,7 +48,6 @@ SCENARIOS = (
     "store-down",
     "mixed",
 )
-_TP_BLOCKS = 64
 
 
 def soak_target(app_url: str, metrics_url: str, api_key: str) -> Target:
@@ -68,8 +68,8 @@ def run_scenario(name: str, app: str, target: Target, sizes: Sizes, store: Redis
         (pid, *_) = replica_pids(app)
         recovered = functools.partial(replaced, app, f"LLMServer:{MODEL}", REPLICAS, pid)
         return asyncio.run(process_killed(target, sizes, "replica killed", pid, recovered))
+    tp_target = dataclasses.replace(target, model=TP_MODEL, blocks_per_replica=NUM_TP_KV_BLOCKS)
     if name == "shard-killed":
-        tp_target = dataclasses.replace(target, model=TP_MODEL, blocks_per_replica=_TP_BLOCKS)
         deployment = f"LLMServer:{TP_MODEL}"
         (replica_pid,) = replica_pids(app, deployment)
         shard_pid = shard_pids(app)[1]
@@ -81,5 +81,5 @@ def run_scenario(name: str, app: str, target: Target, sizes: Sizes, store: Redis
     if name == "store-down":
         return asyncio.run(store_down(target, sizes, store, functools.partial(router_pids, app)))
     if name == "mixed":
-        return asyncio.run(mixed(target, sizes, concurrency=REPLICAS * MAX_NUM_SEQS // 2))
+        return asyncio.run(mixed(target, sizes, concurrency=REPLICAS * MAX_NUM_SEQS // 2, others=(tp_target,)))
     raise ValueError(f"no scenario {name!r}: one of {', '.join(SCENARIOS)}")

@@ -1,5 +1,4 @@
-"""Traffic for the scenarios: good and mixed requests, closed and open loops, and the serving
-processes' memory and open files."""
+"""Traffic for the scenarios: good and mixed requests, closed and open loops."""
 
 from __future__ import annotations
 
@@ -10,21 +9,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import httpx
-import psutil
 
 from benchmarks.soak.client import Shot, fire
 from benchmarks.soak.ledger import Entry, Outcome
 
 __all__ = [
-    "ProcessSample",
     "Target",
     "closed_loop",
     "good_shot",
     "mixed_shot",
     "new_client",
     "open_loop",
-    "serving_processes",
-    "serving_rss_bytes",
     "successful_tokens_per_s",
 ]
 
@@ -121,41 +116,12 @@ async def open_loop(
     entries say how many went out)."""
     tasks: list[asyncio.Task[Entry]] = []
     start = time.monotonic()
-    while (elapsed := time.monotonic() - start) < seconds:
-        await asyncio.sleep(max(0.0, len(tasks) / rate - elapsed))
+    while (due := len(tasks) / rate) < seconds:
+        await asyncio.sleep(max(0.0, due - (time.monotonic() - start)))
+        if time.monotonic() - start >= seconds:
+            break
         tasks.append(asyncio.create_task(fire(client, make_shot(), target.hang_after_s)))
     return list(await asyncio.gather(*tasks))
-
-
-@dataclass(frozen=True)
-class ProcessSample:
-    """A Serve replica process with its engine processes: resident memory and open files."""
-
-    rss_bytes: int
-    open_files: int
-
-
-def serving_processes() -> dict[str, ProcessSample]:
-    """Each Serve replica process on this machine (the Routers' and the models'), by deployment and
-    pid, with its child processes (engines) counted in."""
-    samples: dict[str, ProcessSample] = {}
-    for process in psutil.process_iter(["cmdline"]):
-        # Ray titles an actor's process `ray::<class>`, `ray::<class>.<method>` while it runs one.
-        titles = [word.removeprefix("ray::").split(".")[0] for word in process.info["cmdline"] or []]
-        replica = next((title for title in titles if title.startswith("ServeReplica:")), None)
-        if replica is None:
-            continue
-        try:
-            family = [process, *process.children()]
-            sample = ProcessSample(sum(p.memory_info().rss for p in family), sum(p.num_fds() for p in family))
-        except psutil.Error:
-            continue
-        samples[f"{replica.removeprefix('ServeReplica:')} (pid {process.pid})"] = sample
-    return samples
-
-
-def serving_rss_bytes() -> dict[str, int]:
-    return {name: sample.rss_bytes for name, sample in serving_processes().items()}
 
 
 def successful_tokens_per_s(entries: list[Entry], seconds: float) -> float:

@@ -72,8 +72,10 @@ class HandleModelClient:
     ) -> None:
         """`router_replicas`: how many Router replicas share the model's replicas (each admits its
         share of them plus its own handle's queue bound). `fair`: with tenants, requests beyond this
-        replica's share wait in a FairQueue; otherwise in Serve's queue alone. `metrics`: where held
-        cold starts are counted."""
+        replica's share wait in a FairQueue; otherwise in Serve's queue alone, and the Routers are
+        assumed balanced (Serve's proxy picks the less loaded of two): a Router whose peers hold more
+        than their share of the replicas can still see Serve refuse some of its requests.
+        `metrics`: where held cold starts are counted."""
         self.name = name
         self.metrics = metrics
         self.handle = handle.options(stream=True)
@@ -248,7 +250,13 @@ class Router:
         self.metrics = RouterMetrics(RayMetricsBackend())
         self.clients = {
             name: HandleModelClient(
-                name, handle, routes[name], self.states, num_router_replicas, access is not None, self.metrics
+                name,
+                handle,
+                routes[name],
+                self.states,
+                router_replicas=num_router_replicas,
+                fair=access is not None,
+                metrics=self.metrics,
             )
             for name, handle in handles.items()
         }

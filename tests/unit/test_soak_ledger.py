@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 import httpx
 import pytest
 
-from benchmarks.soak.client import Shot, fire
+from benchmarks.soak.client import Shot, classify_answer, fire
 from benchmarks.soak.ledger import Entry, Ledger, Outcome, Rules, format_ledgers
+from benchmarks.soak.traffic import Target, open_loop
 
 SHOT = Shot("/v1/completions", {"model": "m", "prompt": "hi", "stream": True})
 
@@ -114,3 +116,56 @@ def test_the_verdict_names_what_the_rules_do_not_allow_leaks_and_slow_first_toke
 
 def test_a_ledger_with_nothing_sent_fails() -> None:
     assert Ledger("empty").failures(Rules(frozenset(Outcome))) == ["no request was sent"]
+
+
+@pytest.mark.parametrize(
+    ("status", "headers", "body", "outcome"),
+    [
+        (200, {"content-type": "application/json"}, b'{"object": "list"}', Outcome.OK),
+        (200, {"content-type": "text/event-stream"}, sse(text_chunk("a", "stop"), b"[DONE]"), Outcome.OK),
+        (200, {"content-type": "text/event-stream"}, sse(text_chunk("a")), Outcome.LOST),
+        (200, {"content-type": "text/event-stream"}, sse(b"{torn"), Outcome.LOST),
+        (200, {"content-type": "text/event-stream"}, sse(b"[1, 2]"), Outcome.LOST),
+        (200, {"content-type": "text/event-stream"}, sse({"error": {"message": "x"}}, b"[DONE]"), Outcome.STREAM_ERROR),
+        (422, {}, b'{"detail": []}', Outcome.CLIENT_ERROR),
+    ],
+)
+def test_a_whole_answer_of_any_operation_becomes_its_outcome(
+    status: int, headers: dict[str, str], body: bytes, outcome: Outcome
+) -> None:
+    entry = classify_answer(status, headers, body)
+    assert entry.outcome is outcome, entry
+    assert bool(entry.defect) == (status == 422)  # not in OpenAI's shape
+
+
+def test_a_refusal_keeps_its_error_code() -> None:
+    body = json.dumps({"error": {"message": "down", "type": "server_error", "code": "store_unavailable"}}).encode()
+    entry = outcome_of(httpx.Response(503, headers={"Retry-After": "1"}, content=body))
+    assert (entry.outcome, entry.code, entry.defect) == (Outcome.UNAVAILABLE, "store_unavailable", "")
+
+
+def test_a_shot_hung_up_on_before_its_answer_is_aborted() -> None:
+    async def slow(request: httpx.Request) -> httpx.Response:
+        await asyncio.sleep(5)
+        return httpx.Response(200)
+
+    async def run() -> Entry:
+        async with httpx.AsyncClient(transport=httpx.MockTransport(slow), base_url="http://soak") as client:
+            return await fire(client, Shot("/v1/completions", {}, abort_after_s=0.05), hang_after_s=10)
+
+    assert asyncio.run(run()).outcome is Outcome.ABORTED
+
+
+def test_the_open_loop_stops_at_its_period_however_far_behind_the_client_is() -> None:
+    async def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"usage": {"completion_tokens": 1}, "choices": [{"finish_reason": "stop"}]})
+
+    async def run() -> tuple[int, float]:
+        target = Target("http://soak", "m", "http://soak/metrics", 1)
+        async with httpx.AsyncClient(transport=httpx.MockTransport(answer), base_url="http://soak") as client:
+            start = time.monotonic()
+            entries = await open_loop(client, target, lambda: Shot("/v1/completions", {}), 1e6, 0.2)
+            return len(entries), time.monotonic() - start
+
+    sent, seconds = asyncio.run(run())
+    assert 0 < sent < 1e6 * 0.2 and seconds < 5
