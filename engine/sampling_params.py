@@ -16,6 +16,10 @@ MAX_TOP_LOGPROBS = 20
 MAX_LOGIT_BIAS = 100.0
 
 
+
+# Temperatures below this are sampled greedily (as vLLM does below its sampling epsilon).
+GREEDY_BELOW_TEMPERATURE = 1e-5
+
 @dataclass
 class SamplingParams:
     """How one request chooses its tokens and when it stops.
@@ -147,7 +151,9 @@ class SamplingParams:
 
     @property
     def is_greedy(self) -> bool:
-        return self.temperature == 0.0
+        # A temperature this small is greedy in all but name, and dividing logits by it overflows
+        # to inf (NaN probabilities), so it is sampled as greedy.
+        return self.temperature < GREEDY_BELOW_TEMPERATURE
 
     @property
     def has_penalties(self) -> bool:

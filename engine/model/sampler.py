@@ -208,7 +208,11 @@ class Sampler:
         )
         # Below the total, so the first cumulative sum above it is a token with probability > 0.
         targets = torch.minimum(uniforms[:, None] * total, torch.nextafter(total, torch.zeros_like(total)))
-        return torch.searchsorted(cumulative, targets, right=True).squeeze(-1)
+        drawn = torch.searchsorted(cumulative, targets, right=True).squeeze(-1)  # (R,)
+        # A row with no finite mass left (every token masked or banned, or logits overflowed) has
+        # nothing to draw from: it takes its most likely token rather than an index past the vocabulary.
+        no_mass = ~(torch.isfinite(total.squeeze(-1)) & (total.squeeze(-1) > 0))
+        return torch.where(no_mass, logits.max(dim=-1).indices, drawn)
 
 
 def _keep_min_p(scaled: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:

@@ -253,3 +253,18 @@ def test_top_logprobs_beyond_the_vocabulary_return_the_whole_vocabulary() -> Non
     params = SamplingParams(temperature=0.0, logprobs=True, top_logprobs=20)
     sampled = Sampler().sample(torch.tensor([[0.0, 2.0, 1.0]]), [SamplingRow(params, 0, 0)])
     assert [token_id for token_id, _ in sampled.top_logprobs[0]] == [1, 2, 0]
+
+
+@pytest.mark.parametrize("temperature", [5e-324, 1e-300, 1e-40, 1e-6])
+def test_a_temperature_too_small_to_divide_by_is_greedy(temperature: float) -> None:
+    # Logits divided by it overflow to inf: drawing from NaN probabilities gave an index past the
+    # vocabulary, and the engine step failed for every request in the batch.
+    logits = random_logits(3, 64)
+    sampled = Sampler().sample(logits, rows_of(SamplingParams(temperature=temperature), 3))
+    assert sampled.token_ids == logits.argmax(dim=-1).tolist()
+
+
+def test_a_row_with_every_token_removed_takes_its_most_likely_token_instead_of_one_past_the_vocabulary() -> None:
+    logits = torch.full((2, 16), float("-inf"))
+    drawn = Sampler()._sample_random(logits, rows_of(SamplingParams(temperature=1.0), 2))
+    assert drawn.tolist() == [0, 0]
