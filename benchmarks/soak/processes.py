@@ -1,5 +1,9 @@
-"""The platform's processes on this machine, found by the titles Ray gives them: their pids (for
-SIGKILL) and samples of their memory and open files."""
+"""The platform's processes, found by the titles Ray gives them: their pids (for SIGKILL) and
+samples of their memory and open files.
+
+Only this process's descendants are looked at: the driver that started the local Ray cluster is
+the ancestor of its raylet and so of every worker, and another cluster on the same machine (with
+an app of the same name) is never touched."""
 
 from __future__ import annotations
 
@@ -24,13 +28,13 @@ class ProcessSample:
 
 def pids_titled(title: str) -> list[int]:
     """Pids of the actor processes whose title is `title` (e.g. `ServeReplica:app:Router`)."""
-    return [process.pid for process in psutil.process_iter(["cmdline"]) if _actor_title(process) == title]
+    return [process.pid for process in _cluster_processes() if _actor_title(process) == title]
 
 
 def serving_processes() -> dict[str, ProcessSample]:
     """Each serving process, by title and pid."""
     samples: dict[str, ProcessSample] = {}
-    for process in psutil.process_iter(["cmdline"]):
+    for process in _cluster_processes():
         title = _actor_title(process)
         if title is None or not title.startswith(_SERVING_TITLES):
             continue
@@ -47,9 +51,17 @@ def serving_rss_bytes() -> dict[str, int]:
     return {name: sample.rss_bytes for name, sample in serving_processes().items()}
 
 
+def _cluster_processes() -> list[psutil.Process]:
+    return psutil.Process().children(recursive=True)
+
+
 def _actor_title(process: psutil.Process) -> str | None:
     # Ray titles an actor's process `ray::<class>`, `ray::<class>.<method>` while it runs one.
-    for word in process.info["cmdline"] or []:
+    try:
+        words = process.cmdline()
+    except psutil.Error:
+        return None
+    for word in words:
         if word.startswith("ray::"):
             return word.removeprefix("ray::").split(".")[0]
     return None
