@@ -257,7 +257,7 @@ async def router_killed(
         ledger.problems.append("no new request was answered while the killed Router was replaced")
     _note_recovery(ledger, sizes, killed_at, recovered_at)
     _check_idle(ledger, target)
-    return ledger, Rules(frozenset({Outcome.OK, *broken, Outcome.UNAVAILABLE}))
+    return ledger, Rules(frozenset({Outcome.OK, *broken, Outcome.UNAVAILABLE}), shapeless_5xx_allowed=True)
 
 
 async def store_down(

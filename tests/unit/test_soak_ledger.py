@@ -169,3 +169,11 @@ def test_the_open_loop_stops_at_its_period_however_far_behind_the_client_is() ->
 
     sent, seconds = asyncio.run(run())
     assert 0 < sent < 1e6 * 0.2 and seconds < 5
+
+
+def test_a_shapeless_5xx_is_a_defect_unless_the_rules_allow_the_proxys() -> None:
+    proxy_500 = outcome_of(httpx.Response(500, content=b"Internal Server Error"))
+    ledger = Ledger("router killed", entries=[proxy_500])
+    allowed = frozenset({Outcome.SERVER_ERROR})
+    assert ledger.failures(Rules(allowed)) == [f"1 malformed answers, e.g. {proxy_500.defect}"]
+    assert ledger.failures(Rules(allowed, shapeless_5xx_allowed=True)) == []
