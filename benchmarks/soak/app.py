@@ -75,14 +75,14 @@ def soak_app_args(demo_dir: Path, store_url: str) -> dict[str, Any]:
     }
 
 
-def new_api_key(store_url: str) -> str:
-    """A new key of the soak tenant, written to the store."""
+def new_api_key(store_url: str, tenant: str = TENANT) -> str:
+    """A new key of `tenant` (the soak tenant unless told), written to the store at `store_url`."""
 
     async def create() -> str:
         store = open_store(store_url)
         try:
             key, _ = await create_key(
-                store, TENANT, known_tenants=None, description="soak", expires_in_s=None, now=time.time()
+                store, tenant, known_tenants=None, description="soak", expires_in_s=None, now=time.time()
             )
             return key.key
         finally:

@@ -214,15 +214,9 @@ async def process_killed(
     one of its shards); traffic goes on until `recovered()` (Serve runs every replica again, the
     killed one replaced) and a request is answered, or `max_recovery_s`."""
     ledger = Ledger(scenario)
-    rng = random.Random(4)
-    async with new_client(target) as client:
-        in_flight = await _start_long_streams(client, target, sizes, rng)
-        killed_at = time.monotonic()
-        os.kill(pid, signal.SIGKILL)
-        recovered_at, _ = await _traffic_until(client, target, sizes, rng, ledger, recovered)
-        in_flight_entries = await asyncio.gather(*in_flight)
-        for entry in in_flight_entries:
-            ledger.add(entry)
+    in_flight_entries, killed_at, recovered_at, _ = await _kill_under_load(
+        target, sizes, random.Random(4), ledger, pid, recovered
+    )
     if not any(entry.outcome in (Outcome.STREAM_ERROR, Outcome.SERVER_ERROR) for entry in in_flight_entries):
         ledger.problems.append("no stream in flight was on the killed process (none ended with an error)")
     _note_recovery(ledger, sizes, killed_at, recovered_at)
@@ -238,15 +232,9 @@ async def router_killed(
     with a connection error or a 5xx from Serve's proxy, the other Router's complete and it keeps
     answering new ones while Serve replaces the killed one (`recovered()`)."""
     ledger = Ledger("router killed")
-    rng = random.Random(5)
-    async with new_client(target) as client:
-        in_flight = await _start_long_streams(client, target, sizes, rng)
-        killed_at = time.monotonic()
-        os.kill(router_pid, signal.SIGKILL)
-        recovered_at, answered_meanwhile = await _traffic_until(client, target, sizes, rng, ledger, recovered)
-        in_flight_entries = await asyncio.gather(*in_flight)
-        for entry in in_flight_entries:
-            ledger.add(entry)
+    in_flight_entries, killed_at, recovered_at, answered_meanwhile = await _kill_under_load(
+        target, sizes, random.Random(5), ledger, router_pid, recovered
+    )
     broken = (Outcome.CONNECTION_ERROR, Outcome.SERVER_ERROR, Outcome.STREAM_ERROR)
     if not any(entry.outcome in broken for entry in in_flight_entries):
         ledger.problems.append("no stream in flight was on the killed Router (none ended with an error)")
@@ -438,6 +426,23 @@ def nasty_shots(model: str, headers: dict[str, str]) -> list[Shot]:
         Shot(path, body, {"Authorization": "Basic " + "A" * 10_000}),
     ]
     return [Shot(shot.path, shot.body, headers) for shot in shots] + keyless
+
+
+async def _kill_under_load(
+    target: Target, sizes: Sizes, rng: random.Random, ledger: Ledger, pid: int, recovered: Callable[[], bool]
+) -> tuple[list[Entry], float, float | None, int]:
+    """Long streams in flight, SIGKILL of `pid`, then traffic until `recovered()`: the in-flight
+    streams' entries (also added to the ledger), when the kill was, when recovery was (None: not
+    within `max_recovery_s`), and how many requests were answered before it."""
+    async with new_client(target) as client:
+        in_flight = await _start_long_streams(client, target, sizes, rng)
+        killed_at = time.monotonic()
+        os.kill(pid, signal.SIGKILL)
+        recovered_at, answered_before = await _traffic_until(client, target, sizes, rng, ledger, recovered)
+        in_flight_entries = list(await asyncio.gather(*in_flight))
+    for entry in in_flight_entries:
+        ledger.add(entry)
+    return in_flight_entries, killed_at, recovered_at, answered_before
 
 
 async def _start_long_streams(

@@ -7,7 +7,6 @@ session's temporary directory.
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import os
 import socket
@@ -24,8 +23,6 @@ from ray import serve
 from ray.serve import Application
 
 from deployments.app import build_app
-from deployments.tenants.key_admin import create_key
-from deployments.tenants.store import open_store
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 READY_TIMEOUT_S = 180.0
@@ -59,22 +56,6 @@ def wait_until_answering(url: str, deadline_s: float = READY_TIMEOUT_S) -> None:
         if time.monotonic() > deadline:
             raise TimeoutError(f"{url} did not answer within {deadline_s}s")
         time.sleep(0.2)
-
-
-def new_api_key(store_url: str, tenant: str) -> str:
-    """A new API key of `tenant`, written to the tenants store at `store_url`."""
-
-    async def go() -> str:
-        store = open_store(store_url)
-        try:
-            key, _ = await create_key(
-                store, tenant, known_tenants=None, description="e2e", expires_in_s=None, now=time.time()
-            )
-            return key.key
-        finally:
-            await store.close()
-
-    return asyncio.run(go())
 
 
 class ServeCluster:

@@ -26,11 +26,12 @@ import pytest
 from ray import serve
 
 from autoscaling.metrics import AUTOSCALING_METRIC_NAMES
+from benchmarks.soak.app import new_api_key
 from deployments.app import build_app
 from deployments.observability.router_metrics import ROUTER_METRICS
 from engine.metrics import ENGINE_METRICS
 from monitoring.queries import alert_rules, dashboard_queries, to_promql
-from tests.serve.conftest import REPO_ROOT, ServeCluster, manifest_args, new_api_key
+from tests.serve.conftest import REPO_ROOT, ServeCluster, manifest_args
 from tests.services import PrometheusServer
 
 APP = "metrics"

@@ -19,9 +19,10 @@ import pytest
 import ray
 from ray import serve
 
+from benchmarks.soak.app import new_api_key
 from deployments.app import build_app
 from deployments.tenants.store import open_store
-from tests.serve.conftest import ServeCluster, new_api_key, wait_until_answering
+from tests.serve.conftest import ServeCluster, wait_until_answering
 from tests.services import RedisServer
 
 APP = "tenants"
