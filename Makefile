@@ -32,8 +32,10 @@ prometheus:
 	command -v prometheus >/dev/null && command -v promtool >/dev/null || \
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus)
 
+# PYTHONFAULTHANDLER: a crash after the summary, while the interpreter exits with Ray's threads
+# still alive, prints every thread's stack (pytest's own fault handler is gone by then).
 test: $(STAMP) redis-server prometheus
-	$(BIN)/python -m pytest
+	PYTHONFAULTHANDLER=1 $(BIN)/python -m pytest
 
 bench: $(STAMP)
 	$(BIN)/pip install --quiet -e '.[test,bench]'

@@ -343,8 +343,11 @@ async def mixed(
 ) -> tuple[Ledger, Rules]:
     """`concurrency` clients sending mixed requests for `mixed_s`, to the target's model and the
     `others` (models of the same app) at random; the serving processes sampled every
-    `sample_every_s` while the traffic runs: memory and open files from the first sample (warmed up
-    to the load) to the last may grow by the slack only, and no process may go."""
+    `sample_every_s` while the traffic runs: memory and open files from the sample halfway through
+    to the last may grow by the slack only, and no process may go. The first half warms the
+    processes up to the load: a shard group an earlier scenario replaced serves its first requests
+    here, and its allocators grow to the mix's shapes (110 MiB in 12 s measured), which is not a
+    leak; a leak goes on growing in the second half."""
     ledger = Ledger("mixed")
     rng = random.Random(8)
     targets = (target, *others)
@@ -368,7 +371,7 @@ async def mixed(
     if len(samples) < 2:
         ledger.problems.append(f"{len(samples)} samples under load: growth cannot be judged")
     else:
-        _check_growth(ledger, samples[0], samples[-1])
+        _check_growth(ledger, samples[len(samples) // 2 - 1], samples[-1])
     for each in targets:
         _check_idle(ledger, each)
     return ledger, Rules(frozenset({Outcome.OK, Outcome.ABORTED}))

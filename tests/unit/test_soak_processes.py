@@ -38,8 +38,9 @@ def titled_orphan() -> Iterator[int]:
 
 
 def wait_for_title(pid: int) -> None:
+    # A process in the middle of its exec has an empty command line for a moment.
     deadline = time.monotonic() + 5
-    while not psutil.Process(pid).cmdline()[0].startswith("ray::"):
+    while not "".join(psutil.Process(pid).cmdline()[:1]).startswith("ray::"):
         assert time.monotonic() < deadline
         time.sleep(0.01)
 
