@@ -87,8 +87,15 @@ class EngineConfig:
     # Tensor-parallel shards of the model. 1 runs in this process; N > 1 runs one Ray actor per
     # shard (each holding 1/N of the attention heads, MLP and vocabulary) in a placement group.
     tensor_parallel_size: int = 1
+    # Pipeline stages of the model: its decoder layers split into this many consecutive parts, each
+    # a Ray actor (or a group of `tensor_parallel_size` actors) holding only its layers' weights
+    # and KV cache; the first also holds the embedding, the last the final norm and LM head, and
+    # only hidden states travel between them. Up to this many scheduled batches are in the
+    # pipeline at once. Llama-family decoders only.
+    pipeline_parallel_size: int = 1
     # How the shards' placement group spreads over nodes: "PACK" (fewest nodes, best effort),
-    # "SPREAD", "STRICT_PACK" (one node) or "STRICT_SPREAD" (one shard per node).
+    # "SPREAD", "STRICT_PACK" (one node) or "STRICT_SPREAD" (one shard per node). The group holds
+    # every shard of every stage, stage by stage.
     placement_strategy: PlacementStrategy = "PACK"
     # CPUs each shard actor reserves (and its torch threads on CPU). On CUDA each shard also
     # reserves one GPU.
@@ -123,19 +130,26 @@ class EngineConfig:
             )
         if self.quantization not in QUANTIZATIONS:
             raise ValueError(f"quantization must be one of {QUANTIZATIONS}, got {self.quantization!r}")
-        if isinstance(self.tensor_parallel_size, bool) or not isinstance(self.tensor_parallel_size, int):
-            raise ValueError(f"tensor_parallel_size must be an integer, got {self.tensor_parallel_size!r}")
-        if self.tensor_parallel_size < 1:
-            raise ValueError(f"tensor_parallel_size must be >= 1, got {self.tensor_parallel_size}")
-        if self.quantization is not None and self.tensor_parallel_size != 1:
+        for name in ("tensor_parallel_size", "pipeline_parallel_size"):
+            size = getattr(self, name)
+            if isinstance(size, bool) or not isinstance(size, int):
+                raise ValueError(f"{name} must be an integer, got {size!r}")
+            if size < 1:
+                raise ValueError(f"{name} must be >= 1, got {size}")
+            if self.quantization is not None and size != 1:
+                raise ValueError(
+                    f"quantization {self.quantization!r} cannot be combined with {name}={size}: bitsandbytes "
+                    "weights cannot be split into shards"
+                )
+            if size > 1 and self.device.startswith("cuda:"):
+                raise ValueError(
+                    f"device must be 'cuda' or 'cpu' with {name} > 1 (Ray gives each shard its own GPU), "
+                    f"got {self.device!r}"
+                )
+        if self.pipeline_parallel_size > 1 and self.scheduling != "continuous":
             raise ValueError(
-                f"quantization {self.quantization!r} cannot be combined with tensor_parallel_size="
-                f"{self.tensor_parallel_size}: bitsandbytes weights cannot be split into shards"
-            )
-        if self.tensor_parallel_size > 1 and self.device.startswith("cuda:"):
-            raise ValueError(
-                f"device must be 'cuda' or 'cpu' with tensor_parallel_size > 1 (Ray gives each shard its "
-                f"own GPU), got {self.device!r}"
+                f"scheduling must be 'continuous' with pipeline_parallel_size > 1 (batches in flight at once), "
+                f"got {self.scheduling!r}"
             )
         if self.placement_strategy not in PLACEMENT_STRATEGIES:
             raise ValueError(
@@ -143,3 +157,9 @@ class EngineConfig:
             )
         if not self.cpus_per_shard > 0:
             raise ValueError(f"cpus_per_shard must be > 0, got {self.cpus_per_shard}")
+
+    @property
+    def num_shards(self) -> int:
+        """The Ray actors the model runs in, every stage's tensor-parallel shards; 1 runs in this
+        process."""
+        return self.tensor_parallel_size * self.pipeline_parallel_size

@@ -162,3 +162,5 @@ class ShardInfo:
     weight_bytes: int
     # Process id on its node (for a profiler, or to find the shard among the node's processes).
     pid: int
+    # Pipeline stage the shard belongs to (its tensor-parallel rank within the stage is `rank`).
+    stage: int = 0

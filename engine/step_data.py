@@ -2,8 +2,9 @@
 
     Scheduler.schedule() ──SchedulerOutput──▶ Executor.execute() ──SampledTokens──▶ Scheduler.update()
 
-Lists of ints and floats (and bitmask bytes) only, no torch,, since a batch crosses to tensor-parallel shard processes
-and back.
+Lists of ints and floats (and bitmask bytes) only, no torch, since a batch crosses to the shard
+processes (tensor-parallel ranks, pipeline stages) and back. With pipeline stages, the batch that
+`execute` hands back to `update` may be an earlier one than it was given.
 """
 
 from __future__ import annotations

@@ -99,11 +99,11 @@ class ModelConfig(Strict):
     def _gpu_engine_has_a_gpu(self) -> ModelConfig:
         on_gpu = self.engine.device.startswith("cuda")
         replica_gpus = self.deployment.ray_actor_options.num_gpus
-        if self.engine.tensor_parallel_size > 1:
+        if self.engine.num_shards > 1:
             if replica_gpus > 0:
                 raise ValueError(
-                    "deployment.ray_actor_options.num_gpus must be 0 with engine.tensor_parallel_size > 1: each "
-                    "shard reserves its own GPU"
+                    "deployment.ray_actor_options.num_gpus must be 0 with engine.tensor_parallel_size > 1 or "
+                    "engine.pipeline_parallel_size > 1: each shard reserves its own GPU"
                 )
         elif on_gpu and replica_gpus == 0:
             raise ValueError(
@@ -113,12 +113,13 @@ class ModelConfig(Strict):
         return self
 
     def serve_options(self) -> dict[str, Any]:
-        """Keyword arguments for this model's `Deployment.options`: with tensor-parallel shards, the
-        replica and its shards are one placement group, so Serve adds and removes whole groups."""
+        """Keyword arguments for this model's `Deployment.options`: with shards (tensor-parallel,
+        pipeline stages), the replica and its shards are one placement group, so Serve adds and
+        removes whole groups."""
         options = self.deployment.to_serve_options()
         if "autoscaling_config" in options:  # the policy labels its metrics with the model's name
             options["autoscaling_config"]["policy"]["policy_kwargs"]["model"] = self.name
-        if self.engine.tensor_parallel_size > 1:
+        if self.engine.num_shards > 1:
             options["placement_group_bundles"] = self.placement_group_bundles()
             options["placement_group_strategy"] = self.engine.placement_strategy
         return options
@@ -146,8 +147,8 @@ class ModelConfig(Strict):
 
     @property
     def uses_engine_process(self) -> bool:
-        """Whether the model runs in a child process of the replica (not with tensor-parallel shards)."""
-        return self.engine.engine_process and self.engine.tensor_parallel_size == 1
+        """Whether the model runs in a child process of the replica (not with shards)."""
+        return self.engine.engine_process and self.engine.num_shards == 1
 
     @property
     def deployment_name(self) -> str:

@@ -73,7 +73,8 @@ class EngineSettings(Strict):
     )
     quantization: Quantization | None = _engine_field(
         "quantization",
-        "bitsandbytes weight quantization of the decoder layers' projections (not with tensor_parallel_size > 1).",
+        "bitsandbytes weight quantization of the decoder layers' projections (not with tensor_parallel_size > 1 "
+        "or pipeline_parallel_size > 1).",
     )
     tensor_parallel_size: int = _engine_field(
         "tensor_parallel_size",
@@ -81,13 +82,23 @@ class EngineSettings(Strict):
         "as one placement group; 1 runs the model in the replica.",
         ge=1,
     )
+    pipeline_parallel_size: int = _engine_field(
+        "pipeline_parallel_size",
+        "Pipeline stages of the model: its decoder layers split into this many consecutive parts, each stage "
+        "tensor_parallel_size Ray actors (on CUDA a GPU each) holding only its layers' weights and KV cache, "
+        "reserved with the replica as one placement group; up to this many batches are in flight at once. "
+        "Llama-family models.",
+        ge=1,
+    )
     placement_strategy: PlacementStrategy = _engine_field(
         "placement_strategy",
-        "How a replica's shards spread over nodes (the replica shares shard 0's bundle): PACK (fewest nodes), "
-        "SPREAD, STRICT_PACK (one node) or STRICT_SPREAD (one shard per node).",
+        "How a replica's shards spread over nodes (the replica shares the first shard's bundle; the bundles are "
+        "stage by stage): PACK (fewest nodes), SPREAD, STRICT_PACK (one node) or STRICT_SPREAD (one shard per node).",
     )
     cpus_per_shard: float = _engine_field(
-        "cpus_per_shard", "CPUs each shard reserves (its torch threads on CPU) when tensor_parallel_size > 1.", gt=0
+        "cpus_per_shard",
+        "CPUs each shard reserves (its torch threads on CPU) when the model has more than one shard.",
+        gt=0,
     )
     seed: int = _engine_field("seed", "Seed for requests that carry none of their own.")
     start_timeout_s: float = Field(
@@ -97,8 +108,14 @@ class EngineSettings(Strict):
         default=True,
         description="Run the model and its step loop in a child process of the replica, so the replica's serving "
         "work never holds the GIL the forward pass needs; false runs it on a thread of the replica. With "
-        "tensor_parallel_size > 1 the engine always runs in the replica (its shards are processes already).",
+        "tensor_parallel_size > 1 or pipeline_parallel_size > 1 the engine always runs in the replica (its shards "
+        "are processes already).",
     )
+
+    @property
+    def num_shards(self) -> int:
+        """The Ray actors the model runs in (1: the replica runs it)."""
+        return self.tensor_parallel_size * self.pipeline_parallel_size
 
     def to_engine_config(self, model: str) -> EngineConfig:
         """The engine's own config; raises ValueError naming a field the engine refuses."""

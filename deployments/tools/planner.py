@@ -25,6 +25,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
 from engine import DTYPE_BYTES, KVCacheShape, tensor_parallel_problem
 from engine.config import Quantization
 from engine.parallel.shard_loader import shard_on_meta
+from engine.parallel.stages import PipelineStage
 from engine.parallel.tp_layers import ShardGroup
 
 __all__ = ["KNOWN_MODELS", "ModelDims", "Plan", "load_model_config", "plan", "weight_bytes"]
@@ -183,11 +184,14 @@ def weight_bytes(dims: ModelDims, dtype: str, quantization: Quantization | None)
     )
 
 
-def shard_weight_bytes(dims: ModelDims, dtype: str, tensor_parallel_size: int) -> int:
-    """Bytes one of `tensor_parallel_size` unquantized shards holds: rank 0 of the engine's own
-    split, built on the meta device (every rank holds the same sizes)."""
+def shard_weight_bytes(
+    dims: ModelDims, dtype: str, tensor_parallel_size: int, stage: PipelineStage | None = None
+) -> int:
+    """Bytes one of `tensor_parallel_size` unquantized shards of pipeline `stage` (None: the whole
+    model) holds: rank 0 of the engine's own split, built on the meta device (every rank of a
+    stage holds the same sizes)."""
     group = ShardGroup(rank=0, world_size=tensor_parallel_size)
-    shard, _ = shard_on_meta(dims.config, torch.float32, group)
+    shard, _ = shard_on_meta(dims.config, torch.float32, group, stage=stage)
     num_parameters = sum(p.numel() for p in shard.parameters())
     return num_parameters * DTYPE_BYTES[dtype]
 

@@ -214,7 +214,10 @@ class WaitingQueue:
         giver = max(givers, key=lambda name: (excess[name], tenants[name].counter))
         if excess[giver] <= 0 or excess[gainer] + 1 >= excess[giver]:
             return None
-        victim = next(seq for seq in reversed(running) if self._tenant_of(seq) == giver)
+        # `running` may leave some out (those in a batch in flight): then perhaps all of the giver's.
+        victim = next((seq for seq in reversed(running) if self._tenant_of(seq) == giver), None)
+        if victim is None:
+            return None
         # The admission right after: the victim, back at its queue's head, against the candidate.
         giver_after = _order_key(tenants[giver], tenants[giver].num_running - 1, victim.arrival_time)
         gainer_now = _order_key(tenants[gainer], tenants[gainer].num_running, candidate.arrival_time)

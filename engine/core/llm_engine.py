@@ -133,22 +133,26 @@ class LLMEngine:
         return True
 
     def has_unfinished_requests(self) -> bool:
-        return self.scheduler.has_unfinished() or len(self._grammar_wait) > 0
+        """Requests to run, or batches in the pipeline still to hand back (an aborted request's)."""
+        return self.scheduler.has_unfinished() or len(self._grammar_wait) > 0 or self.executor.num_in_flight > 0
 
     def step(self) -> list[RequestOutput]:
         started = time.perf_counter()
         failed = self._admit_compiled()
         batch = self.scheduler.schedule()
-        if batch.is_empty:
+        if batch.is_empty and not self.executor.num_in_flight:
             if not failed and len(self._grammar_wait):
                 self._grammar_wait.wait(GRAMMAR_POLL_S)  # nothing to run until a grammar compiles
             return failed
         self._fill_grammar_masks(batch)
-        sampled = self.executor.execute(batch)
-        updated = self.scheduler.update(batch, sampled)
+        done = self.executor.execute(batch)
+        if done is None:  # in the pipeline: its tokens come with a later step
+            return failed
+        executed, sampled = done
+        updated = self.scheduler.update(executed, sampled)
         outputs = self.output_processor.process(updated)
         if self._stats_collector is not None:
-            self._stats_collector.report_step(batch, updated, time.perf_counter() - started)
+            self._stats_collector.report_step(executed, updated, time.perf_counter() - started)
         return failed + outputs
 
     def _admit_compiled(self) -> list[RequestOutput]:

@@ -26,10 +26,18 @@ not stop it; if the running sequences then preempt for memory, admission waits a
 freed slot with it (nobody is admitted ahead of the candidate, first in the fair order). The
 token budget is not a reason to preempt: running sequences use it first, and a candidate they
 leave none for is admitted in a later step.
+
+With pipeline stages, up to `pipeline_parallel_size` batches are in flight at once: a sequence
+whose chunk is in flight is not scheduled again (its next token is not known yet) nor preempted
+(its blocks are in use) until `update` has its batch, and each batch takes at most its share of
+the active sequences, so that the batches in flight split them evenly. An abort may free an
+in-flight sequence's blocks: every stage runs the batches in order, so whatever reuses them next
+writes them after the in-flight batch did.
 """
 
 from __future__ import annotations
 
+import math
 import time
 
 from engine.config import EngineConfig
@@ -65,6 +73,10 @@ class Scheduler:
         self.num_generation_tokens = 0
         # Prompt positions the step being scheduled may still score.
         self._scoring_room = MAX_SCORED_POSITIONS_PER_STEP
+        # Request ids whose scheduled chunk is in a batch not yet updated, and the most sequences
+        # the batch being scheduled may take.
+        self.in_flight: set[str] = set()
+        self._batch_seq_cap = config.max_num_seqs
 
     # ----- requests in and out -------------------------------------------------------------
 
@@ -93,6 +105,7 @@ class Scheduler:
     def schedule(self) -> SchedulerOutput:
         output = SchedulerOutput()
         self._scoring_room = MAX_SCORED_POSITIONS_PER_STEP
+        self._batch_seq_cap = self._batch_share()
         was_idle = not self.running
         if self._preempts_for_fair_share:
             self._make_room_for_fair_share(output)
@@ -109,6 +122,19 @@ class Scheduler:
             return True
         return was_idle
 
+    def _batch_share(self) -> int:
+        """The most sequences one batch takes: all of them, or with batches in flight at once,
+        their share of the active sequences (at least one)."""
+        num_batches = self.config.pipeline_parallel_size
+        if num_batches == 1:
+            return self.config.max_num_seqs
+        active = min(self.config.max_num_seqs, len(self.running) + len(self.waiting))
+        return max(1, math.ceil(active / num_batches))
+
+    def _schedulable(self, sequences: list[Sequence]) -> list[Sequence]:
+        """Those of `sequences` whose last chunk is not in flight: they may be scheduled or preempted."""
+        return [seq for seq in sequences if seq.request_id not in self.in_flight]
+
     def _admission_cap(self) -> int:
         return 1 if self.config.scheduling == "request" else self.config.max_num_seqs
 
@@ -116,7 +142,8 @@ class Scheduler:
         """Preempt while the next sequence to admit finds no room and the fair policy names a
         victim (see `WaitingQueue.fair_share_victim`)."""
         while (candidate := self.waiting.peek()) is not None and not self._has_room_for(candidate):
-            victim = self.waiting.fair_share_victim(candidate, self.running, self.config.max_num_seqs)
+            schedulable = self._schedulable(self.running)
+            victim = self.waiting.fair_share_victim(candidate, schedulable, self.config.max_num_seqs)
             if victim is None:
                 return
             self.running.remove(victim)
@@ -133,15 +160,16 @@ class Scheduler:
         a sequence was preempted for want of KV blocks."""
         memory_short = False
         index = 0
-        while index < len(self.running) and budget > 0:
+        while index < len(self.running) and budget > 0 and len(output.chunks) < self._batch_seq_cap:
             seq = self.running[index]
             num_new = min(seq.num_uncomputed_tokens, budget, self._scoring_limit(seq, seq.num_computed_tokens))
-            if num_new == 0:  # it scores its prompt and this step has no scoring room left
+            if num_new == 0 or seq.request_id in self.in_flight:
+                # It scores its prompt and this step has no scoring room left, or its chunk is in flight.
                 index += 1
                 continue
             while not self.block_manager.can_append(seq, num_new):
                 # Of those not scheduled yet: a scheduled chunk's blocks are keyed in the prefix cache.
-                victim = self.waiting.preemption_victim(self.running[index:])
+                victim = self.waiting.preemption_victim(self._schedulable(self.running[index:]))
                 self.running.remove(victim)
                 self._preempt(victim, output)
                 memory_short = True
@@ -162,7 +190,7 @@ class Scheduler:
         """
         static_batch = self.config.scheduling != "continuous"
         while len(self.running) < self._admission_cap() and (seq := self.waiting.peek()) is not None:
-            if budget <= 0 and not static_batch:
+            if (budget <= 0 and not static_batch) or len(output.chunks) >= self._batch_seq_cap:
                 break
             limit = self._scoring_limit(seq, 0)  # a scoring request takes no cached blocks: it starts at 0
             if limit == 0:
@@ -199,6 +227,7 @@ class Scheduler:
     def _schedule_chunk(self, output: SchedulerOutput, seq: Sequence, num_new: int) -> None:
         self.block_manager.append(seq, num_new)
         self.waiting.charge_chunk(seq, num_new)
+        self.in_flight.add(seq.request_id)
         chunk = self._chunk(seq, num_new)
         self._scoring_room -= len(chunk.prompt_logprob_targets)
         output.chunks.append(chunk)
@@ -268,16 +297,21 @@ class Scheduler:
     def update(self, output: SchedulerOutput, sampled: SampledTokens) -> list[Sequence]:
         """Advance every scheduled sequence past its chunk and append the sampled tokens.
 
-        Returns the sequences that gained a token (finished ones included, already freed).
+        Returns the sequences that gained a token (finished ones included, already freed); a
+        sequence that ended while its chunk was in flight (an abort) is passed over.
         """
         now = time.time()
         sampled_index = 0
         scored = iter(sampled.prompt_logprobs)
         updated: list[Sequence] = []
         for chunk in output.chunks:
-            seq = self.sequences[chunk.request_id]
-            if chunk.prompt_logprob_targets:
-                seq.prompt_logprobs.extend(next(scored))
+            self.in_flight.discard(chunk.request_id)
+            seq = self.sequences.get(chunk.request_id)
+            scores = next(scored) if chunk.prompt_logprob_targets else []
+            if seq is None:
+                sampled_index += chunk.sampling is not None
+                continue
+            seq.prompt_logprobs.extend(scores)
             is_decode = chunk.sampling is not None and len(chunk.token_ids) == 1 and seq.num_output_tokens > 0
             if not is_decode:
                 self.num_prompt_tokens_computed += len(chunk.token_ids)

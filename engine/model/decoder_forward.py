@@ -12,7 +12,9 @@ layers and tensor-parallel layers are untouched:
                 h = h + mlp(n2(h))
     logits = lm_head(norm(h)[rows that sample])       (N, V)
 
-Architectures not in `ATTENTION_SLIDING_WINDOW` run through the model's own forward instead.
+A pipeline stage runs a part of it: the first embeds, each runs its layers, the last computes the
+logits; the hidden state h is what passes from one stage to the next. Architectures not in
+`ATTENTION_SLIDING_WINDOW` run through the model's own forward instead (and cannot be staged).
 """
 
 from __future__ import annotations
@@ -24,8 +26,14 @@ import torch
 from torch import nn
 
 from engine.model.paged_attention import PagedAttentionMetadata, paged_attention_forward
+from engine.parallel.stages import PipelineStage
 
-__all__ = ["ATTENTION_SLIDING_WINDOW", "paged_decoder_forward", "supports_paged_decoder_forward"]
+__all__ = [
+    "ATTENTION_SLIDING_WINDOW",
+    "paged_decoder_forward",
+    "paged_stage_forward",
+    "supports_paged_decoder_forward",
+]
 
 
 def _no_window(attention: nn.Module) -> int | None:
@@ -54,7 +62,9 @@ def supports_paged_decoder_forward(model: nn.Module) -> bool:
     layers = getattr(inner, "layers", None)
     if layers is None or not hasattr(inner, "rotary_emb") or not hasattr(model, "lm_head"):
         return False
-    return all(type(layer.self_attn).__name__ in ATTENTION_SLIDING_WINDOW for layer in layers)
+    # A pipeline stage holds empty placeholders for the other stages' layers.
+    held = [layer for layer in layers if not isinstance(layer, nn.Identity)]
+    return all(type(layer.self_attn).__name__ in ATTENTION_SLIDING_WINDOW for layer in held)
 
 
 def paged_decoder_forward(
@@ -65,14 +75,48 @@ def paged_decoder_forward(
     metadata: PagedAttentionMetadata,
 ) -> torch.Tensor:
     """input_ids and positions (T,), sample_index (N,) packed rows to keep -> logits (N, V)."""
+    hidden = model.model.embed_tokens(input_ids)[None]  # (1, T, H)
+    hidden = _run_layers(model, range(model.config.num_hidden_layers), hidden, positions, metadata)
+    return _logits(model, hidden, sample_index)
+
+
+def paged_stage_forward(
+    model: nn.Module,
+    stage: PipelineStage,
+    input_ids: torch.Tensor,
+    hidden: torch.Tensor | None,
+    positions: torch.Tensor,
+    sample_index: torch.Tensor,
+    metadata: PagedAttentionMetadata,
+) -> torch.Tensor:
+    """One pipeline stage: from input_ids (T,) on the first, else from the previous stage's hidden
+    state (1, T, H), through the stage's layers -> logits (N, V) on the last stage, else the
+    hidden state (1, T, H) for the next."""
+    if stage.is_first:
+        hidden = model.model.embed_tokens(input_ids)[None]
+    if hidden is None:
+        raise ValueError(f"pipeline stage {stage.index} needs the hidden state of stage {stage.index - 1}")
+    hidden = _run_layers(model, stage.layers, hidden, positions, metadata)
+    return _logits(model, hidden, sample_index) if stage.is_last else hidden
+
+
+def _run_layers(
+    model: nn.Module, layers: range, hidden: torch.Tensor, positions: torch.Tensor, metadata: PagedAttentionMetadata
+) -> torch.Tensor:
+    """hidden (1, T, H) through decoder layers `layers` -> (1, T, H)."""
     inner = model.model
-    hidden = inner.embed_tokens(input_ids)[None]  # (1, T, H)
     position_embeddings = inner.rotary_emb(hidden, position_ids=positions[None])  # cos, sin (1, T, D)
-    for layer in inner.layers[: model.config.num_hidden_layers]:
+    for index in layers:
+        layer = inner.layers[index]
         attended = _attention(layer.self_attn, layer.input_layernorm(hidden), position_embeddings, metadata)
         hidden = hidden + attended
         hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
-    return model.lm_head(inner.norm(hidden[0, sample_index]))  # (N, V)
+    return hidden
+
+
+def _logits(model: nn.Module, hidden: torch.Tensor, sample_index: torch.Tensor) -> torch.Tensor:
+    """hidden (1, T, H) -> logits (N, V) of the rows that sample."""
+    return model.lm_head(model.model.norm(hidden[0, sample_index]))
 
 
 def _attention(

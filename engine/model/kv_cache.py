@@ -1,4 +1,5 @@
-"""What a model's keys and values take in the paged KV cache: per token, per block, per shard.
+"""What a model's keys and values take in the paged KV cache: per token, per block, per shard (a
+tensor-parallel slice of a pipeline stage's layers).
 
 Torch-free, so the planner and the serve config can size a cache without loading a model.
 """
@@ -34,15 +35,17 @@ class KVCacheShape:
         return self.bytes_per_block(1)
 
 
-def kv_cache_shape(model_config: Any, dtype: DType, tensor_parallel_size: int = 1) -> KVCacheShape:
+def kv_cache_shape(
+    model_config: Any, dtype: DType, tensor_parallel_size: int = 1, num_layers: int | None = None
+) -> KVCacheShape:
     """The cache shape of one shard of a transformers config: it holds 1/tensor_parallel_size of
-    the key/value heads."""
+    the key/value heads, of `num_layers` layers (a pipeline stage's; None: all of them)."""
     text_config = model_config.get_text_config()
     num_heads = text_config.num_attention_heads
     head_dim = getattr(text_config, "head_dim", None) or text_config.hidden_size // num_heads
     num_kv_heads = getattr(text_config, "num_key_value_heads", None) or num_heads
     return KVCacheShape(
-        num_layers=text_config.num_hidden_layers,
+        num_layers=text_config.num_hidden_layers if num_layers is None else num_layers,
         num_kv_heads=num_kv_heads // tensor_parallel_size,
         head_dim=head_dim,
         dtype_bytes=DTYPE_BYTES[dtype],

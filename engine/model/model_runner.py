@@ -10,13 +10,14 @@ from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from engine.config import EngineConfig
 from engine.hardware import resolve_dtype
-from engine.model.decoder_forward import paged_decoder_forward, supports_paged_decoder_forward
+from engine.model.decoder_forward import paged_decoder_forward, paged_stage_forward, supports_paged_decoder_forward
 from engine.model.fusion import fuse_projections
 from engine.model.kv_cache import kv_cache_shape
 from engine.model.memory import available_memory_bytes
 from engine.model.paged_attention import PAGED_ATTENTION, build_metadata, register_paged_attention
 from engine.model.weights import TORCH_DTYPES, quantization_config, stored_weight_bytes
 from engine.parallel.shard_loader import load_shard
+from engine.parallel.stages import PipelineStage
 from engine.parallel.tp_layers import ShardGroup
 from engine.step_data import SchedulerOutput
 
@@ -43,19 +44,28 @@ def plan_num_kv_blocks(config: EngineConfig, bytes_per_block: int, max_model_len
 
 
 class ModelRunner:
-    """The model (or one tensor-parallel shard of it) and its KV cache on one device.
+    """The model (or one shard of it: a tensor-parallel slice, a pipeline stage's layers) and its
+    KV cache on one device.
 
     Construction loads the weights and plans how many KV blocks fit; `allocate_kv_cache` then
     allocates the pool, whose size the shards of one model must agree on.
     """
 
-    def __init__(self, config: EngineConfig, shard: ShardGroup | None = None, memory_share: float = 1.0) -> None:
+    def __init__(
+        self,
+        config: EngineConfig,
+        shard: ShardGroup | None = None,
+        memory_share: float = 1.0,
+        stage: PipelineStage | None = None,
+    ) -> None:
         """`memory_share`: the part of the device's free memory this runner may plan for (shards
-        sharing one node's memory each take theirs)."""
+        sharing one node's memory each take theirs). `stage`: the pipeline stage this runner
+        holds (None: the whole model)."""
         config = resolve_dtype(config)
         self.config = config
         self.memory_share = memory_share
         self.shard = shard or ShardGroup(rank=0, world_size=1)
+        self.stage = stage
         self.device = torch.device(config.device)
         self.dtype = TORCH_DTYPES[config.dtype]
         self.block_size = config.block_size
@@ -63,8 +73,14 @@ class ModelRunner:
         self.model = self._load_model()
         # Llama-family models skip Hugging Face's forward loop (engine/model/decoder_forward.py).
         self.own_forward = supports_paged_decoder_forward(self.model)
+        if stage is not None and not self.own_forward:
+            raise ValueError(
+                f"pipeline_parallel_size={stage.num_stages} needs a Llama-family decoder (Llama, Qwen2, Mistral); "
+                f"{type(self.model).__name__} runs through its own forward, which cannot be split into stages"
+            )
         self.weight_bytes = stored_weight_bytes(self.model)
-        self.kv_shape = kv_cache_shape(self.model.config, config.dtype, self.shard.world_size)
+        self.layers = range(self.model.config.num_hidden_layers) if stage is None else stage.layers
+        self.kv_shape = kv_cache_shape(self.model.config, config.dtype, self.shard.world_size, len(self.layers))
         self.max_model_len = self._resolve_max_model_len()
         self.planned_kv_blocks = plan_num_kv_blocks(
             config,
@@ -73,7 +89,7 @@ class ModelRunner:
             int(available_memory_bytes(self.device) * memory_share),
         )
         self.num_kv_blocks = 0
-        self.kv_caches: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.kv_caches: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         logger.info(
             "loaded %s%s in %.1fs: weights %.1f MiB in %s on %s",
             config.model,
@@ -101,8 +117,8 @@ class ModelRunner:
         return model
 
     def _load_weights(self) -> PreTrainedModel:
-        if self.shard.world_size > 1:
-            return load_shard(self.config.model, self.dtype, self.device, self.shard)
+        if self.shard.world_size > 1 or self.stage is not None:
+            return load_shard(self.config.model, self.dtype, self.device, self.shard, self.stage)
         register_paged_attention()
         model = AutoModelForCausalLM.from_pretrained(
             self.config.model,
@@ -124,21 +140,25 @@ class ModelRunner:
             )
         return self.config.max_model_len
 
-    def _allocate_kv_caches(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def _allocate_kv_caches(self) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+        """By layer index, this runner's layers only."""
         # Zeroed, not empty: padded context slots are masked, but 0 * NaN would still poison sums.
         shape = (self.num_kv_blocks * self.block_size, self.kv_shape.num_kv_heads, self.kv_shape.head_dim)
-        return [
-            (
+        return {
+            layer: (
                 torch.zeros(shape, dtype=self.dtype, device=self.device),
                 torch.zeros(shape, dtype=self.dtype, device=self.device),
             )
-            for _ in range(self.kv_shape.num_layers)
-        ]
+            for layer in self.layers
+        }
 
     @torch.inference_mode()
-    def forward(self, batch: SchedulerOutput) -> torch.Tensor:
+    def forward(self, batch: SchedulerOutput, hidden: torch.Tensor | None = None) -> torch.Tensor:
         """Run every scheduled chunk; return logits (N + M, V): first the N chunks that sample (at
-        their last token), then the M positions whose logits score prompt tokens (chunk order)."""
+        their last token), then the M positions whose logits score prompt tokens (chunk order).
+
+        A pipeline stage but the first starts from `hidden` (1, T, H), the previous stage's
+        output, and a stage but the last returns its hidden state (1, T, H) instead of logits."""
         chunks = batch.chunks
         metadata, positions = build_metadata(
             chunk_lengths=[len(chunk.token_ids) for chunk in chunks],
@@ -163,6 +183,8 @@ class ModelRunner:
         positions = positions.to(self.device)  # (T,)
         # long even when empty: a step of prompt chunks that do not sample keeps no logits
         keep = torch.tensor(sample_index, dtype=torch.long, device=self.device)  # (N,)
+        if self.stage is not None:
+            return paged_stage_forward(self.model, self.stage, token_tensor, hidden, positions, keep, metadata)
         if self.own_forward:
             return paged_decoder_forward(self.model, token_tensor, positions, keep, metadata)
         outputs = self.model(

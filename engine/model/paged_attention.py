@@ -86,8 +86,9 @@ class PagedAttentionMetadata:
     # (T,) cache slot where each packed token's key and value are written.
     slot_mapping: torch.Tensor
     groups: list[AttentionGroup]
-    # Per layer: (key_cache, value_cache), each (num_blocks * block_size, num_kv_heads, head_dim).
-    kv_caches: list[tuple[torch.Tensor, torch.Tensor]]
+    # By layer index (a pipeline stage's layers only): (key_cache, value_cache), each
+    # (num_blocks * block_size, num_kv_heads, head_dim).
+    kv_caches: dict[int, tuple[torch.Tensor, torch.Tensor]]
     block_size: int
 
 
@@ -162,7 +163,7 @@ def build_metadata(
     start_positions: list[int],
     block_tables: list[list[int]],
     block_size: int,
-    kv_caches: list[tuple[torch.Tensor, torch.Tensor]],
+    kv_caches: dict[int, tuple[torch.Tensor, torch.Tensor]],
     device: torch.device,
 ) -> tuple[PagedAttentionMetadata, torch.Tensor]:
     """Metadata for a packed step, and the (T,) position of every packed token.

@@ -1,7 +1,9 @@
 """The `execute` verb of a step: runs a scheduled batch on the model and samples.
 
-Two executors share one interface: `InProcessExecutor` (the model in this process, TP=1) and
-`TensorParallelExecutor` (one Ray actor per shard); `create_executor` picks one.
+Two executors share one interface: `InProcessExecutor` (the whole model in this process) and
+`ShardedExecutor` (Ray actors: tensor-parallel shards, pipeline stages); `create_executor` picks
+one. An executor may keep batches in flight (pipeline stages run several at once): `execute`
+then hands back an earlier batch with its tokens, or None while the new one is on its way.
 """
 
 from __future__ import annotations
@@ -25,7 +27,15 @@ class Executor(Protocol):
     num_kv_blocks: int
     max_model_len: int
 
-    def execute(self, batch: SchedulerOutput) -> SampledTokens: ...
+    @property
+    def num_in_flight(self) -> int:
+        """Batches submitted whose tokens `execute` has not handed back yet."""
+        ...
+
+    def execute(self, batch: SchedulerOutput) -> tuple[SchedulerOutput, SampledTokens] | None:
+        """Run `batch` (empty only while batches are in flight); return a batch that is done and
+        its sampled tokens, or None while the pipeline has room and `batch` is on its way."""
+        ...
 
     def shards(self) -> list[ShardInfo]: ...
 
@@ -35,8 +45,8 @@ class Executor(Protocol):
 
 
 def create_executor(config: EngineConfig) -> Executor:
-    if config.tensor_parallel_size == 1:
+    if config.num_shards == 1:
         return InProcessExecutor(config)
-    from engine.parallel.tp_executor import TensorParallelExecutor  # imports Ray, which TP=1 never needs
+    from engine.parallel.sharded_executor import ShardedExecutor  # imports Ray, which one shard never needs
 
-    return TensorParallelExecutor(config)
+    return ShardedExecutor(config)

@@ -1,10 +1,11 @@
-"""The model in this process (tensor_parallel_size == 1), and the forward-then-sample every
-executor's rank 0 runs."""
+"""The whole model in this process, and the forward-then-sample every executor's sampling shard
+runs."""
 
 from __future__ import annotations
 
 import os
 
+import torch
 from transformers import GenerationConfig, PretrainedConfig
 
 from engine.config import EngineConfig
@@ -16,10 +17,13 @@ from engine.step_data import SampledTokens, SchedulerOutput
 __all__ = ["InProcessExecutor", "sample_batch"]
 
 
-def sample_batch(runner: ModelRunner, sampler: Sampler, batch: SchedulerOutput) -> SampledTokens:
-    """Run the batch's forward, sample the chunks that end a sequence's known tokens, and score
-    the prompt tokens the batch asks logprobs of."""
-    logits = runner.forward(batch)  # (N + M, V): N sampling chunks, then M prompt positions
+def sample_batch(
+    runner: ModelRunner, sampler: Sampler, batch: SchedulerOutput, hidden: torch.Tensor | None = None
+) -> SampledTokens:
+    """Run the batch's forward (on the last pipeline stage, from the previous stage's `hidden`
+    state), sample the chunks that end a sequence's known tokens, and score the prompt tokens the
+    batch asks logprobs of."""
+    logits = runner.forward(batch, hidden)  # (N + M, V): N sampling chunks, then M prompt positions
     num_sampling = sum(chunk.sampling is not None for chunk in batch.chunks)
     prompt_logprobs = score_prompt_tokens(logits[num_sampling:], batch)
     logits = logits[:num_sampling]
@@ -44,7 +48,7 @@ def sample_batch(runner: ModelRunner, sampler: Sampler, batch: SchedulerOutput) 
 
 
 class InProcessExecutor:
-    """The model in this process (tensor_parallel_size == 1)."""
+    """The whole model in this process (one shard: no tensor or pipeline parallelism)."""
 
     def __init__(self, config: EngineConfig) -> None:
         self.runner = ModelRunner(config)
@@ -55,8 +59,12 @@ class InProcessExecutor:
         self.num_kv_blocks = self.runner.num_kv_blocks
         self.max_model_len = self.runner.max_model_len
 
-    def execute(self, batch: SchedulerOutput) -> SampledTokens:
-        return sample_batch(self.runner, self.sampler, batch)
+    @property
+    def num_in_flight(self) -> int:
+        return 0  # a batch is done when execute returns
+
+    def execute(self, batch: SchedulerOutput) -> tuple[SchedulerOutput, SampledTokens]:
+        return batch, sample_batch(self.runner, self.sampler, batch)
 
     def shards(self) -> list[ShardInfo]:
         runner = self.runner

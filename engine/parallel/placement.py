@@ -13,11 +13,12 @@ __all__ = ["check_shardable", "shard_bundles", "tensor_parallel_problem"]
 
 
 def shard_bundles(config: EngineConfig) -> list[dict[str, float]]:
-    """One placement-group bundle per shard: its CPUs, and on CUDA one GPU."""
+    """One placement-group bundle per shard, stage by stage (bundle `stage * tensor_parallel_size
+    + rank`): its CPUs, and on CUDA one GPU."""
     bundle = {"CPU": config.cpus_per_shard}
     if config.device.startswith("cuda"):
         bundle["GPU"] = 1.0
-    return [dict(bundle) for _ in range(config.tensor_parallel_size)]
+    return [dict(bundle) for _ in range(config.num_shards)]
 
 
 def tensor_parallel_problem(model_config: Any, tensor_parallel_size: int) -> str | None:

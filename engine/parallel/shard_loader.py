@@ -1,12 +1,14 @@
-"""Builds one tensor-parallel shard of a Hugging Face causal LM, reading only its slice of the
-checkpoint.
+"""Builds one shard of a Hugging Face causal LM (a tensor-parallel slice of a pipeline stage),
+reading only its part of the checkpoint.
 
-The model's own transformers class is built on the meta device (no memory), its projections,
-embedding and LM head are swapped for the shard-sized layers of `engine.parallel.tp_layers`, and each
-parameter is then filled from the safetensors checkpoint with a sliced read: a shard never holds
-(or reads into memory) another shard's weights. Attention modules keep their code: they reshape
-projections with `-1` heads, so on a shard they run over its heads only, and the paged KV cache
-holds only those heads.
+The model's own transformers class is built on the meta device (no memory). With tensor
+parallelism its projections, embedding and LM head are swapped for the shard-sized layers of
+`engine.parallel.tp_layers`; with pipeline stages, the decoder layers outside the stage become
+empty placeholders, and so do the embedding (but on the first stage), and the final norm and LM
+head (but on the last). Each remaining parameter is then filled from the safetensors checkpoint
+with a sliced read: a shard never holds (or reads into memory) another shard's weights. Attention
+modules keep their code: they reshape projections with `-1` heads, so on a shard they run over
+its heads only, and the paged KV cache holds only those heads of the stage's layers.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, Pre
 
 from engine.model.paged_attention import PAGED_ATTENTION, register_paged_attention
 from engine.parallel.placement import check_shardable
+from engine.parallel.stages import PipelineStage
 from engine.parallel.tp_layers import RowParallelLinear, ShardGroup, VocabParallelEmbedding, VocabParallelLMHead
 
 __all__ = ["load_shard", "shard_on_meta"]
@@ -35,8 +38,11 @@ _SAFETENSORS_INDEX = "model.safetensors.index.json"
 _SAFETENSORS_FILE = "model.safetensors"
 
 
-def load_shard(model: str, dtype: torch.dtype, device: torch.device, group: ShardGroup) -> PreTrainedModel:
-    """Shard `group.rank` of `model` (a directory or hub id) on `device`.
+def load_shard(
+    model: str, dtype: torch.dtype, device: torch.device, group: ShardGroup, stage: PipelineStage | None = None
+) -> PreTrainedModel:
+    """Shard `group.rank` of `model` (a directory or hub id) on `device`, of pipeline `stage`
+    (None: the whole model).
 
     Raises ValueError when the model cannot be split `group.world_size` ways (heads, key/value
     heads or MLP width not divisible) or has no safetensors checkpoint.
@@ -48,9 +54,8 @@ def load_shard(model: str, dtype: torch.dtype, device: torch.device, group: Shar
         )
     register_paged_attention()
     config = AutoConfig.from_pretrained(model)
-    sharded, split_dims = shard_on_meta(config, dtype, group, attn_implementation=PAGED_ATTENTION)
-    head = sharded.get_output_embeddings()
-    tied = head is not None and head.weight is sharded.get_input_embeddings().weight
+    sharded, split_dims = shard_on_meta(config, dtype, group, attn_implementation=PAGED_ATTENTION, stage=stage)
+    tied = _embeddings_tied(sharded)
     sharded.to_empty(device=device)
     if tied:  # to_empty gives every module a new parameter, so a tie must be made again
         sharded.get_output_embeddings().weight = sharded.get_input_embeddings().weight
@@ -60,10 +65,15 @@ def load_shard(model: str, dtype: torch.dtype, device: torch.device, group: Shar
 
 
 def shard_on_meta(
-    config: PretrainedConfig, dtype: torch.dtype, group: ShardGroup, attn_implementation: str | None = None
+    config: PretrainedConfig,
+    dtype: torch.dtype,
+    group: ShardGroup,
+    attn_implementation: str | None = None,
+    stage: PipelineStage | None = None,
 ) -> tuple[PreTrainedModel, dict[str, int]]:
-    """Shard `group.rank` of a model built from `config` on the meta device (no memory): its layers
-    as this shard holds them, and each split parameter's name -> the dim it is sliced along.
+    """Shard `group.rank` of pipeline `stage` (None: the whole model) of a model built from
+    `config` on the meta device (no memory): its layers as this shard holds them, and each split
+    parameter's name -> the dim it is sliced along.
 
     Raises ValueError when the model cannot be split `group.world_size` ways. The planner counts a
     shard's bytes from this, so its figures are the engine's split.
@@ -71,7 +81,33 @@ def shard_on_meta(
     check_shardable(config, group.world_size)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=attn_implementation)
-    return model, _shard_layers(model, group)
+    split_dims = _shard_layers(model, group) if group.world_size > 1 else {}
+    if stage is not None:
+        _keep_stage(model, stage)
+    return model, split_dims
+
+
+def _keep_stage(model: PreTrainedModel, stage: PipelineStage) -> None:
+    """Replace (on meta) what `stage` does not run with empty placeholders: the other stages'
+    decoder layers (indices stay those of the whole model, as each attention's `layer_idx`),
+    the embedding but on the first stage, the final norm and LM head but on the last. Tied
+    embeddings stay where either end needs them: they are one tensor."""
+    inner = model.model
+    for index in range(len(inner.layers)):
+        if index not in stage.layers:
+            inner.layers[index] = nn.Identity()
+    tied = _embeddings_tied(model)
+    if not stage.is_first and not (tied and stage.is_last):
+        inner.embed_tokens = nn.Identity()
+    if not stage.is_last:
+        inner.norm = nn.Identity()
+        if not (tied and stage.is_first):
+            model.lm_head = nn.Identity()
+
+
+def _embeddings_tied(model: PreTrainedModel) -> bool:
+    head_weight = getattr(model.get_output_embeddings(), "weight", None)
+    return head_weight is not None and head_weight is getattr(model.get_input_embeddings(), "weight", None)
 
 
 def _shard_layers(model: PreTrainedModel, group: ShardGroup) -> dict[str, int]:

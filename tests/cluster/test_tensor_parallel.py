@@ -16,7 +16,8 @@ from deployments.tools.planner import ModelDims, load_model_config, shard_weight
 from engine import AsyncLLMEngine, EngineConfig, EngineDeadError, LLMEngine, SamplingParams, StructuredOutput
 from engine.demo.tiny_models import TinyModelSpec, write_tiny_model
 from engine.parallel.placement import shard_bundles
-from engine.parallel.tp_executor import spawn_shard
+from engine.parallel.sharded_executor import spawn_shard
+from engine.parallel.stages import pipeline_stages
 from tests.engine.hf_reference import hf_greedy
 
 PROMPTS = [[5, 6, 7, 8], [40, 41, 42, 43, 44, 45, 46], [300, 301]]
@@ -119,7 +120,8 @@ def test_a_shard_answers_health_pings_while_a_long_call_blocks_it(two_node_clust
     config = spread_config(llama_dir)
     group = ray.util.placement_group(shard_bundles(config), strategy=config.placement_strategy)
     ray.get(group.ready(), timeout=120)
-    shards = [spawn_shard(config, group, rank) for rank in range(config.tensor_parallel_size)]
+    stage = pipeline_stages(load_model_config(str(llama_dir)), 1)[0]
+    shards = [spawn_shard(config, group, stage, rank) for rank in range(config.tensor_parallel_size)]
     try:
         host = ray.get(shards[0].node.remote(), timeout=120)[1]
         port = ray.get(shards[0].open_node_store.remote(), timeout=60)

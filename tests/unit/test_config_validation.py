@@ -33,6 +33,8 @@ def field_message(field: str) -> str:
         ("quantization", "int3"),
         ("tensor_parallel_size", 0),
         ("tensor_parallel_size", 1.5),
+        ("pipeline_parallel_size", 0),
+        ("pipeline_parallel_size", True),
         ("placement_strategy", "RANDOM"),
         ("cpus_per_shard", 0),
     ],
@@ -137,6 +139,24 @@ def test_quantization_is_accepted_alone_and_refused_with_tensor_parallel_shards(
     assert EngineConfig(model="unused", quantization=quantization).quantization == quantization
     with pytest.raises(ValueError, match=r"^quantization .* cannot be combined with tensor_parallel_size=2"):
         EngineConfig(model="unused", quantization=quantization, tensor_parallel_size=2)
+
+
+@pytest.mark.parametrize("quantization", ["int8", "nf4"])
+def test_quantization_is_refused_with_pipeline_stages(quantization: str) -> None:
+    with pytest.raises(ValueError, match=r"^quantization .* cannot be combined with pipeline_parallel_size=2"):
+        EngineConfig(model="unused", quantization=quantization, pipeline_parallel_size=2)
+
+
+@pytest.mark.parametrize("scheduling", ["static", "request"])
+def test_pipeline_stages_need_continuous_scheduling(scheduling: str) -> None:
+    with pytest.raises(ValueError, match=r"^scheduling must be 'continuous' with pipeline_parallel_size > 1"):
+        EngineConfig(model="unused", scheduling=scheduling, pipeline_parallel_size=2)
+
+
+def test_a_model_runs_in_one_shard_per_stage_and_tensor_parallel_rank() -> None:
+    config = EngineConfig(model="unused", tensor_parallel_size=2, pipeline_parallel_size=3)
+    assert config.num_shards == 6
+    assert EngineConfig(model="unused").num_shards == 1
 
 
 def test_tensor_parallel_shards_take_their_gpu_from_ray_not_a_device_index() -> None:
