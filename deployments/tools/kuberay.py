@@ -151,7 +151,7 @@ def replica_pods(model: ModelConfig, options: KubeRayOptions) -> list[PodShape]:
         )
     # Host bytes per process, shard 0's (with the replica's server) first.
     processes = replica_memory_bytes(model, options.model_configs.get(model.name))
-    if model.engine.tensor_parallel_size > 1:
+    if model.engine.num_shards > 1:
         bundles = model.placement_group_bundles()
         if model.engine.placement_strategy in _SPREAD_STRATEGIES:
             return [
@@ -184,7 +184,8 @@ def worker_groups(config: AppConfig, options: KubeRayOptions) -> list[WorkerGrou
             if shape.gpus > options.gpus_per_node:
                 raise ValueError(
                     f"model {model.name!r}: one replica needs {shape.gpus} GPUs in one pod (engine.tensor_parallel_"
-                    f"size {model.engine.tensor_parallel_size} under {model.engine.placement_strategy}), more than "
+                    f"size {model.engine.tensor_parallel_size} x pipeline_parallel_size "
+                    f"{model.engine.pipeline_parallel_size} under {model.engine.placement_strategy}), more than "
                     f"a node has (gpus_per_node {options.gpus_per_node}); use STRICT_SPREAD or fewer shards"
                 )
             pods_per_shape[shape] += 1

@@ -1,8 +1,9 @@
 """Host memory a model's replica takes, from the planner's figures, for sizing its Kubernetes pods.
 
-Each process that runs the model (the replica itself, its engine process, or each tensor-parallel
-shard) takes its own footprint (Python, torch, Ray's worker; on CUDA the CUDA context and
-libraries) and, on CPU, its shard's weights and its KV pool. On CUDA the weights and the pool live
+Each process that runs the model (the replica itself, its engine process, or each shard: a
+tensor-parallel rank of a pipeline stage) takes its own footprint (Python, torch, Ray's worker; on
+CUDA the CUDA context and libraries) and, on CPU, its shard's weights and its KV pool (of its
+stage's layers). On CUDA the weights and the pool live
 on the GPU: the loaders copy the checkpoint to the device a tensor at a time, and the page cache
 its reads fill is reclaimable. The weights and KV bytes are the planner's: parameters counted on
 the model's transformers class built on the meta device (a shard's on the engine's own split), the
@@ -30,6 +31,7 @@ from deployments.replica.model_source import demo_spec
 from deployments.tools.planner import ModelDims, load_model_config, shard_weight_bytes, weight_bytes
 from engine import DTYPE_BYTES, KVCacheShape
 from engine.demo.tiny_models import tiny_model_config
+from engine.parallel.stages import pipeline_stages
 
 __all__ = ["replica_memory_bytes"]
 
@@ -42,25 +44,34 @@ _SERVER_BYTES = 1 * _GIB
 
 
 def replica_memory_bytes(model: ModelConfig, model_source: str | None = None) -> list[int]:
-    """Host bytes per process of one replica, the one holding shard 0 first: one entry per
-    tensor-parallel shard (the first also counting the replica's server process), one for a
-    replica whose engine runs in it or in its engine process. `model_source`: what `switchyard
-    plan --model` takes, in place of the model's own source."""
+    """Host bytes per process of one replica, the one holding the first shard first: one entry per
+    shard in bundle order (stage by stage, each stage's tensor-parallel ranks; the first also
+    counting the replica's server process), one for a replica whose engine runs in it or in its
+    engine process. `model_source`: what `switchyard plan --model` takes, in place of the model's
+    own source."""
     engine = model.engine
     device = "cuda" if engine.device.startswith("cuda") else "cpu"
-    tp = engine.tensor_parallel_size
-    per_engine = _PROCESS_BYTES[device]
+    tp, pp = engine.tensor_parallel_size, engine.pipeline_parallel_size
+    per_stage = [_PROCESS_BYTES[device]] * pp
     if device == "cpu":
         dtype = "float32" if engine.dtype == "auto" else engine.dtype
-        dims = ModelDims.from_config(_model_config(model, model_source))
-        per_engine += weight_bytes(dims, dtype, engine.quantization) if tp == 1 else shard_weight_bytes(dims, dtype, tp)
-        shape = KVCacheShape(dims.num_layers, dims.num_kv_heads // tp, dims.head_dim, DTYPE_BYTES[dtype])
+        config = _model_config(model, model_source)
+        dims = ModelDims.from_config(config)
         max_model_len = engine.max_model_len or dims.max_position_embeddings
         num_blocks = engine.num_kv_blocks or engine.max_num_seqs * -(-max_model_len // engine.block_size)
-        per_engine += num_blocks * shape.bytes_per_block(engine.block_size)
-    if tp == 1 and not model.uses_engine_process:
-        return [per_engine]
-    return [per_engine + _SERVER_BYTES] + [per_engine] * (tp - 1)
+        stages = pipeline_stages(config, pp)
+        for index, stage in enumerate(stages):
+            if tp == 1 and pp == 1:
+                weights = weight_bytes(dims, dtype, engine.quantization)
+            else:
+                weights = shard_weight_bytes(dims, dtype, tp, stage if pp > 1 else None)
+            shape = KVCacheShape(len(stage.layers), dims.num_kv_heads // tp, dims.head_dim, DTYPE_BYTES[dtype])
+            per_stage[index] += weights + num_blocks * shape.bytes_per_block(engine.block_size)
+    if engine.num_shards == 1 and not model.uses_engine_process:
+        return per_stage
+    processes = [per_engine for per_engine in per_stage for _ in range(tp)]
+    processes[0] += _SERVER_BYTES
+    return processes
 
 
 def _model_config(model: ModelConfig, model_source: str | None) -> Any:

@@ -10,6 +10,7 @@ import torch
 from transformers import AutoConfig
 
 from engine import EngineConfig, SamplingParams
+from engine.demo.tiny_models import TinyModelSpec, write_tiny_model
 from engine.model.model_runner import ModelRunner
 from engine.parallel.stages import pipeline_stages
 from engine.step_data import ScheduledChunk, SchedulerOutput
@@ -43,6 +44,18 @@ def test_chained_stages_compute_the_whole_models_logits_on_prefill_then_decode(
         torch.testing.assert_close(parts[1].forward(batch, hidden), whole.forward(batch), rtol=1e-5, atol=1e-5)
 
 
+def test_tied_embeddings_are_on_both_ends_and_the_stages_match_the_whole_model(
+    tmp_path: Path,
+) -> None:
+    model_dir = write_tiny_model(tmp_path / "tied", TinyModelSpec(architecture="qwen2", tie_word_embeddings=True))
+    stages = pipeline_stages(AutoConfig.from_pretrained(model_dir), 2)
+    whole = runner(model_dir)
+    first, last = (runner(model_dir, stage) for stage in stages)
+    assert last.model.lm_head.weight is last.model.model.embed_tokens.weight
+    batch = SchedulerOutput([chunk("a", [5, 6, 7, 8, 9], 0, [0, 1])])
+    torch.testing.assert_close(last.forward(batch, first.forward(batch)), whole.forward(batch), rtol=1e-5, atol=1e-5)
+
+
 def test_each_stage_holds_its_layers_weights_and_kv_cache_only(layered_dir: Path) -> None:
     config = AutoConfig.from_pretrained(layered_dir)
     whole = runner(layered_dir)
@@ -50,7 +63,9 @@ def test_each_stage_holds_its_layers_weights_and_kv_cache_only(layered_dir: Path
     assert (list(first.kv_caches), list(last.kv_caches)) == ([0, 1, 2, 3], [4, 5, 6, 7])
     assert first.kv_shape.bytes_per_block(4) * 2 == whole.kv_shape.bytes_per_block(4)
     assert first.weight_bytes + last.weight_bytes == whole.weight_bytes  # nothing held twice, nothing missing
-    names = {stage: {name for name, _ in part.model.named_parameters()} for stage, part in (("first", first), ("last", last))}
+    names = {
+        stage: {name for name, _ in part.model.named_parameters()} for stage, part in (("first", first), ("last", last))
+    }
     assert "model.embed_tokens.weight" in names["first"] and "lm_head.weight" not in names["first"]
     assert "lm_head.weight" in names["last"] and "model.embed_tokens.weight" not in names["last"]
     assert not any(name.startswith("model.layers.4.") for name in names["first"])

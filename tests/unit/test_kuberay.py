@@ -300,6 +300,16 @@ def test_models_sharing_a_group_get_pods_as_large_as_the_largest_needs() -> None
     assert sizes["small"] < sizes["large"] == pod_memory_gib(group)
 
 
+def test_each_pipeline_stage_sizes_its_process_by_its_own_layers() -> None:
+    (whole,) = replica_memory_bytes(cpu_model({"hub_id": "org/m"}, num_kv_blocks=16), "llama-2-7b")
+    staged = cpu_model({"hub_id": "org/m"}, pipeline_parallel_size=2, placement_strategy="STRICT_SPREAD", num_kv_blocks=16)
+    first, second = replica_memory_bytes(staged, "llama-2-7b")
+    # Every weight and KV layer on one stage or the other, and one more process's footprint.
+    assert first + second == whole + GIB
+    # 16 of the 32 layers each, the embedding on the first, the LM head on the last
+    assert 6.74e9 * 4 / 2 * 0.99 < second - GIB < 6.74e9 * 4 / 2 * 1.01
+
+
 def test_a_cpu_shard_sizes_its_pod_beyond_the_per_cpu_memory() -> None:
     model = cpu_model({"hub_id": "org/m"}, tensor_parallel_size=2, placement_strategy="STRICT_SPREAD", num_kv_blocks=16)
     options = KubeRayOptions(model_configs={"m": "llama-2-7b"})

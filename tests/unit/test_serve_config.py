@@ -72,7 +72,7 @@ def model(args: Args) -> Args:
                 engine={"device": "cuda", "tensor_parallel_size": 2}, deployment={"ray_actor_options": {"num_gpus": 1}}
             ),
             "models.0",
-            "num_gpus must be 0 with engine.tensor_parallel_size > 1",
+            "num_gpus must be 0 with engine.tensor_parallel_size > 1 or engine.pipeline_parallel_size > 1",
             id="tensor-parallel-replica-with-a-gpu",
         ),
         pytest.param(
@@ -191,6 +191,19 @@ def test_each_cuda_shard_reserves_a_gpu_and_a_single_shard_needs_no_placement_gr
     bundles = AppConfig.model_validate(args).models[0].serve_options()["placement_group_bundles"]
     assert bundles == [{"CPU": 2.0, "GPU": 1.0}, {"CPU": 1.0, "GPU": 1.0}]
     assert "placement_group_bundles" not in AppConfig.model_validate(minimal_args()).models[0].serve_options()
+
+
+def test_pipeline_stages_reserve_a_bundle_per_shard_of_every_stage_with_the_replica() -> None:
+    args = minimal_args()
+    model(args)["engine"].update(device="cuda", tensor_parallel_size=2, pipeline_parallel_size=2)
+    model(args)["deployment"]["ray_actor_options"] = {"num_cpus": 1, "num_gpus": 0}
+    config = AppConfig.model_validate(args).models[0]
+    assert config.serve_options()["placement_group_bundles"] == [{"CPU": 2.0, "GPU": 1.0}] + [{"CPU": 1.0, "GPU": 1.0}] * 3
+    assert not config.uses_engine_process  # the stages are processes already
+    model(args)["engine"].update(tensor_parallel_size=1)
+    model(args)["deployment"]["ray_actor_options"] = {"num_cpus": 1, "num_gpus": 1}
+    with pytest.raises(ValidationError, match="num_gpus must be 0 with engine.tensor_parallel_size > 1 or engine.pipeline"):
+        AppConfig.model_validate(args)
 
 
 def test_model_deployment_is_named_after_the_model() -> None:
