@@ -302,7 +302,9 @@ def test_models_sharing_a_group_get_pods_as_large_as_the_largest_needs() -> None
 
 def test_each_pipeline_stage_sizes_its_process_by_its_own_layers() -> None:
     (whole,) = replica_memory_bytes(cpu_model({"hub_id": "org/m"}, num_kv_blocks=16), "llama-2-7b")
-    staged = cpu_model({"hub_id": "org/m"}, pipeline_parallel_size=2, placement_strategy="STRICT_SPREAD", num_kv_blocks=16)
+    staged = cpu_model(
+        {"hub_id": "org/m"}, pipeline_parallel_size=2, placement_strategy="STRICT_SPREAD", num_kv_blocks=16
+    )
     first, second = replica_memory_bytes(staged, "llama-2-7b")
     # Every weight and KV layer on one stage or the other, and one more process's footprint.
     assert first + second == whole + GIB
