@@ -103,9 +103,19 @@ def _plan(args: argparse.Namespace) -> int:
         context_len=context_len,
         concurrency=args.concurrency,
         block_size=args.block_size,
+        gpus_per_node=args.gpus_per_node,
     )
     name = Path(args.model).parent.name if args.model.endswith(".json") else Path(args.model).name
-    print(planner.render(name, result, dtype=args.dtype, quantization=args.quantization, context_len=context_len))
+    print(
+        planner.render(
+            name,
+            result,
+            dtype=args.dtype,
+            quantization=args.quantization,
+            context_len=context_len,
+            gpus_per_node=args.gpus_per_node,
+        )
+    )
     return 0 if result.tensor_parallel_size is not None else 1
 
 
@@ -126,6 +136,12 @@ def _parser() -> argparse.ArgumentParser:
     plan.add_argument("--context-len", type=int, default=None, help="tokens per sequence; default: the model's")
     plan.add_argument("--concurrency", type=int, default=1, help="full-length sequences to serve at once")
     plan.add_argument("--block-size", type=int, default=16, help="tokens per KV block, as in the engine config")
+    plan.add_argument(
+        "--gpus-per-node",
+        type=int,
+        default=8,
+        help="GPUs of a node: tensor parallelism stays within one, pipeline stages may span nodes",
+    )
     add_keys_parser(commands)
     add_status_parser(commands)
     add_kuberay_parser(commands)

@@ -25,7 +25,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
 from engine import DTYPE_BYTES, KVCacheShape, tensor_parallel_problem
 from engine.config import Quantization
 from engine.parallel.shard_loader import shard_on_meta
-from engine.parallel.stages import PipelineStage
+from engine.parallel.stages import PipelineStage, pipeline_stages
 from engine.parallel.tp_layers import ShardGroup
 
 __all__ = ["KNOWN_MODELS", "ModelDims", "Plan", "load_model_config", "plan", "weight_bytes"]
@@ -188,12 +188,59 @@ def shard_weight_bytes(
     dims: ModelDims, dtype: str, tensor_parallel_size: int, stage: PipelineStage | None = None
 ) -> int:
     """Bytes one of `tensor_parallel_size` unquantized shards of pipeline `stage` (None: the whole
-    model) holds: rank 0 of the engine's own split, built on the meta device (every rank of a
-    stage holds the same sizes)."""
-    group = ShardGroup(rank=0, world_size=tensor_parallel_size)
-    shard, _ = shard_on_meta(dims.config, torch.float32, group, stage=stage)
-    num_parameters = sum(p.numel() for p in shard.parameters())
-    return num_parameters * DTYPE_BYTES[dtype]
+    model) holds (every rank of a stage holds the same sizes)."""
+    stages = [stage] if stage is not None else pipeline_stages(dims.config, 1)
+    return stage_weight_bytes(dims, dtype, tensor_parallel_size, stages)[0]
+
+
+def stage_weight_bytes(
+    dims: ModelDims, dtype: str, tensor_parallel_size: int, stages: list[PipelineStage]
+) -> list[int]:
+    """Bytes one shard of each of `stages` holds, unquantized: rank 0 of the engine's own
+    tensor-parallel split with what each stage keeps (engine.parallel.shard_loader)."""
+    counts = _ShardCounts.of(dims, tensor_parallel_size)
+    return [counts.of_stage(stage) * DTYPE_BYTES[dtype] for stage in stages]
+
+
+@dataclass(frozen=True)
+class _ShardCounts:
+    """Parameters of one tensor-parallel shard, by where a pipeline stage keeps them: each decoder
+    layer, the embedding (first stage), the final norm and LM head (last stage; with tied
+    embeddings the last stage holds the embedding too, as the head's weight)."""
+
+    per_layer: tuple[int, ...]
+    embedding: int
+    norm_and_head: int
+    tied: bool
+
+    @classmethod
+    def of(cls, dims: ModelDims, tensor_parallel_size: int) -> _ShardCounts:
+        """Counted on rank 0 of the engine's split, built on the meta device."""
+        shard, _ = shard_on_meta(dims.config, torch.float32, ShardGroup(rank=0, world_size=tensor_parallel_size))
+        inner = shard.model
+
+        def count(*modules: nn.Module) -> int:
+            # A tensor shared by several modules (tied embeddings) counts once.
+            unique = {id(p): p for module in modules for p in module.parameters()}
+            return sum(p.numel() for p in unique.values())
+
+        if count(inner.embed_tokens, inner.norm, shard.lm_head, *inner.layers) != count(shard):
+            raise ValueError(f"{type(shard).__name__} holds weights outside its layers, embedding, norm and LM head")
+        return cls(
+            per_layer=tuple(count(layer) for layer in inner.layers),
+            embedding=count(inner.embed_tokens),
+            norm_and_head=count(inner.norm, shard.lm_head),
+            tied=shard.lm_head.weight is inner.embed_tokens.weight,
+        )
+
+    def of_stage(self, stage: PipelineStage) -> int:
+        total = sum(self.per_layer[index] for index in stage.layers)
+        if stage.is_first or (self.tied and stage.is_last):
+            total += self.embedding
+        if stage.is_last:
+            # A tied head's weight is the embedding, counted above.
+            total += self.norm_and_head - (self.embedding if self.tied else 0)
+        return total
 
 
 @dataclass(frozen=True)
@@ -204,20 +251,38 @@ class Plan:
     kv_bytes_per_token: int
     # A full-length sequence, in whole KV blocks as the engine allocates them.
     kv_bytes_per_sequence: int
-    # Smallest tensor-parallel size whose GPUs hold the weights and one full-length sequence;
-    # None when no size up to the head count does (quantized weights are never split).
+    # Smallest tensor-parallel size (one stage) whose GPUs hold the weights and one full-length
+    # sequence; None when no size up to the head count and a node's GPUs does (quantized weights
+    # are never split).
     min_tensor_parallel_size: int | None
-    # The size that serves the target concurrency on the fewest GPUs (the smaller on a tie), the
-    # full-length sequences one replica of that size holds, and the replicas needed.
+    # The tensor-parallel x pipeline-parallel grid that serves the target concurrency on the fewest
+    # GPUs (on a tie: fewer stages, then the smaller tensor-parallel size), the full-length
+    # sequences one replica of it holds, and the replicas needed. Tensor parallelism stays within
+    # a node; stages may be on different nodes.
     tensor_parallel_size: int | None
     sequences_per_replica: int
     num_replicas: int
-    # Weight bytes on each GPU at the chosen size (0 when nothing fits).
+    pipeline_parallel_size: int = 1
+    # The most weight bytes and KV pool bytes one GPU of the chosen grid holds (0 when nothing fits).
     weight_bytes_per_gpu: int = 0
+    kv_bytes_per_gpu: int = 0
 
     @property
     def num_gpus(self) -> int:
-        return (self.tensor_parallel_size or 0) * self.num_replicas
+        return (self.tensor_parallel_size or 0) * self.pipeline_parallel_size * self.num_replicas
+
+
+@dataclass(frozen=True)
+class _Grid:
+    """One tensor-parallel x pipeline-parallel candidate and what a replica of it holds."""
+
+    num_gpus: int
+    pipeline_parallel_size: int
+    tensor_parallel_size: int
+    sequences_per_replica: int
+    num_replicas: int
+    weight_bytes_per_gpu: int
+    kv_bytes_per_gpu: int
 
 
 def plan(
@@ -230,26 +295,55 @@ def plan(
     context_len: int,
     concurrency: int,
     block_size: int = 16,
+    gpus_per_node: int = 8,
+    max_pipeline_parallel_size: int = 16,
 ) -> Plan:
-    """The plan for serving `concurrency` sequences of `context_len` tokens on such GPUs."""
+    """The plan for serving `concurrency` sequences of `context_len` tokens on such GPUs,
+    `gpus_per_node` to a node."""
     weights = weight_bytes(dims, dtype, quantization)
     shape = KVCacheShape(dims.num_layers, dims.num_kv_heads, dims.head_dim, DTYPE_BYTES[dtype])
-    per_token = shape.bytes_per_token
-    per_sequence = shape.bytes_per_block(block_size) * -(-context_len // block_size)
+    blocks_per_sequence = -(-context_len // block_size)
+    per_sequence = shape.bytes_per_block(block_size) * blocks_per_sequence
     usable_per_gpu = int(gpu_memory_bytes * memory_fraction)
-    # (GPUs in all, tensor-parallel size, sequences per replica, replicas, weights per GPU) for
-    # each size that fits. Each shard holds its slice of the weights and of every sequence's KV.
-    options = []
-    for tp in [1] if quantization else _tensor_parallel_sizes(dims):
-        per_gpu = weights if tp == 1 else shard_weight_bytes(dims, dtype, tp)
-        fits = (usable_per_gpu - per_gpu) // (per_sequence // tp)
-        if fits >= 1:
-            replicas = -(-concurrency // fits)
-            options.append((replicas * tp, tp, fits, replicas, per_gpu))
-    if not options:
-        return Plan(weights, per_token, per_sequence, None, None, 0, 0)
-    _, tp, fits, replicas, per_gpu = min(options)
-    return Plan(weights, per_token, per_sequence, options[0][1], tp, fits, replicas, per_gpu)
+    grids: list[_Grid] = []
+    # bitsandbytes weights are never split. Tensor parallelism stays within a node; stages, which
+    # pass only hidden states, take the model across nodes, each stage as wide as a node allows
+    # (a stage per node, as far as the layers go).
+    tensor_sizes = [1] if quantization else [tp for tp in _tensor_parallel_sizes(dims) if tp <= gpus_per_node]
+    most_stages = 1 if quantization else min(dims.num_layers, max_pipeline_parallel_size)
+    for tp in tensor_sizes:
+        counts = None if quantization else _ShardCounts.of(dims, tp)
+        for pp in range(1, most_stages + 1) if tp == tensor_sizes[-1] else [1]:
+            stages = pipeline_stages(dims.config, pp)
+            held = [weights] if counts is None else [counts.of_stage(stage) * DTYPE_BYTES[dtype] for stage in stages]
+            # Each GPU holds its stage's slice of the weights and of every sequence's KV.
+            sequence_bytes = [
+                KVCacheShape(len(stage.layers), dims.num_kv_heads // tp, dims.head_dim, DTYPE_BYTES[dtype])
+                .bytes_per_block(block_size) * blocks_per_sequence
+                for stage in stages
+            ]  # fmt: skip
+            fits = min((usable_per_gpu - weights_here) // kv for weights_here, kv in zip(held, sequence_bytes))
+            if fits >= 1:
+                replicas = -(-concurrency // fits)
+                grids.append(
+                    _Grid(replicas * tp * pp, pp, tp, fits, replicas, max(held), fits * max(sequence_bytes))
+                )
+    if not grids:
+        return Plan(weights, shape.bytes_per_token, per_sequence, None, None, 0, 0)
+    single_stage = [grid.tensor_parallel_size for grid in grids if grid.pipeline_parallel_size == 1]
+    best = min(grids, key=lambda grid: (grid.num_gpus, grid.pipeline_parallel_size, grid.tensor_parallel_size))
+    return Plan(
+        weight_bytes=weights,
+        kv_bytes_per_token=shape.bytes_per_token,
+        kv_bytes_per_sequence=per_sequence,
+        min_tensor_parallel_size=min(single_stage) if single_stage else None,
+        tensor_parallel_size=best.tensor_parallel_size,
+        sequences_per_replica=best.sequences_per_replica,
+        num_replicas=best.num_replicas,
+        pipeline_parallel_size=best.pipeline_parallel_size,
+        weight_bytes_per_gpu=best.weight_bytes_per_gpu,
+        kv_bytes_per_gpu=best.kv_bytes_per_gpu,
+    )
 
 
 def _tensor_parallel_sizes(dims: ModelDims) -> list[int]:
@@ -262,7 +356,15 @@ def _tensor_parallel_sizes(dims: ModelDims) -> list[int]:
     return sizes
 
 
-def render(model: str, result: Plan, *, dtype: str, quantization: Quantization | None, context_len: int) -> str:
+def render(
+    model: str,
+    result: Plan,
+    *,
+    dtype: str,
+    quantization: Quantization | None,
+    context_len: int,
+    gpus_per_node: int = 8,
+) -> str:
     """The plan as a table of figures and a serve-config snippet to start from."""
     gib = 2**30
     lines = [
@@ -275,16 +377,20 @@ def render(model: str, result: Plan, *, dtype: str, quantization: Quantization |
         ),
     ]
     if result.tensor_parallel_size is None:
-        lines.append("  does not fit: no tensor-parallel size holds the weights and one full-length sequence")
+        lines.append(
+            "  does not fit: no tensor-parallel x pipeline-parallel grid holds the weights and one full-length sequence"
+        )
         return "\n".join(lines)
+    tp, pp = result.tensor_parallel_size, result.pipeline_parallel_size
     lines += [
-        f"  min tensor-parallel size  {result.min_tensor_parallel_size}",
+        f"  min tensor-parallel size  {result.min_tensor_parallel_size or 'none (one node cannot hold it)'}",
         (
             f"  weights per GPU           {result.weight_bytes_per_gpu:>16,} bytes"
             f"  {result.weight_bytes_per_gpu / gib:9.2f} GiB"
         ),
+        f"  KV per GPU                {result.kv_bytes_per_gpu:>16,} bytes  {result.kv_bytes_per_gpu / gib:9.2f} GiB",
         (
-            f"  chosen: tensor-parallel {result.tensor_parallel_size} x {result.num_replicas} replicas "
+            f"  chosen: tensor-parallel {tp} x pipeline-parallel {pp} x {result.num_replicas} replicas "
             f"= {result.num_gpus} GPUs, {result.sequences_per_replica} full-length sequences per replica"
         ),
         "",
@@ -299,13 +405,17 @@ def render(model: str, result: Plan, *, dtype: str, quantization: Quantization |
     ]
     if quantization:
         lines.append(f"      quantization: {quantization}")
-    if result.tensor_parallel_size > 1:
-        lines.append(f"      tensor_parallel_size: {result.tensor_parallel_size}")
-        lines.append("      placement_strategy: STRICT_PACK   # or PACK / SPREAD / STRICT_SPREAD across nodes")
+    if tp > 1:
+        lines.append(f"      tensor_parallel_size: {tp}")
+    if pp > 1:
+        lines.append(f"      pipeline_parallel_size: {pp}")
+    if tp * pp > 1:
+        strategy = "STRICT_PACK   # one node" if tp * pp <= gpus_per_node else "PACK   # stages over nodes"
+        lines.append(f"      placement_strategy: {strategy}")
     lines += [
         "    deployment:",
         f"      num_replicas: {result.num_replicas}",
         # A sharded replica's GPUs are its shards' (one each); the replica itself takes none.
-        f"      ray_actor_options: {{num_gpus: {0 if result.tensor_parallel_size > 1 else 1}}}",
+        f"      ray_actor_options: {{num_gpus: {0 if tp * pp > 1 else 1}}}",
     ]
     return "\n".join(lines)

@@ -6,11 +6,23 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from transformers import AutoModelForCausalLM
 
 from deployments.tools import cli, planner
-from deployments.tools.planner import KNOWN_MODELS, ModelDims, load_model_config, plan, shard_weight_bytes, weight_bytes
+from deployments.tools.planner import (
+    KNOWN_MODELS,
+    ModelDims,
+    load_model_config,
+    plan,
+    shard_weight_bytes,
+    stage_weight_bytes,
+    weight_bytes,
+)
 from engine.demo.tiny_models import TinyModelSpec, write_tiny_model
+from engine.parallel.shard_loader import shard_on_meta
+from engine.parallel.stages import pipeline_stages
+from engine.parallel.tp_layers import ShardGroup
 
 GB = 10**9
 
@@ -27,6 +39,7 @@ def plan_on(
     context_len: int,
     concurrency: int,
     quantization: planner.Quantization | None = None,
+    gpus_per_node: int = 8,
 ) -> planner.Plan:
     """On GPUs of `gpu_gb` with 90% of their memory for weights and KV."""
     return plan(
@@ -37,6 +50,7 @@ def plan_on(
         memory_fraction=0.9,
         context_len=context_len,
         concurrency=concurrency,
+        gpus_per_node=gpus_per_node,
     )
 
 
@@ -106,8 +120,47 @@ def test_each_gpu_of_a_split_holds_its_share_of_the_weights() -> None:
 
 
 def test_a_model_too_big_for_any_split_says_so() -> None:
-    result = plan_on(dims("llama-2-70b"), "float32", gpu_gb=4, context_len=4096, concurrency=1)
+    # 276 GB of float32 weights: more than 1 GB on each of 8 x 16 GPUs (tensor x pipeline parallel).
+    result = plan_on(dims("llama-2-70b"), "float32", gpu_gb=1, context_len=4096, concurrency=1)
     assert (result.min_tensor_parallel_size, result.tensor_parallel_size, result.num_gpus) == (None, None, 0)
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_each_stages_bytes_are_those_of_the_engines_own_stage_split(tied: bool) -> None:
+    config = load_model_config("qwen2.5-7b")
+    config.tie_word_embeddings = tied
+    model = ModelDims.from_config(config)
+    stages = pipeline_stages(config, 3)
+    for tp in (1, 2):
+        engine_split = [
+            sum(p.numel() for p in shard_on_meta(config, torch.float32, ShardGroup(0, tp), stage=stage)[0].parameters())
+            * 2
+            for stage in stages
+        ]
+        assert stage_weight_bytes(model, "bfloat16", tp, stages) == engine_split
+
+
+def test_a_model_no_node_can_hold_is_split_into_stages_across_nodes() -> None:
+    # 140 GB of float16 weights; four 24 GB GPUs a node hold 86 GB: tensor parallelism within a
+    # node is not enough, so stages go on several nodes.
+    result = plan_on(dims("llama-2-70b"), "float16", gpu_gb=24, context_len=4096, concurrency=1, gpus_per_node=4)
+    assert result.min_tensor_parallel_size is None
+    assert (result.tensor_parallel_size, result.pipeline_parallel_size, result.num_gpus) == (4, 2, 8)
+    assert result.weight_bytes / 8 < result.weight_bytes_per_gpu < 1.01 * result.weight_bytes / 8  # a stage each
+    assert result.weight_bytes_per_gpu + result.kv_bytes_per_gpu <= 0.9 * 24 * GB
+
+
+def test_one_node_that_holds_the_model_gets_no_stages() -> None:
+    result = plan_on(dims("llama-2-70b"), "float16", gpu_gb=80, context_len=4096, concurrency=1)
+    assert (result.tensor_parallel_size, result.pipeline_parallel_size) == (2, 1)
+
+
+def test_plan_command_prints_the_stages_and_each_gpus_weights_and_kv(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["plan", "--model", "llama-2-70b", "--dtype", "float16", "--gpu-memory-gib", "24", "--gpus-per-node", "4"]
+    assert cli.main(argv + ["--context-len", "4096"]) == 0
+    out = capsys.readouterr().out
+    assert "pipeline_parallel_size:" in out and "placement_strategy: PACK" in out
+    assert "weights per GPU" in out and "KV per GPU" in out
 
 
 def test_config_json_path_gives_the_same_dims_as_the_built_in_name(tmp_path: Path) -> None:
