@@ -1,4 +1,5 @@
-"""A tensor-parallel model behind the API: it answers, and a killed shard costs its replica, not a hang."""
+"""A sharded model behind the API (tensor-parallel shards, pipeline stages): it answers, and a killed
+shard costs its replica, not a hang."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import signal
 import time
 
 import httpx
+import pytest
 from ray import serve
 from ray.util import placement_group_table
 
@@ -18,39 +20,50 @@ from tests.serve.conftest import ServeCluster
 RECOVERY_TIMEOUT_S = 180.0
 
 
-def completion(url: str, prompt: str, max_tokens: int) -> httpx.Response:
-    body = {"model": "tp-demo", "prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "ignore_eos": True}
+def completion(url: str, model: str, prompt: str, max_tokens: int) -> httpx.Response:
+    body = {"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "ignore_eos": True}
     return httpx.post(f"{url}/v1/completions", json=body, timeout=60)
 
 
-def test_two_shard_model_answers_then_recovers_from_a_killed_shard(serve_cluster: ServeCluster) -> None:
+# (engine settings, the shards as (stage, rank), which shard to kill): a tensor-parallel rank, and
+# the first pipeline stage, whose death leaves the second without the hidden state it waits for.
+SHARDINGS = {
+    "tp": ({"tensor_parallel_size": 2}, [(0, 0), (0, 1)], 1),
+    "pp": ({"pipeline_parallel_size": 2}, [(0, 0), (1, 0)], 0),
+}
+
+
+@pytest.mark.parametrize("sharding", sorted(SHARDINGS))
+def test_two_shard_model_answers_then_recovers_from_a_killed_shard(serve_cluster: ServeCluster, sharding: str) -> None:
+    settings, layout, victim = SHARDINGS[sharding]
+    model = f"{sharding}-demo"
     args = serve_cluster.demo_app_args(
-        "tp-demo",
-        engine={"tensor_parallel_size": 2, "cpus_per_shard": 0.5, "max_model_len": 1024, "num_kv_blocks": 64},
+        model,
+        engine=settings | {"cpus_per_shard": 0.5, "max_model_len": 1024, "num_kv_blocks": 64},
         deployment={
             "ray_actor_options": {"num_cpus": 0.5},
             "health_check_period_s": 1,
             "graceful_shutdown_timeout_s": 1,
         },
     )
-    url = serve_cluster.deploy("tp", build_app(args))
+    url = serve_cluster.deploy(sharding, build_app(args))
 
-    answer = completion(url, "Split across two shards", 12)
+    answer = completion(url, model, "Split across two shards", 12)
     assert answer.status_code == 200, answer.text
-    offline = LLMEngine(EngineConfig(model=str(serve_cluster.demo_root / "tp-demo"), num_kv_blocks=64))
+    offline = LLMEngine(EngineConfig(model=str(serve_cluster.demo_root / model), num_kv_blocks=64))
     (expected,) = offline.generate(
         ["Split across two shards"], SamplingParams(max_tokens=12, temperature=0, ignore_eos=True)
     )
     assert answer.json()["choices"][0]["text"] == expected.text
 
-    handle = serve.get_deployment_handle("LLMServer:tp-demo", app_name="tp")
+    handle = serve.get_deployment_handle(f"LLMServer:{model}", app_name=sharding)
     shards = handle.shards.remote().result()
-    assert [shard.rank for shard in shards] == [0, 1]
+    assert [(shard.stage, shard.rank) for shard in shards] == layout
     # The shards run in the replica's own placement group, not one the engine reserved beside it.
     groups = [group for group in placement_group_table().values() if group["state"] == "CREATED"]
     assert [len(group["bundles"]) for group in groups] == [2]
 
-    body = {"model": "tp-demo", "prompt": "long", "max_tokens": 900, "ignore_eos": True, "stream": True}
+    body = {"model": model, "prompt": "long", "max_tokens": 900, "ignore_eos": True, "stream": True}
     events = []
     with httpx.stream("POST", f"{url}/v1/completions", json=body, timeout=60) as response:
         assert response.status_code == 200
@@ -58,17 +71,17 @@ def test_two_shard_model_answers_then_recovers_from_a_killed_shard(serve_cluster
             if line:
                 events.append(line)
             if len(events) == 1:
-                os.kill(shards[1].pid, signal.SIGKILL)
+                os.kill(shards[victim].pid, signal.SIGKILL)
     assert events[-1] == "data: [DONE]"
     error = json.loads(events[-2].removeprefix("data: "))["error"]
     assert error["type"] == "server_error"  # the engine failed mid-request
 
     deadline = time.monotonic() + RECOVERY_TIMEOUT_S
-    while (answer := completion(url, "Split across two shards", 12)).status_code != 200:
+    while (answer := completion(url, model, "Split across two shards", 12)).status_code != 200:
         assert answer.status_code in (500, 503), answer.text  # the dead engine, then no replica
         assert time.monotonic() < deadline, "the deployment did not replace the replica that lost a shard"
         time.sleep(0.5)
     assert answer.json()["choices"][0]["text"] == expected.text
     new_shards = handle.shards.remote().result()
     assert {shard.pid for shard in new_shards}.isdisjoint({shard.pid for shard in shards})
-    serve.delete("tp")
+    serve.delete(sharding)
