@@ -91,7 +91,8 @@ def _prefix_hit_rate(url: str, app_args: dict[str, Any], affinity: bool) -> floa
     base = f"{url}/{name}"
     _wait(lambda: _running(name) == 2 and _answers(f"{base}/health"))
     rng = random.Random(0)
-    prefixes = [" ".join(rng.choice(("alpha", "beta", "gamma", "delta")) for _ in range(120)) for _ in range(NUM_PREFIXES)]
+    words = ("alpha", "beta", "gamma", "delta")
+    prefixes = [" ".join(rng.choice(words) for _ in range(120)) for _ in range(NUM_PREFIXES)]
     prompts = [f"{rng.choice(prefixes)} Question {i}: {rng.random()}" for i in range(NUM_PREFIX_REQUESTS)]
     with ThreadPoolExecutor(max_workers=8) as pool:
         usages = [response.json()["usage"] for response in pool.map(lambda p: _complete(base, p, 16), prompts)]

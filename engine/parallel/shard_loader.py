@@ -128,7 +128,8 @@ def _shard_layers(model: PreTrainedModel, group: ShardGroup) -> dict[str, int]:
                 split_dims[f"{name}.bias"] = 0
         elif name.endswith(_SPLIT_BY_COLUMNS):
             start, end = group.split(module.in_features, f"{name} input features")
-            model.set_submodule(name, RowParallelLinear(end - start, module.out_features, bias=has_bias, **options))
+            sharded = RowParallelLinear(end - start, module.out_features, group, bias=has_bias, **options)
+            model.set_submodule(name, sharded)
             num_split["columns"] += 1
             split_dims[f"{name}.weight"] = 1
     num_layers = model.config.get_text_config().num_hidden_layers
@@ -154,7 +155,8 @@ def _shard_vocabulary(model: PreTrainedModel, group: ShardGroup) -> dict[str, in
     tied = head.weight is embedding.weight
     start, end = group.split(vocab_size, "vocabulary")
     options = {"device": "meta", "dtype": embedding.weight.dtype}
-    model.set_input_embeddings(VocabParallelEmbedding(end - start, hidden_size, vocab_start=start, **options))
+    embedding = VocabParallelEmbedding(end - start, hidden_size, vocab_start=start, group=group, **options)
+    model.set_input_embeddings(embedding)
     model.set_output_embeddings(VocabParallelLMHead(hidden_size, end - start, group, **options))
     if tied:
         model.get_output_embeddings().weight = model.get_input_embeddings().weight

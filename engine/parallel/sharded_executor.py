@@ -7,20 +7,24 @@ shard), that is the replica's own group, so Serve starts and stops whole groups.
 executor reserves a group of one bundle per shard with the configured strategy and releases it on
 `close()`.
 
-The engine (scheduler) stays in the caller's process. A batch goes to every shard of the first
-stage; its rank 0's output, the hidden state, is a Ray object that every shard of the next stage
-takes as an argument, and so on; the last stage's rank 0 returns the sampled tokens. Within a
-stage the shards run in lockstep (collectives in the stage's own process group). Submitting
-waits for nothing: Ray starts a shard's call once its input exists, and each actor runs its calls
-in submission order, so with batches in flight stage k works on batch i while stage k+1 works on
-batch i - 1. Up to `pipeline_parallel_size` batches are in flight; `execute` hands back the oldest
-when the pipeline is full or no new batch came.
+The engine (scheduler) stays in the caller's process. A batch goes to every shard at once (a
+Ray object of the batch); the shards are one torch.distributed world, and each stage's shards
+receive the previous stage's hidden state from it directly (`shard_worker`), so only the
+batch goes out and only the last stage's sampled tokens come back through Ray. (A hidden state
+sent over gloo took a half to a fifth of the time it took as a Ray object passed from one stage's
+call to the next's, one decode row to a 2,048-token chunk, between two nodes:
+`benchmarks/stage_transport.py`.) Within a stage the shards run in lockstep (collectives in the
+stage's own group). Submitting waits for nothing: each actor runs its calls in submission order,
+so with batches in flight stage k works on batch i while stage k+1 works on batch i - 1. Up to
+`pipeline_parallel_size` batches are in flight; `execute` hands back the oldest when the pipeline
+is full or no new batch came.
 
 A shard that dies fails its batch at once: the executor waits on every shard's call of the batch,
-first failure first (not on the last stage's, which would wait behind a collective), and a call
-whose input came from a dead shard fails without running, so no stage is left waiting for a
-hidden state. `check_health` pings every shard on a thread of its own, so a long step or load
-never makes a live shard look dead.
+first failure first (not on the last stage's, which would wait behind a receive or a
+collective). Shards left waiting on the dead one (gloo fails them when its connection closes;
+NCCL would wait out the collective timeout) are stopped by `close()`, which kills every shard.
+`check_health` pings every shard on a thread of its own, so a long step or load never makes a
+live shard look dead.
 """
 
 from __future__ import annotations
@@ -193,29 +197,18 @@ class ShardedExecutor:
             remove_placement_group(group)
 
     def _submit(self, batch: SchedulerOutput) -> None:
-        """Start `batch` on every shard, each stage's from the previous stage's hidden state."""
+        """Start `batch` on every shard; the last stage's rank 0 returns its tokens."""
         batch_index = next(self._batch_indices)
         batch_ref = ray.put(batch)
-        hidden: Any = None
-        calls: list[Any] = []
-        for stage_workers in self._grid:
-            stage_calls = [worker.execute.remote(batch_ref, hidden, batch_index) for worker in stage_workers]
-            calls.extend(stage_calls)
-            hidden = stage_calls[0]  # rank 0's output: the hidden state, or on the last stage the tokens
-        self._in_flight.append(_InFlight(batch, calls, tokens=hidden))
+        calls = [worker.execute.remote(batch_ref, batch_index) for worker in self._workers]
+        last_stage_rank_0 = (self.config.pipeline_parallel_size - 1) * self.config.tensor_parallel_size
+        self._in_flight.append(_InFlight(batch, calls, tokens=calls[last_stage_rank_0]))
 
     def _load_args(self, nodes: list[tuple[str, str]]) -> list[tuple[Any, ...]]:
-        """Each shard's `load` arguments: its stage's rank 0's store (with tensor parallelism), and
+        """Each shard's `load` arguments: world rank 0's store (when there are several shards), and
         how many shards share its node."""
-        tp = self.config.tensor_parallel_size
-        args: list[tuple[Any, ...]] = []
-        for stage_workers in self._grid:
-            first = len(args)
-            port = ray.get(stage_workers[0].open_node_store.remote()) if tp > 1 else 0
-            for rank in range(tp):
-                node = nodes[first + rank]
-                args.append((nodes[first][1], port, sum(other == node for other in nodes)))
-        return args
+        port = ray.get(self._workers[0].open_node_store.remote()) if len(self._workers) > 1 else 0
+        return [(nodes[0][1], port, sum(other == node for other in nodes)) for node in nodes]
 
     def _placement_group(self) -> PlacementGroup:
         """The replica's group when running in one, else a new group of one bundle per shard."""

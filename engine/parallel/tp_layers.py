@@ -1,5 +1,5 @@
 """Layers of a tensor-parallel shard: each holds a slice of a full layer's weight and meets the
-other shards in one collective (torch.distributed's default process group) where the math needs
+other shards of its stage in one collective (in the stage's process group) where the math needs
 the whole.
 
 The Megatron split of a decoder layer, which needs two all-reduces per layer:
@@ -29,10 +29,14 @@ __all__ = ["ShardGroup", "RowParallelLinear", "VocabParallelEmbedding", "VocabPa
 
 @dataclass(frozen=True)
 class ShardGroup:
-    """This process's place among the shards of one model."""
+    """This process's place among the tensor-parallel shards of one pipeline stage (of the whole
+    model without pipeline stages)."""
 
     rank: int
     world_size: int
+    # The stage's torch.distributed group for the collectives; None: the default group, when the
+    # stage's shards are the whole world.
+    process_group: dist.ProcessGroup | None = None
 
     def split(self, total: int, what: str) -> tuple[int, int]:
         """[start, end) of this shard's equal part of `total` items; `what` names them in errors."""
@@ -49,25 +53,32 @@ class RowParallelLinear(nn.Linear):
     the sum.
     """
 
+    def __init__(self, in_features: int, out_features: int, group: ShardGroup, **kwargs: object) -> None:
+        super().__init__(in_features, out_features, **kwargs)
+        self.group = group
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         partial = F.linear(x, self.weight)
-        dist.all_reduce(partial)
+        dist.all_reduce(partial, group=self.group.process_group)
         return partial if self.bias is None else partial + self.bias
 
 
 class VocabParallelEmbedding(nn.Embedding):
     """Embedding rows [vocab_start, vocab_start + num_embeddings) of the whole vocabulary."""
 
-    def __init__(self, num_embeddings: int, embedding_dim: int, vocab_start: int, **kwargs: object) -> None:
+    def __init__(
+        self, num_embeddings: int, embedding_dim: int, vocab_start: int, group: ShardGroup, **kwargs: object
+    ) -> None:
         super().__init__(num_embeddings, embedding_dim, **kwargs)
         self.vocab_start = vocab_start
+        self.group = group
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         local_ids = input_ids - self.vocab_start
         held = (local_ids >= 0) & (local_ids < self.num_embeddings)
         embedded = F.embedding(local_ids.clamp(0, self.num_embeddings - 1), self.weight)
         embedded = embedded * held.unsqueeze(-1).to(embedded.dtype)  # rows of other shards' tokens: 0
-        dist.all_reduce(embedded)
+        dist.all_reduce(embedded, group=self.group.process_group)
         return embedded
 
 
@@ -84,8 +95,8 @@ class VocabParallelLMHead(nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         local = F.linear(x, self.weight).contiguous()
         if self.group.rank != 0:
-            dist.gather(local, dst=0)
+            dist.gather(local, group=self.group.process_group, group_dst=0)
             return local
         slices = [torch.empty_like(local) for _ in range(self.group.world_size)]
-        dist.gather(local, gather_list=slices, dst=0)
+        dist.gather(local, gather_list=slices, group=self.group.process_group, group_dst=0)
         return torch.cat(slices, dim=-1)
