@@ -302,12 +302,15 @@ class LLMServer:
 
 
 def describe_weights(shards: list[ShardInfo]) -> str:
-    """'weights 12.5 MiB on cpu', or per shard: 'weights 12.5 MiB in 2 shards (rank 0: 6.3 MiB on cpu, node ab12..)'."""
+    """'weights 12.5 MiB on cpu', or per shard: 'weights 12.5 MiB in 2 shards (rank 0: 6.3 MiB on cpu, node ab12..)',
+    each shard named 'stage S rank R' when the model has pipeline stages."""
     total = sum(shard.weight_bytes for shard in shards) / 2**20
     if len(shards) == 1:
         return f"weights {total:.1f} MiB on {shards[0].device}"
+    staged = any(shard.stage > 0 for shard in shards)
     parts = ", ".join(
-        f"rank {shard.rank}: {shard.weight_bytes / 2**20:.1f} MiB on {shard.device}, node {(shard.node_id or '?')[:8]}"
+        f"{f'stage {shard.stage} ' if staged else ''}rank {shard.rank}: {shard.weight_bytes / 2**20:.1f} MiB on "
+        f"{shard.device}, node {(shard.node_id or '?')[:8]}"
         for shard in shards
     )
     return f"weights {total:.1f} MiB in {len(shards)} shards ({parts})"

@@ -8,10 +8,12 @@ sized from what its models need:
   no CPU but one unit of `switchyard-router`, which `serveConfigV2`'s router asks for in place of
   CPUs, so no model replica lands on a router pod (whose memory is not sized for it) and no router
   on a model's pod (which would then never be idle, and never scale down);
-- every model's replica is one or more pods: with tensor-parallel shards under PACK or
-  STRICT_PACK one pod holds all of a replica's bundles (its GPUs on one node), under SPREAD or
-  STRICT_SPREAD each shard's bundle is a pod of its own; models whose pods have the same shape
-  share a worker group, those that scale to zero apart from those that do not;
+- every model's replica is one or more pods: with shards under STRICT_PACK, or under PACK without
+  pipeline stages, one pod holds all of a replica's bundles (its GPUs on one node); under PACK
+  each pipeline stage's shards are a pod (tensor parallelism inside a node, stages across nodes,
+  as `switchyard plan --gpus-per-node` chooses them); under SPREAD or STRICT_SPREAD each shard's
+  bundle is a pod of its own; models whose pods have the same shape share a worker group, those
+  that scale to zero apart from those that do not;
 - a group's `minReplicas`/`maxReplicas` add up its models' replica bounds times their pods, so a
   group whose models all scale to zero has `minReplicas: 0` and Ray's autoscaler (v2, in tree)
   removes its pods after `idle_timeout_s`.
@@ -139,8 +141,9 @@ class WorkerGroup:
 
 
 def replica_pods(model: ModelConfig, options: KubeRayOptions) -> list[PodShape]:
-    """The pods one replica of `model` takes: its placement bundles, packed into one pod or spread
-    one per pod as its placement strategy places them, each with the memory its processes take."""
+    """The pods one replica of `model` takes: its placement bundles, packed into one pod, one pod
+    per pipeline stage or one per shard as its placement strategy places them (see the module's
+    docstring), each with the memory its processes take."""
     from deployments.tools.pod_memory import replica_memory_bytes  # torch and transformers
 
     actor = model.deployment.ray_actor_options
@@ -153,15 +156,30 @@ def replica_pods(model: ModelConfig, options: KubeRayOptions) -> list[PodShape]:
     processes = replica_memory_bytes(model, options.model_configs.get(model.name))
     if model.engine.num_shards > 1:
         bundles = model.placement_group_bundles()
-        if model.engine.placement_strategy in _SPREAD_STRATEGIES:
-            return [
-                PodShape.holding(bundle["CPU"], bundle.get("GPU", 0.0), max(bundle.get("memory", 0.0), taken), options)
-                for bundle, taken in zip(bundles, processes, strict=True)
-            ]
-        cpus, gpus = sum(b["CPU"] for b in bundles), sum(b.get("GPU", 0.0) for b in bundles)
-        reserved = sum(b.get("memory", 0.0) for b in bundles)
-        return [PodShape.holding(cpus, gpus, max(reserved, sum(processes)), options)]
+        per_pod = _bundles_per_pod(model)
+        return [
+            _pod_holding(bundles[first : first + per_pod], processes[first : first + per_pod], options)
+            for first in range(0, len(bundles), per_pod)
+        ]
     return [PodShape.holding(actor.num_cpus, actor.num_gpus, max(actor.memory or 0, sum(processes)), options)]
+
+
+def _bundles_per_pod(model: ModelConfig) -> int:
+    """How many of a replica's consecutive bundles (stage by stage) one pod holds."""
+    engine = model.engine
+    if engine.placement_strategy in _SPREAD_STRATEGIES:
+        return 1
+    if engine.placement_strategy == "PACK" and engine.pipeline_parallel_size > 1:
+        return engine.tensor_parallel_size
+    return engine.num_shards
+
+
+def _pod_holding(bundles: list[dict[str, float]], processes: list[float], options: KubeRayOptions) -> PodShape:
+    """The pod for these bundles and the processes they run: their CPUs and GPUs, and the larger
+    of the memory they reserve and the memory their processes take."""
+    cpus, gpus = sum(bundle["CPU"] for bundle in bundles), sum(bundle.get("GPU", 0.0) for bundle in bundles)
+    reserved = sum(bundle.get("memory", 0.0) for bundle in bundles)
+    return PodShape.holding(cpus, gpus, max(reserved, sum(processes)), options)
 
 
 def _replica_bounds(model: ModelConfig) -> tuple[int, int]:
@@ -186,7 +204,8 @@ def worker_groups(config: AppConfig, options: KubeRayOptions) -> list[WorkerGrou
                     f"model {model.name!r}: one replica needs {shape.gpus} GPUs in one pod (engine.tensor_parallel_"
                     f"size {model.engine.tensor_parallel_size} x pipeline_parallel_size "
                     f"{model.engine.pipeline_parallel_size} under {model.engine.placement_strategy}), more than "
-                    f"a node has (gpus_per_node {options.gpus_per_node}); use STRICT_SPREAD or fewer shards"
+                    f"a node has (gpus_per_node {options.gpus_per_node}); use STRICT_SPREAD, pipeline stages under PACK "
+                    "(a pod each) or fewer shards"
                 )
             pods_per_shape[shape] += 1
         for shape, count in pods_per_shape.items():

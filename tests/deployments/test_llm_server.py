@@ -176,7 +176,16 @@ def test_start_log_reports_weight_bytes_per_shard() -> None:
         ShardInfo(rank, node_id=f"node{rank}abcdef", device="cuda:0", weight_bytes=2**20, pid=rank) for rank in (0, 1)
     ]
     assert describe_weights(two) == (
-        "weights 2.0 MiB in 2 shards (rank 0: 1.0 MiB on cuda:0, node node0abc, rank 1: 1.0 MiB on cuda:0, node node1abc)"
+        "weights 2.0 MiB in 2 shards (rank 0: 1.0 MiB on cuda:0, node node0abc, "
+        "rank 1: 1.0 MiB on cuda:0, node node1abc)"
+    )
+    stages = [
+        ShardInfo(0, node_id=f"node{stage}abcdef", device="cpu", weight_bytes=2**20, pid=stage, stage=stage)
+        for stage in (0, 1)
+    ]
+    assert describe_weights(stages) == (
+        "weights 2.0 MiB in 2 shards (stage 0 rank 0: 1.0 MiB on cpu, node node0abc, "
+        "stage 1 rank 0: 1.0 MiB on cpu, node node1abc)"
     )
 
 

@@ -165,6 +165,22 @@ def test_tensor_parallel_replicas_pack_into_one_pod_or_spread_one_shard_per_pod(
         assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
 
 
+def test_pipeline_stages_under_pack_are_a_pod_each_of_their_tensor_parallel_shards() -> None:
+    config = gpu_config(2, "PACK", 1, 3)
+    config["applications"][0]["args"]["models"][0]["engine"]["pipeline_parallel_size"] = 2
+    service = ray_service(config, KubeRayOptions(gpus_per_node=2))
+    jsonschema.Draft7Validator(RAY_SERVICE_SCHEMA).validate(service)
+    groups = [g for g in service["spec"]["rayClusterConfig"]["workerGroupSpecs"] if g["groupName"] != "router"]
+    # Two pods of two GPUs a replica (stage 0's also holds the replica's CPU: a group of its own).
+    assert sorted(group["rayStartParams"]["num-gpus"] for group in groups) == ["2", "2"]
+    assert sum(group["maxReplicas"] for group in groups) == 2 * 3
+    assert sum(group["minReplicas"] for group in groups) == 2 * 1
+    # STRICT_PACK keeps the whole replica on one node: four GPUs, more than a node has.
+    config["applications"][0]["args"]["models"][0]["engine"]["placement_strategy"] = "STRICT_PACK"
+    with pytest.raises(ValueError, match=r"4 GPUs in one pod.*tensor_parallel_size 2 x pipeline_parallel_size 2"):
+        ray_service(config, KubeRayOptions(gpus_per_node=2))
+
+
 def test_a_replica_no_node_can_hold_is_refused_naming_the_model_and_setting() -> None:
     with pytest.raises(ValueError, match=r"model 'big'.*8 GPUs in one pod.*tensor_parallel_size 8.*gpus_per_node 4"):
         config = gpu_config(8, "PACK", 1, 1)

@@ -1,4 +1,5 @@
-"""The serve config's `args`: validated once by AppConfig, a bad value named by its path; build_app without a cluster."""
+"""The serve config's `args`: validated once by AppConfig, a bad value named by its path; build_app without a
+cluster."""
 
 from __future__ import annotations
 
