@@ -1,5 +1,6 @@
 """How a pipeline stage's hidden state travels to the next stage on another node: as a Ray object
-(what the engine does) or as a gloo send/recv between the two stage processes.
+(the engine's first design) or as a gloo send/recv between the two stage processes (what the
+engine does, chosen on these figures).
 
 Two `ray.cluster_utils.Cluster` nodes on this machine hold one actor each (STRICT_SPREAD). Per
 hop, the driver makes one call on each actor, as the engine's executor does per batch: with Ray
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from collections.abc import Callable
 from datetime import timedelta
 
 import ray
@@ -65,7 +67,7 @@ class StageEnd:
         return float(hidden.sum())
 
 
-def _median_ms(hop, hops: int) -> float:
+def _median_ms(hop: Callable[[], object], hops: int) -> float:
     hop()  # warm the path (connections, buffers) before timing it
     times = []
     for _ in range(hops):

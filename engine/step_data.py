@@ -65,8 +65,11 @@ class SchedulerOutput:
     """One step's batch, in the order the runner packs it."""
 
     chunks: list[ScheduledChunk] = field(default_factory=list)
-    # Sequences evicted in this step (to free KV blocks, or a slot for a tenant below its fair share).
+    # Sequences evicted in this step (to free KV blocks, or a slot for a tenant below its fair share),
+    # and the tenant of each, in the same order: with pipeline stages the batch's stats are reported
+    # when it comes back, by which time a preempted request may have been aborted and be gone.
     preempted_ids: list[str] = field(default_factory=list)
+    preempted_tenants: list[str] = field(default_factory=list)
 
     @property
     def num_batched_tokens(self) -> int:

@@ -204,8 +204,8 @@ def worker_groups(config: AppConfig, options: KubeRayOptions) -> list[WorkerGrou
                     f"model {model.name!r}: one replica needs {shape.gpus} GPUs in one pod (engine.tensor_parallel_"
                     f"size {model.engine.tensor_parallel_size} x pipeline_parallel_size "
                     f"{model.engine.pipeline_parallel_size} under {model.engine.placement_strategy}), more than "
-                    f"a node has (gpus_per_node {options.gpus_per_node}); use STRICT_SPREAD, pipeline stages under PACK "
-                    "(a pod each) or fewer shards"
+                    f"a node has (gpus_per_node {options.gpus_per_node}); use STRICT_SPREAD, pipeline stages "
+                    "under PACK (a pod each) or fewer shards"
                 )
             pods_per_shape[shape] += 1
         for shape, count in pods_per_shape.items():

@@ -208,16 +208,16 @@ class WaitingQueue:
         )
         excess = {name: state.num_running - shares[name] for name, state in tenants.items()}
         gainer = self._tenant_of(candidate)
-        givers = [name for name, state in tenants.items() if state.num_running > 0]
+        # `running` leaves out the sequences of a batch in flight, which cannot be preempted: a
+        # tenant with none left in it gives nothing now.
+        preemptable = {self._tenant_of(seq) for seq in running}
+        givers = [name for name in tenants if name in preemptable]
         if excess[gainer] >= 0 or not givers:
             return None
         giver = max(givers, key=lambda name: (excess[name], tenants[name].counter))
         if excess[giver] <= 0 or excess[gainer] + 1 >= excess[giver]:
             return None
-        # `running` may leave some out (those in a batch in flight): then perhaps all of the giver's.
-        victim = next((seq for seq in reversed(running) if self._tenant_of(seq) == giver), None)
-        if victim is None:
-            return None
+        victim = next(seq for seq in reversed(running) if self._tenant_of(seq) == giver)
         # The admission right after: the victim, back at its queue's head, against the candidate.
         giver_after = _order_key(tenants[giver], tenants[giver].num_running - 1, victim.arrival_time)
         gainer_now = _order_key(tenants[gainer], tenants[gainer].num_running, candidate.arrival_time)

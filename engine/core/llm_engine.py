@@ -98,6 +98,8 @@ class LLMEngine:
         params = params or SamplingParams()
         if request_id in self.scheduler.sequences or request_id in self._grammar_wait:
             raise ValueError(f"request_id must be unique, {request_id!r} is already running")
+        if request_id in self.scheduler.in_flight:  # aborted, its last chunk not back from the stages yet
+            raise ValueError(f"request_id must be unique, {request_id!r} is still in the pipeline")
         self._check_tenant(tenant, tenant_weight)
         prompt_token_ids = self._tokenize(prompt)
         self._check_fits(prompt_token_ids, params)

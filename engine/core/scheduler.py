@@ -291,6 +291,7 @@ class Scheduler:
         self.waiting.requeue(seq)
         self.num_preemptions += 1
         output.preempted_ids.append(seq.request_id)
+        output.preempted_tenants.append(seq.tenant)
 
     # ----- update --------------------------------------------------------------------------
 

@@ -33,8 +33,7 @@ class StatsCollector:
         """Report a step that ran `batch` and appended tokens to `updated`."""
         now = time.time()
         stats = StepStats(step_duration_s=step_duration_s, num_scheduled_tokens=batch.num_batched_tokens)
-        sequences = self.scheduler.sequences
-        stats.preemptions = dict(Counter(sequences[request_id].tenant for request_id in batch.preempted_ids))
+        stats.preemptions = dict(Counter(batch.preempted_tenants))
         prompt_tokens: Counter[str] = Counter()
         generation_tokens: Counter[str] = Counter()
         for seq in updated:

@@ -71,13 +71,9 @@ class ModelRunner:
         self.block_size = config.block_size
         start = time.perf_counter()
         self.model = self._load_model()
-        # Llama-family models skip Hugging Face's forward loop (engine/model/decoder_forward.py).
+        # Llama-family models skip Hugging Face's forward loop (engine/model/decoder_forward.py);
+        # only they load as pipeline stages (shard_loader refuses the others).
         self.own_forward = supports_paged_decoder_forward(self.model)
-        if stage is not None and not self.own_forward:
-            raise ValueError(
-                f"pipeline_parallel_size={stage.num_stages} needs a Llama-family decoder (Llama, Qwen2, Mistral); "
-                f"{type(self.model).__name__} runs through its own forward, which cannot be split into stages"
-            )
         self.weight_bytes = stored_weight_bytes(self.model)
         self.layers = range(self.model.config.num_hidden_layers) if stage is None else stage.layers
         self.kv_shape = kv_cache_shape(self.model.config, config.dtype, self.shard.world_size, len(self.layers))

@@ -23,6 +23,7 @@ from safetensors import safe_open
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
 
+from engine.model.decoder_forward import supports_paged_decoder_forward
 from engine.model.paged_attention import PAGED_ATTENTION, register_paged_attention
 from engine.parallel.placement import check_shardable
 from engine.parallel.stages import PipelineStage
@@ -75,12 +76,17 @@ def shard_on_meta(
     `config` on the meta device (no memory): its layers as this shard holds them, and each split
     parameter's name -> the dim it is sliced along.
 
-    Raises ValueError when the model cannot be split `group.world_size` ways. The planner counts a
-    shard's bytes from this, so its figures are the engine's split.
+    Raises ValueError when the model cannot be split `group.world_size` ways, or into stages. The
+    planner counts a shard's bytes from this, so its figures are the engine's split.
     """
-    check_shardable(config, group.world_size)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=attn_implementation)
+    if stage is not None and not supports_paged_decoder_forward(model):
+        raise ValueError(
+            f"pipeline_parallel_size={stage.num_stages} needs a Llama-family decoder (Llama, Qwen2, Mistral: "
+            f"model.layers, model.norm, lm_head); {type(model).__name__} cannot be split into stages"
+        )
+    check_shardable(config, group.world_size)
     split_dims = _shard_layers(model, group) if group.world_size > 1 else {}
     if stage is not None:
         _keep_stage(model, stage)
@@ -189,7 +195,7 @@ def _checkpoint_files(model: str) -> dict[str, Path]:
         return {name: directory / file for name, file in weight_map.items()}
     single = directory / _SAFETENSORS_FILE
     if not single.is_file():
-        raise ValueError(f"tensor-parallel loading needs safetensors weights; {model} has none")
+        raise ValueError(f"loading a shard of a model needs safetensors weights; {model} has none")
     with safe_open(single, framework="pt") as checkpoint:
         return {name: single for name in checkpoint.keys()}
 

@@ -49,7 +49,9 @@ class ShardLoadReport:
 
 @dataclass(frozen=True)
 class StageWork:
-    """When a shard ran the batch the executor numbered `batch_index` (time.time(), seconds)."""
+    """When a shard ran the batch the executor numbered `batch_index` (time.time(), seconds): from
+    after it received the previous stage's hidden state to before it sent its own. On CUDA these
+    are the host's times, at which the kernels were queued, not necessarily run."""
 
     batch_index: int
     start: float
@@ -57,9 +59,9 @@ class StageWork:
 
 
 class ShardWorker:
-    """Construct in the shard's process; with tensor_parallel_size > 1 call `open_store` on the
-    stage's rank 0, then `load` on every shard at once (a stage's shards meet at its rank 0's
-    store), then `allocate_kv_cache`."""
+    """Construct in the shard's process; with more than one shard call `open_store` on world rank 0
+    (stage 0's rank 0), then `load` on every shard at once (they all meet at that store), then
+    `allocate_kv_cache`."""
 
     def __init__(self, config: EngineConfig, stage: PipelineStage, rank: int, node_id: str) -> None:
         self.config = config

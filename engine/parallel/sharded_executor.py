@@ -124,16 +124,14 @@ class ShardedExecutor:
         if not ray.is_initialized():
             ray.init()
         self._owned_group: PlacementGroup | None = None
-        # By stage, then tensor-parallel rank; `_workers` is the same shards in bundle order.
-        self._grid: list[list[Any]] = []
+        # The shards in bundle order: by stage, then tensor-parallel rank.
         self._workers: list[Any] = []
         self._in_flight: deque[_InFlight] = deque()
         self._batch_indices = itertools.count()
         try:
             group = self._placement_group()
             tp = config.tensor_parallel_size
-            self._grid = [[spawn_shard(config, group, stage, rank) for rank in range(tp)] for stage in self.stages]
-            self._workers = [worker for stage_workers in self._grid for worker in stage_workers]
+            self._workers = [spawn_shard(config, group, stage, rank) for stage in self.stages for rank in range(tp)]
             nodes: list[tuple[str, str]] = self._on_every_shard("node")
             reports: list[ShardLoadReport] = self._on_every_shard_each("load", self._load_args(nodes))
             # Every shard holds the same blocks (of its own heads and layers): the smallest pool wins.
@@ -189,7 +187,7 @@ class ShardedExecutor:
     def close(self) -> None:
         """Stop the shards (even one blocked in a collective) and release an owned placement group."""
         self._in_flight.clear()
-        workers, self._workers, self._grid = self._workers, [], []
+        workers, self._workers = self._workers, []
         for worker in workers:
             ray.kill(worker, no_restart=True)
         group, self._owned_group = self._owned_group, None

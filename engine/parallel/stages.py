@@ -1,5 +1,5 @@
 """How pipeline stages split a model: which decoder layers each stage holds. Torch- and Ray-free,
-so the serve config and the planner use the engine's own split without loading either.
+so the planner and the KubeRay pod sizing use the engine's own split without loading either.
 """
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["PipelineStage", "check_stageable", "pipeline_problem", "pipeline_stages", "stage_layer_ranges"]
+__all__ = ["PipelineStage", "pipeline_stages", "stage_layer_ranges"]
 
 
 @dataclass(frozen=True)
@@ -54,19 +54,3 @@ def pipeline_stages(model_config: Any, num_stages: int) -> list[PipelineStage]:
         PipelineStage(index, num_stages, layers)
         for index, layers in enumerate(stage_layer_ranges(num_layers, num_stages))
     ]
-
-
-def pipeline_problem(model_config: Any, num_stages: int) -> str | None:
-    """Why a transformers config cannot be split into `num_stages` stages; None when it can."""
-    try:
-        pipeline_stages(model_config, num_stages)
-    except ValueError as error:
-        return str(error)
-    return None
-
-
-def check_stageable(model_config: Any, num_stages: int) -> None:
-    """Raise ValueError unless the model's decoder layers split into `num_stages` stages."""
-    problem = pipeline_problem(model_config, num_stages)
-    if problem is not None:
-        raise ValueError(problem)

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import os
-import signal
 import time
 from pathlib import Path
 
@@ -13,11 +10,12 @@ import ray
 from ray.cluster_utils import Cluster
 
 from deployments.tools.planner import ModelDims, load_model_config, shard_weight_bytes
-from engine import AsyncLLMEngine, EngineConfig, EngineDeadError, LLMEngine, SamplingParams, StructuredOutput
+from engine import EngineConfig, LLMEngine, SamplingParams, StructuredOutput
 from engine.demo.tiny_models import TinyModelSpec, write_tiny_model
 from engine.parallel.placement import shard_bundles
 from engine.parallel.sharded_executor import spawn_shard
 from engine.parallel.stages import pipeline_stages
+from tests.cluster.shard_faults import assert_a_killed_shard_ends_the_stream_and_fails_health
 from tests.engine.hf_reference import hf_greedy
 
 PROMPTS = [[5, 6, 7, 8], [40, 41, 42, 43, 44, 45, 46], [300, 301]]
@@ -93,25 +91,7 @@ def test_each_shard_holds_at_most_sixty_percent_of_the_weights(spread_engine: LL
 
 
 def test_a_killed_shard_ends_the_request_in_flight_and_fails_health(two_node_cluster: Cluster, llama_dir: Path) -> None:
-    async def scenario() -> None:
-        engine = AsyncLLMEngine(spread_config(llama_dir))
-        await engine.start(timeout_s=120)
-        try:
-            long_run = SamplingParams(max_tokens=1000, temperature=0.0, ignore_eos=True)
-            stream = engine.generate("long", [5, 6, 7], long_run)
-            await anext(stream)
-            victim = (await engine.shards())[1]
-            os.kill(victim.pid, signal.SIGKILL)
-            with pytest.raises(EngineDeadError):
-                async with asyncio.timeout(60):
-                    async for _ in stream:
-                        pass
-            with pytest.raises(EngineDeadError):
-                await engine.check_health()
-        finally:
-            await engine.shutdown()
-
-    asyncio.run(scenario())
+    assert_a_killed_shard_ends_the_stream_and_fails_health(spread_config(llama_dir), victim=1)
 
 
 def test_a_shard_answers_health_pings_while_a_long_call_blocks_it(two_node_cluster: Cluster, llama_dir: Path) -> None:

@@ -12,7 +12,7 @@ from transformers import AutoConfig
 from engine import EngineConfig, SamplingParams
 from engine.demo.tiny_models import TinyModelSpec, write_tiny_model
 from engine.model.model_runner import ModelRunner
-from engine.parallel.stages import pipeline_stages
+from engine.parallel.stages import PipelineStage, pipeline_stages
 from engine.step_data import ScheduledChunk, SchedulerOutput
 
 GREEDY = SamplingParams(max_tokens=4, temperature=0.0)
@@ -22,7 +22,7 @@ def chunk(request_id: str, token_ids: list[int], start: int, block_ids: list[int
     return ScheduledChunk(request_id, token_ids, start, block_ids, GREEDY, seed=0, num_output_tokens=0)
 
 
-def runner(model_dir: Path, stage: object = None) -> ModelRunner:
+def runner(model_dir: Path, stage: PipelineStage | None = None) -> ModelRunner:
     model_runner = ModelRunner(EngineConfig(model=str(model_dir), dtype="float32", block_size=4), stage=stage)
     model_runner.allocate_kv_cache(16)
     return model_runner

@@ -264,6 +264,17 @@ def test_ties_above_share_go_to_the_higher_counter() -> None:
     assert victim is not None and victim.request_id == "b1"
 
 
+def test_a_tenant_whose_sequences_are_all_in_flight_gives_way_to_the_next_above_its_share() -> None:
+    # As above, but b's sequences are in a batch in flight (left out of `running`): a gives.
+    queue, running = flooded_queue(a=(2, 1), b=(2, 1), c=(0, 1))
+    queue.charge(head_of(queue, "b"), 2000, 0)
+    preemptable = [seq for seq in running if seq.tenant != "b"]
+
+    victim = queue.fair_share_victim(head_of(queue, "c"), preemptable, num_slots=4)
+
+    assert victim is not None and victim.request_id == "a1"
+
+
 def test_no_preemption_for_a_tenant_at_its_share() -> None:
     # 6 slots; demands a 10, b 3, c 10: shares 2 each. a runs 4 (2 above), b its 2, c none.
     queue, running = flooded_queue(a=(4, 6), b=(2, 1), c=(0, 10))

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import pytest
-from transformers import LlamaConfig
+import torch
+from transformers import GPT2Config, LlamaConfig
 
-from engine.parallel.stages import check_stageable, pipeline_stages, stage_layer_ranges
+from engine.parallel.shard_loader import shard_on_meta
+from engine.parallel.stages import pipeline_stages, stage_layer_ranges
+from engine.parallel.tp_layers import ShardGroup
 
 
 @pytest.mark.parametrize(
@@ -27,7 +30,7 @@ def test_stages_take_consecutive_layers_as_evenly_as_they_can(
 def test_more_stages_than_layers_is_refused_naming_the_field() -> None:
     config = LlamaConfig(num_hidden_layers=2, hidden_size=64, intermediate_size=128, num_attention_heads=4)
     with pytest.raises(ValueError, match=r"^pipeline_parallel_size=3 must be <= the model's decoder layers \(2\)"):
-        check_stageable(config, 3)
+        pipeline_stages(config, 3)
 
 
 def test_only_the_ends_embed_and_sample() -> None:
@@ -35,3 +38,10 @@ def test_only_the_ends_embed_and_sample() -> None:
     stages = pipeline_stages(config, 3)
     assert [(stage.is_first, stage.is_last) for stage in stages] == [(True, False), (False, False), (False, True)]
     assert [stage.layers for stage in stages] == [range(0, 2), range(2, 4), range(4, 6)]
+
+
+def test_a_model_without_llama_style_layers_is_refused_naming_the_field() -> None:
+    config = GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=128)
+    first = pipeline_stages(config, 2)[0]
+    with pytest.raises(ValueError, match=r"^pipeline_parallel_size=2 needs a Llama-family decoder.*GPT2LMHeadModel"):
+        shard_on_meta(config, torch.float32, ShardGroup(rank=0, world_size=1), stage=first)

@@ -31,8 +31,10 @@ def add(scheduler: Scheduler, request_id: str, prompt_length: int = 4, max_token
 
 
 def tokens_for(batch: SchedulerOutput) -> SampledTokens:
+    """A token of its own for each sampling row: 10, 11, ... in the batch's order."""
     count = sum(chunk.sampling is not None for chunk in batch.chunks)
-    return SampledTokens([7] * count, logprobs=[0.0] * count, top_logprobs=[[] for _ in range(count)])
+    rows = range(count)
+    return SampledTokens([10 + row for row in rows], logprobs=[0.0] * count, top_logprobs=[[] for _ in rows])
 
 
 def ids(batch: SchedulerOutput) -> list[str]:
@@ -67,7 +69,7 @@ def test_a_sequence_in_flight_is_never_the_one_preempted() -> None:
     assert (ids(first), ids(scheduler.schedule())) == (["a", "b"], ["c"])
     scheduler.update(first, tokens_for(first))
     third = scheduler.schedule()  # a's 9th token needs a third block; none is free
-    assert third.preempted_ids == ["b"]
+    assert third.preempted_ids == ["b"] and third.preempted_tenants == [b.tenant]
     assert ids(third) == ["a"] and len(a.block_ids) == 3 and len(c.block_ids) == 2 and b.block_ids == []
 
 
@@ -80,5 +82,5 @@ def test_an_abort_while_in_flight_is_passed_over_when_its_batch_comes_back() -> 
     scheduler.finish("a", "abort")
     updated = scheduler.update(batch, tokens_for(batch))
     assert [seq.request_id for seq in updated] == ["b"]
-    assert updated[0].output_token_ids == [7]  # b's token, not a's
+    assert updated[0].output_token_ids == [11]  # b's row, the second: not a's
     assert scheduler.in_flight == set()
