@@ -151,6 +151,7 @@ class ShardedExecutor:
                 for shard in self._shards
             ),
         )
+        self._warn_of_stages_across_nodes()
 
     @property
     def num_in_flight(self) -> int:
@@ -201,6 +202,20 @@ class ShardedExecutor:
         calls = [worker.execute.remote(batch_ref, batch_index) for worker in self._workers]
         last_stage_rank_0 = (self.config.pipeline_parallel_size - 1) * self.config.tensor_parallel_size
         self._in_flight.append(_InFlight(batch, calls, tokens=calls[last_stage_rank_0]))
+
+    def _warn_of_stages_across_nodes(self) -> None:
+        """Say so when a stage's tensor-parallel shards landed on several nodes: Ray places the group
+        as a whole, so nothing keeps a stage on one node but the strategy and the node sizes."""
+        for stage in self.stages:
+            nodes = {shard.node_id for shard in self._shards if shard.stage == stage.index}
+            if len(nodes) > 1:
+                logger.warning(
+                    "the %d tensor-parallel shards of stage %d are on %d nodes: their all-reduces cross the "
+                    "network; PACK with tensor_parallel_size at most a node's GPUs keeps a stage on one node",
+                    self.config.tensor_parallel_size,
+                    stage.index,
+                    len(nodes),
+                )
 
     def _load_args(self, nodes: list[tuple[str, str]]) -> list[tuple[Any, ...]]:
         """Each shard's `load` arguments: world rank 0's store (when there are several shards), and

@@ -4,6 +4,7 @@ stage."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -107,13 +108,20 @@ def four_nodes(two_node_cluster: Cluster) -> Iterator[Cluster]:
 
 
 def test_two_stages_of_two_tensor_parallel_shards_on_four_nodes_match_hugging_face(
-    four_nodes: Cluster, layered_dir: Path
+    four_nodes: Cluster, layered_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    engine = LLMEngine(pipeline_config(layered_dir, tensor_parallel_size=2, cpus_per_shard=0.5))
+    with caplog.at_level(logging.WARNING, logger="engine.parallel.sharded_executor"):
+        engine = LLMEngine(pipeline_config(layered_dir, tensor_parallel_size=2, cpus_per_shard=0.5))
     try:
         shards = engine.shards()
         assert [(shard.stage, shard.rank) for shard in shards] == [(0, 0), (0, 1), (1, 0), (1, 1)]
         assert len({shard.node_id for shard in shards}) == 4
+        # STRICT_SPREAD put each stage's two shards on two nodes, and the engine says so.
+        messages = [record.getMessage() for record in caplog.records]
+        spread = [message for message in messages if "all-reduces cross the network" in message]
+        assert [message.split(" are on")[0] for message in spread] == [
+            f"the 2 tensor-parallel shards of stage {stage}" for stage in (0, 1)
+        ]
         assert_matches_hugging_face(layered_dir, engine.generate(PROMPTS, GREEDY))
     finally:
         engine.close()
