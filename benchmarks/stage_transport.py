@@ -8,7 +8,7 @@ objects the first actor returns a (1, T, H) float32 tensor and the second takes 
 argument; with gloo the first sends it and the second receives it into a buffer. Either way the
 second actor returns a checksum, so both paths move the same bytes and pay the same two calls.
 T runs from one decode row to a long prefill chunk. The table gives the median hop in
-milliseconds and the ratio.
+milliseconds and the ratio of the two (how many times faster gloo is).
 
     .venv/bin/python -m benchmarks.stage_transport [--hidden 4096] [--hops 30]
 """
@@ -98,7 +98,7 @@ def main() -> None:
         host, port = ray.get(first.open_store.remote())
         ray.get([first.join.remote(host, port, 0), second.join.remote(host, port, 1)])
         print(f"\nhidden size {args.hidden}, float32; medians of {args.hops} hops between two nodes")
-        print("| tokens | bytes | Ray object (ms) | gloo send/recv (ms) | gloo vs Ray |")
+        print("| tokens | bytes | Ray object (ms) | gloo send/recv (ms) | Ray / gloo |")
         print("| --- | --- | --- | --- | --- |")
         for num_tokens in TOKEN_COUNTS:
             by_object = _median_ms(lambda: ray.get(second.take.remote(first.make.remote(num_tokens))), args.hops)
