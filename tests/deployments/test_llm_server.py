@@ -20,12 +20,13 @@ T = TypeVar("T")
 
 
 def run(test: Callable[[LLMServer], Awaitable[T]], llama_dir: Path, **engine: object) -> T:
-    """Start a replica on `llama_dir`, run `test` against it, shut it down."""
+    """Start a replica on `llama_dir`, run `test` against it, shut it down. The engine runs on a
+    thread of the replica unless `engine_process=True` (a child process takes seconds to start;
+    tests/engine/test_engine_process.py covers the process boundary)."""
 
     async def main() -> T:
-        config = ModelConfig.model_validate(
-            {"name": "tiny", "source": {"path": str(llama_dir)}, "engine": {"num_kv_blocks": 64, **engine}}
-        )
+        settings = {"num_kv_blocks": 64, "engine_process": False, **engine}
+        config = ModelConfig.model_validate({"name": "tiny", "source": {"path": str(llama_dir)}, "engine": settings})
         server = object.__new__(LLMServer)  # Serve constructs replicas the same way: async __init__
         await server.__init__(config)
         try:
@@ -156,7 +157,7 @@ def test_closing_the_stream_aborts_every_choice_and_frees_its_blocks(llama_dir: 
             await asyncio.sleep(0.01)  # aborts reach the engine at its next step
         assert stats.num_generation_tokens < 2 * 200
 
-    run(test, llama_dir)
+    run(test, llama_dir, engine_process=True)  # the aborts cross to the engine's process
 
 
 def test_health_check_fails_once_the_engine_is_dead(llama_dir: Path) -> None:
@@ -166,7 +167,7 @@ def test_health_check_fails_once_the_engine_is_dead(llama_dir: Path) -> None:
         with pytest.raises(Exception, match="not running"):
             await server.check_health()
 
-    run(test, llama_dir)
+    run(test, llama_dir, engine_process=True)
 
 
 def test_start_log_reports_weight_bytes_per_shard() -> None:
